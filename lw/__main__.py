@@ -1,0 +1,3 @@
+from lw.cli import main
+
+main()

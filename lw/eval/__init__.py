@@ -1,0 +1,1 @@
+"""Evaluation: benchmark items -> generation (resumable) -> length scores -> files and metrics."""

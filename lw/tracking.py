@@ -1,0 +1,138 @@
+"""Experiment tracking: W&B on rank 0, or nothing. Secrets never reach a logged config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_SECRET_KEY = re.compile(r"(api_?key|secret|passw(or)?d|credentials?|^token|(access|auth|hub|hf|bearer|api)_?token)$",
+                         re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a nested config with the values of secret-looking keys replaced."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if _SECRET_KEY.search(str(k)) and v is not None else redact(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Tracker:
+    """No-op tracker (logger=none); the base of the W&B one."""
+
+    report_to = "none"
+
+    def log(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def image(self, key: str, path: Path) -> None:
+        pass
+
+    def table(self, key: str, rows: list[dict], columns: list[str]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker(Tracker):
+    report_to = "wandb"
+
+    def __init__(self, logger_cfg, config: dict, run_dir: Path, name: str, group: str):
+        import wandb
+
+        self._wandb = wandb
+        mode = logger_cfg.mode or os.environ.get("WANDB_MODE")
+        if mode is None:
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            if mode == "offline":
+                log.warning("W&B: no WANDB_API_KEY in the environment, logging offline under %s "
+                            "(upload later with `wandb sync`)", run_dir / "wandb")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
+            name=logger_cfg.name or name, tags=list(logger_cfg.tags), config=redact(config),
+            dir=str(run_dir), mode=mode, reinit="finish_previous",
+        )
+        # The HF Trainer's W&B callback finds this run and logs the training curves into it.
+        os.environ["WANDB_PROJECT"] = logger_cfg.project
+
+    def log(self, metrics):
+        self.run.log(metrics)
+
+    def summary(self, metrics):
+        self.run.summary.update(metrics)
+
+    def image(self, key, path):
+        self.run.log({key: self._wandb.Image(str(path))})
+
+    def table(self, key, rows, columns):
+        self.run.log({key: self._wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+
+    def finish(self, exit_code=0):
+        self.run.finish(exit_code=exit_code)
+
+
+def start_tracker(logger_cfg, config: dict, run_dir: Path, name: str, group: str) -> Tracker:
+    if logger_cfg.kind == "none" or not is_rank_zero():
+        return Tracker()
+    if logger_cfg.kind == "wandb":
+        return WandbTracker(logger_cfg, config, run_dir, name, group)
+    raise ValueError(f"unknown logger.kind {logger_cfg.kind!r}; choose wandb or none")
+
+
+def read_offline_run(run_path: Path) -> dict[str, Any]:
+    """Config, summary and history of an offline W&B run, read from its transaction log.
+
+    wandb keeps an offline run only in `run-*.wandb` (a LevelDB-style log of protobuf records)
+    until `wandb sync`; this lets tests and notebooks read one without a server.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(Path(run_path).glob("run-*.wandb")).read_bytes()
+    block, pos, chunks, payloads = 32768, 7, [], []  # 7: the ":W&B" header, magic and version
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        chunks.append(data[pos + 7: pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # a FULL record, or the LAST piece of one
+            payloads.append(b"".join(chunks))
+            chunks = []
+        elif kind == 0:
+            break
+    out: dict[str, Any] = {"config": {}, "summary": {}, "history": []}
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        if kind in ("run", "config"):  # the run record holds the config given to wandb.init
+            for item in (record.run.config if kind == "run" else record.config).update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "summary":
+            for item in record.summary.update:
+                key = "/".join(item.nested_key) if item.nested_key else item.key
+                out["summary"][key] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({("/".join(i.nested_key) if i.nested_key else i.key): json.loads(i.value_json)
+                                   for i in record.history.item})
+    return out

@@ -1,0 +1,1 @@
+"""Training: TRL trainers configured from the Hydra config."""

@@ -1,0 +1,35 @@
+"""The benchmark's word counter and length score, exactly as the LongWriter paper defines them.
+
+Both are the yardstick for every length in this project (data filters included), so results
+compare with the paper. The counter's quirks are kept on purpose:
+- a Latin word touching a digit, an underscore or a CJK character is not a word (no \\b there);
+- an apostrophe splits a word ("don't" is two words);
+- digits alone are never words.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_ENGLISH_WORD = re.compile(r"\b[a-zA-Z]+\b")
+
+
+def count_words(text: str) -> int:
+    """CJK characters plus English words, as the official LongBench-Write scorer counts them."""
+    return len(_CJK.findall(text)) + len(_ENGLISH_WORD.findall(text))
+
+
+def length_score(required: int | float, produced: int | float) -> float:
+    """S_l for one item: 100 at the required length, falling linearly on either side.
+
+    Overshooting by 3x the requirement or undershooting to a third both score 0. An empty
+    output scores 0 (the official script divides by zero there).
+    """
+    if required <= 0:
+        raise ValueError(f"required length must be positive, got {required}")
+    if produced <= 0:
+        return 0.0
+    if produced > required:
+        return 100.0 * max(0.0, 1.0 - (produced / required - 1.0) / 3.0)
+    return 100.0 * max(0.0, 1.0 - (required / produced - 1.0) / 2.0)

@@ -1,0 +1,99 @@
+"""Every config composes against the typed schema; bad overrides fail at start, clearly."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from lw.cli import CONFIG_DIR, run_name
+from lw.config import Task
+from lw.train.sft import sft_config
+
+from conftest import run_lw
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def compose_lw(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} as in a real run
+    return cfg
+
+
+GROUPS = ["model", "data", "trainer", "eval", "generation", "logger", "launcher"]
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = compose_lw(f"{group}={option}")
+    assert cfg.task == Task.train
+    OmegaConf.to_container(cfg.model, resolve=True)  # no dangling interpolation
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_composes(experiment):
+    cfg = compose_lw(f"experiment={experiment}")
+    sft_config(cfg, Path("unused"), "none")
+
+
+def test_default_trainer_args_are_valid_sft_config():
+    cfg = compose_lw()
+    args = sft_config(cfg, Path("unused"), "none")
+    assert args.completion_only_loss and args.max_length == cfg.data.max_length
+
+
+def test_misspelt_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="seeed"):
+        compose_lw("seeed=1")
+    with pytest.raises(ConfigCompositionException, match="max_outpt_words"):
+        compose_lw("data.max_outpt_words=5")
+
+
+def test_wrong_type_and_unknown_option_fail_at_compose():
+    with pytest.raises(ConfigCompositionException, match="seed"):
+        compose_lw("seed=abc")
+    with pytest.raises(ConfigCompositionException, match="task"):
+        compose_lw("task=trian")
+    with pytest.raises(ConfigCompositionException, match="tinny"):
+        compose_lw("model=tinny")
+
+
+def test_misspelt_trainer_option_fails_before_any_work(tmp_path):
+    # Hydra refuses a new key without "+"; with it, SFTConfig refuses it before data or weights.
+    assert "lerning_rate" in run_lw("trainer.args.lerning_rate=0.1", cwd=tmp_path, check=False).stderr
+    result = run_lw("+trainer.args.lerning_rate=0.1", "logger=none", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "lerning_rate" in result.stderr and "trl.SFTConfig" in result.stderr
+    assert not list(tmp_path.glob("runs/*/data"))
+
+
+def test_cli_help_and_cfg_job_work_offline(tmp_path):
+    assert "Configuration groups" in run_lw("--help", cwd=tmp_path).stdout
+    job = run_lw("model=glm4_9b", "--cfg", "job", cwd=tmp_path).stdout
+    assert "zai-org/glm-4-9b-hf" in job and "chat_format: glm4" in job
+
+
+def test_misspelt_override_on_the_command_line(tmp_path):
+    result = run_lw("data.max_outpt_words=5", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "max_outpt_words" in result.stderr
+
+
+def test_run_name_is_derived_from_overrides():
+    assert run_name("") == "default"
+    assert run_name("data.max_output_words-500+seed-1") == "data.max_output_words-500+seed-1"
+    assert run_name("eval.x.lengths-[12,50]") == "eval.x.lengths-_12_50"
+    assert "/" not in run_name("data.path=/a/b.jsonl")
+    long = run_name("x=" + "a" * 300)
+    assert len(long) <= 120 and long != run_name("x=" + "a" * 299 + "b")
+
+
+def test_result_neutral_settings_stay_out_of_run_names():
+    cfg = compose_lw("logger=none", "task=eval", "seed=3")
+    assert cfg.hydra.job.override_dirname == "seed-3"

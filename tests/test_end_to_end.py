@@ -1,0 +1,72 @@
+"""`python -m lw` end to end, in a subprocess, as a new user runs it: the CPU miniature on a budget."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import run_lw
+
+from lw.tracking import read_offline_run
+from lw.words import count_words
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("smoke")
+    result = run_lw("experiment=smoke", cwd=cwd)
+    return cwd / "runs" / "experiment-smoke", result
+
+
+def test_writes_metrics_predictions_and_scatter(smoke_run):
+    run_dir, result = smoke_run
+    assert f"results in {run_dir.resolve()}" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["ruler/S_l"] <= 100
+    assert metrics["ruler/n"] == 4
+    assert 0 <= metrics["ruler/max_output_words"] <= 64  # max_new_tokens bounds the words
+    predictions = [json.loads(line) for line in (run_dir / "eval/toy_ruler/predictions.jsonl").open()]
+    assert sorted(p["length"] for p in predictions) == [12, 12, 50, 50]
+    assert max(count_words(p["response"]) for p in predictions) == metrics["ruler/max_output_words"]
+    assert (run_dir / "eval/toy_ruler/length_scatter.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert [r["required"] for r in rows] == [str(p["length"]) for p in predictions]
+    assert (run_dir / "model" / "config.json").exists()
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+
+
+def test_training_data_has_exact_lengths(smoke_run):
+    run_dir, _ = smoke_run
+    samples = [json.loads(line) for line in (run_dir / "data/train.jsonl").open()]
+    assert len(samples) == 96
+    for sample in samples:
+        user, assistant = sample["messages"]
+        asked = int(user["content"].split("-word")[0].split()[-1]) if "-word" in user["content"] \
+            else int(user["content"].split(" in ")[1].split()[0])
+        assert count_words(assistant["content"]) == asked <= 60
+
+
+def test_wandb_offline_run_holds_the_metrics(smoke_run):
+    run_dir, result = smoke_run
+    assert (result.stdout + result.stderr).count("no WANDB_API_KEY in the environment, logging offline") == 1
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = read_offline_run(runs[0])
+    summary = logged["summary"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["ruler/max_output_words"] == metrics["ruler/max_output_words"]
+    assert summary["ruler/S_l"] == pytest.approx(metrics["ruler/S_l"])
+    assert summary["toy_ruler/length_scatter/_type"] == "image-file"
+    assert summary["toy_ruler/predictions/nrows"] == 4
+    assert sum("train/loss" in step for step in logged["history"]) == 3  # the trainer's curve, same run
+    assert logged["config"]["run_name"] == "experiment-smoke"
+    assert logged["config"]["eval"]["toy_ruler"]["lengths"] == [12, 50]
+
+
+def test_rerun_resumes_from_finished_predictions(smoke_run):
+    run_dir, _ = smoke_run
+    before = (run_dir / "eval/toy_ruler/predictions.jsonl").read_text()
+    result = run_lw("experiment=smoke", "task=eval", f"model.path={run_dir / 'model'}", "logger=none",
+                    f"hydra.run.dir={run_dir}", cwd=run_dir.parent.parent)
+    assert "4 predictions already done, 0 to go" in result.stdout + result.stderr
+    assert (run_dir / "eval/toy_ruler/predictions.jsonl").read_text() == before

@@ -1,0 +1,52 @@
+"""The benchmark's counter and S_l, on cases computed by hand from PAPER.md's definitions."""
+
+import pytest
+
+from lw.words import count_words, length_score
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", 0),
+    ("Hello world", 2),
+    ("Hello, world! How are you?", 5),
+    ("don't stop", 3),  # the apostrophe splits: don, t, stop
+    ("It's 5 o'clock", 4),  # It, s, o, clock; digits are no words
+    ("abc123 def", 1),  # no \b between c and 1: abc is not a word
+    ("GPT4o and GPT-4o", 2),  # "and", "GPT"; nothing in GPT4o, and 4o has no letters-only word
+    ("snake_case word", 1),  # underscore is a word character
+    ("中文写作", 4),
+    ("我喜欢Python编程", 5),  # 5 CJK; Python touches CJK (word characters) so it is no English word
+    ("我喜欢 Python 编程", 6),  # with spaces it is
+    ("hello\u200bworld", 2),  # a zero-width space is no word character: two words
+    ("hello\u200dworld", 2),  # nor is a zero-width joiner
+    ("１２３ 全角", 2),  # full-width digits are not words; 全角 are two CJK characters
+    ("e-mail", 2),
+    ("Ω omega", 1),
+])
+def test_count_words(text, expected):
+    assert count_words(text) == expected
+
+
+def test_count_words_accented_letters_hide_words():
+    # "naïve": n,a are letters but ï is a \w non-ASCII letter, so [a-zA-Z]+ "na" has no \b after it.
+    assert count_words("naïve") == 0
+    assert count_words("café") == 0
+
+
+@pytest.mark.parametrize("required, produced, expected", [
+    (1000, 1000, 100.0),
+    (1000, 2000, 100 * (1 - 1 / 3)),  # twice as long: (2 - 1) / 3
+    (1000, 4000, 0.0),  # four times as long: clipped at 0
+    (1000, 500, 50.0),  # half as long: (2 - 1) / 2
+    (1000, 250, 0.0),  # a quarter: (4 - 1) / 2 > 1, clipped
+    (300, 200, 75.0),  # 1 - (1.5 - 1) / 2
+    (100, 130, 90.0),  # 1 - 0.3 / 3
+    (1000, 0, 0.0),  # an empty output scores 0
+])
+def test_length_score(required, produced, expected):
+    assert length_score(required, produced) == pytest.approx(expected, abs=1e-9)
+
+
+def test_length_score_rejects_nonpositive_requirement():
+    with pytest.raises(ValueError, match="required length"):
+        length_score(0, 10)
