@@ -107,3 +107,11 @@ def test_batched_tokenization_equals_one_by_one(word_tokenizer):
 def test_turns_must_alternate_from_a_user_turn(word_tokenizer):
     with pytest.raises(ValueError, match="alternate"):
         get_chat_format("llama3_1").tokenize(word_tokenizer, CONVERSATION[1:])
+
+
+def test_fast_batch_encoding_equals_the_tokenizer_call(word_tokenizer, bpe_tokenizer):
+    from lw.models.chat_format import encode_texts
+
+    texts = [GOLDEN_TEXT["glm4"], "the quiet river", "Write about trains, 12 words."]
+    for tokenizer in (word_tokenizer, bpe_tokenizer):
+        assert encode_texts(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -44,7 +44,7 @@ class ChatFormat:
         """`tokenize` for many conversations, with one batched tokenizer call for all their texts."""
         rendered = [self.render(messages, add_generation_prompt) for messages in conversations]
         texts = [s.content for segments in rendered for s in segments if isinstance(s.content, str)]
-        encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        encoded = iter(encode_texts(tokenizer, texts) if texts else [])
         special = {id(BOS): tokenizer.bos_token_id, id(EOS): tokenizer.eos_token_id}
         results = []
         for segments in rendered:
@@ -74,6 +74,20 @@ class ChatFormat:
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
         ids, _ = self.tokenize(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return ids
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens added), as `tokenizer(texts)` gives them.
+
+    A fast tokenizer's backend skips offsets with `encode_batch_fast` (2-3x faster on long answers);
+    used only when the backend is in the state the tokenizer call would put it in.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
+            and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def _check_turns(messages: Sequence[dict], add_generation_prompt: bool) -> None:
