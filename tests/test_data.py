@@ -252,3 +252,34 @@ def test_prepare_through_the_entry_point(tmp_path, tokenizer):
     assert result.returncode != 0
     assert f"{path}:61: field '<line>': not valid JSON" in result.stderr
 
+
+
+def compose_data(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from lw.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides)).data
+
+
+def test_paper_data_configs_read_local_copies(tmp_path):
+    long_rows = [conversation(answer="long " * 3000 + "end")]
+    general_rows = [conversation(answer=f"general answer {'word ' * 100 * i}") for i in range(8)]
+    long_path = write_lines(tmp_path / "long.jsonl", long_rows)
+    general_path = write_lines(tmp_path / "general.jsonl", general_rows)
+
+    data = compose_data("data=longwriter6k", f"data.path={long_path}")
+    assert data.hub_id == "THUDM/LongWriter-6k" and data.pack_length == data.max_length == 32768
+    assert samples_of(data)[0] == long_rows
+
+    data = compose_data("data=longwriter_mix", f"data.mix.longwriter6k.path={long_path}",
+                        f"data.mix.general.path={general_path}", "data.mix.general.count=3")
+    assert samples_of(data)[0][0] == long_rows[0] and len(samples_of(data)[0]) == 4
+
+    for cap in (500, 1000, 2000):
+        data = compose_data(f"data=general_cap{cap}", f"data.path={general_path}")
+        assert data.max_output_words == cap and data.hub_id == compose_data("data=general").hub_id
+        kept = [s["messages"][1]["content"] for s in samples_of(data)[0]]
+        assert kept == [r["messages"][1]["content"] for r in general_rows
+                        if count_words(r["messages"][1]["content"]) <= cap]

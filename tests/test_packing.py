@@ -142,3 +142,22 @@ def test_training_on_packs_through_the_entry_point(tmp_path):
     assert epochs == pytest.approx([1 / math.ceil(stats["packs"] / 2), 2 / math.ceil(stats["packs"] / 2)])
     assert logged["summary"]["data/packs"] == stats["packs"]
     assert (run_dir / "model" / "config.json").exists()
+
+
+def test_trl_packing_options_are_refused_with_data_pack_length():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from lw.cli import CONFIG_DIR
+    from lw.train.sft import sft_config
+
+    def compose_with(*overrides):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["data.pack_length=2048", *overrides],
+                          return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    with pytest.raises(ValueError, match="data.pack_length"):
+        sft_config(compose_with("+trainer.args.packing=true"), "unused", "none")
+    assert sft_config(compose_with(), "unused", "none").max_length == 2048  # rows are packs of data.pack_length
