@@ -184,6 +184,7 @@ def test_tokenization_is_cached_by_content_and_counts_overlong(tmp_path, tokeniz
     write_lines(path, rows + [conversation()])  # new content: tokenized anew
     more, _ = tokenize_messages(path, chat_format, tokenizer, max_length, "drop", cache)
     assert len(more) == 3 and len(list((cache / "tokenized").glob("*/lw_stats.json"))) == 3
+    assert not list((cache / "tokenized").glob("*.work")) and not list((cache / "tokenized").glob("*.tmp"))
 
 
 def test_tokenization_in_two_processes_gives_the_same_rows(tmp_path, tokenizer):

@@ -75,23 +75,28 @@ def tokenize_messages(messages_path: Path, chat_format: ChatFormat, tokenizer, m
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "lw_stats.json").exists():
-            dataset, stats = _tokenize(messages_path, chat_format, tokenizer, max_length, overlong,
-                                       root / "json", num_proc)
+            # datasets' intermediate files (the JSON as Arrow, map outputs) live in a work folder
+            # that goes once the result is saved: only the tokenized set stays in the cache.
+            work, tmp = target.with_name(key + ".work"), target.with_name(key + ".tmp")
+            for folder in (work, tmp):
+                shutil.rmtree(folder, ignore_errors=True)
+            dataset, stats = _tokenize(messages_path, chat_format, tokenizer, max_length, overlong, work, num_proc)
             if len(dataset) == 0:  # nothing to cache (nor to train on: the caller says so)
-                return dataset, Counter(stats)
-            tmp = target.with_name(key + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)
+                return Dataset.from_dict({"input_ids": [], "completion_mask": []}, features=FEATURES), Counter(stats)
             dataset.save_to_disk(str(tmp))
             (tmp / "lw_stats.json").write_text(json.dumps(stats))
             tmp.rename(target)
+            del dataset
+            shutil.rmtree(work, ignore_errors=True)
         else:
             log.info("tokenized samples from the cache: %s", target)
     return load_from_disk(str(target)), Counter(json.loads((target / "lw_stats.json").read_text()))
 
 
 def _tokenize(messages_path: Path, chat_format: ChatFormat, tokenizer, max_length: int, overlong: str,
-              json_cache: Path, num_proc: int) -> tuple[Dataset, dict]:
-    samples = Dataset.from_json(str(messages_path), cache_dir=str(json_cache))
+              work_dir: Path, num_proc: int) -> tuple[Dataset, dict]:
+    samples = Dataset.from_json(str(messages_path), cache_dir=str(work_dir))
 
     def tokenize(batch):
         pairs = chat_format.tokenize_many(tokenizer, batch["messages"])
