@@ -29,6 +29,12 @@ class LwSFTTrainer(SFTTrainer):
         self.loss_weighting = str(getattr(loss_weighting, "value", loss_weighting))
 
     @property
+    def loss_is_scaled_for_ga(self) -> bool | None:
+        # Sequence and pack means always divide by the global item count counted below; token_mean
+        # follows the Trainer's own rule (scaled when the model takes num_items_in_batch).
+        return True if self.loss_weighting != "token_mean" else None
+
+    @property
     def uses_own_loss(self) -> bool:
         return self.eos_loss_weight != 1.0 or self.loss_weighting != "token_mean"
 
