@@ -62,14 +62,65 @@ class ToyDataConfig:
     topics: List[str] = field(default_factory=list)
 
 
+class DataSource(str, Enum):
+    toy = "toy"  # the generated toy set (data.toy)
+    messages = "messages"  # one messages-format source (data.path or data.hub_id)
+    mix = "mix"  # several sources (data.mix), by count or ratio
+
+
+class SampleFormat(str, Enum):
+    auto = "auto"  # `messages` (role/content) or ShareGPT `conversations` (from/value), per row
+    messages = "messages"
+    sharegpt = "sharegpt"
+
+
+class OnBadSample(str, Enum):
+    error = "error"  # stop with the file, line and field
+    drop = "drop"  # skip it, counted per reason
+
+
+class Overlong(str, Enum):
+    drop = "drop"
+    truncate = "truncate"  # keep the first data.max_length tokens (the answer loses its end and EOS)
+
+
+@dataclass
+class MessagesSourceConfig:
+    """A messages-format source: a local JSONL/Parquet file, or a dataset on the Hugging Face hub."""
+
+    path: Optional[str] = None  # local .jsonl or .parquet; read instead of hub_id when both are set
+    hub_id: Optional[str] = None  # datasets.load_dataset(hub_id, split=split)
+    split: str = "train"
+    format: SampleFormat = SampleFormat.auto
+    count: Optional[int] = None  # in a mix: this many samples of the source (seeded choice)
+    ratio: Optional[float] = None  # in a mix: this share of the mixed set
+
+
 @dataclass
 class DataConfig:
     name: str = MISSING
-    source: str = "toy"  # toy
+    source: DataSource = DataSource.toy
+    # source=messages
+    path: Optional[str] = None
+    hub_id: Optional[str] = None
+    split: str = "train"
+    format: SampleFormat = SampleFormat.auto
+    # source=mix: named sources
+    mix: Dict[str, MessagesSourceConfig] = field(default_factory=dict)
+    on_bad_sample: OnBadSample = OnBadSample.error
     max_output_words: Optional[int] = None  # drop samples whose answer is longer (the paper's cap)
     min_output_words: Optional[int] = None
     max_length: int = 1024  # tokens per sample
+    overlong: Overlong = Overlong.drop  # what happens to a sample longer than max_length
+    pack_length: Optional[int] = None  # pack samples into rows of this many tokens (null: no packing)
+    num_proc: int = 1  # processes that tokenize
     toy: ToyDataConfig = field(default_factory=ToyDataConfig)
+
+
+class LossWeighting(str, Enum):
+    token_mean = "token_mean"  # every target token of the global batch weighs the same (the paper's)
+    sequence_mean = "sequence_mean"  # every sequence weighs the same, whatever its length
+    pack_mean = "pack_mean"  # mean over each pack (row), then over packs
 
 
 @dataclass
@@ -79,6 +130,7 @@ class TrainerConfig:
     init_from: Optional[str] = None  # start from this checkpoint instead of model.path
     # Weight of the end-of-sequence token in the loss: a tiny model learns when to stop from it.
     eos_loss_weight: float = 1.0
+    loss_weighting: LossWeighting = LossWeighting.token_mean
     args: Dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig
 
 

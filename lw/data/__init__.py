@@ -1,9 +1,14 @@
-"""Training data: messages-format sources -> length filter -> chat-format tokenization."""
+"""Training data: sources -> checks -> output-length filter -> (mix) -> tokenization -> packing.
+
+Every sample read is accounted for: it is trained on, or dropped for a named reason, and the
+counts land in the run's statistics and in `packing_stats.json`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -11,24 +16,19 @@ from typing import Iterable, Iterator
 from datasets import Dataset
 
 from lw.data import toy
+from lw.data.packing import pack, packing_summary
+from lw.data.sources import choose, clean_rows, mix_sizes, read_source
+from lw.data.tokenization import row_lengths, row_sums, tokenize_messages
 from lw.models.chat_format import get_chat_format
 from lw.words import count_words
 
 log = logging.getLogger(__name__)
 
+PACKING_STATS_FILE = "packing_stats.json"
 
-def load_messages(data_cfg, seed: int) -> Iterator[dict]:
-    """Messages-format samples from the configured source."""
-    if data_cfg.source == "toy":
-        spec = data_cfg.toy
-        # The cap bounds what the generator writes, so every cap gets the same number of samples:
-        # the analog of the paper's filtered sets, without a cap that leaves almost nothing.
-        max_words = spec.max_words if data_cfg.max_output_words is None else min(spec.max_words, data_cfg.max_output_words)
-        min_words = spec.min_words if data_cfg.min_output_words is None else max(spec.min_words, data_cfg.min_output_words)
-        yield from toy.generate(spec.num_samples, min_words, max_words, list(spec.topics), seed,
-                                spec.round_lengths)
-        return
-    raise ValueError(f"unknown data.source {data_cfg.source!r}")
+
+def _value(option) -> str:
+    return str(getattr(option, "value", option))
 
 
 def filter_by_output_words(samples: Iterable[dict], min_words: int | None, max_words: int | None,
@@ -41,8 +41,41 @@ def filter_by_output_words(samples: Iterable[dict], min_words: int | None, max_w
         elif min_words is not None and min(lengths) < min_words:
             stats["dropped_under_min_output_words"] += 1
         else:
-            stats["kept"] += 1
             yield sample
+
+
+def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
+    """Checked, length-filtered messages-format samples of the configured source (or mix)."""
+    source = _value(data_cfg.source)
+    words = (data_cfg.min_output_words, data_cfg.max_output_words)
+    if source == "toy":
+        spec = data_cfg.toy
+        # The cap bounds what the generator writes, so every cap gets the same number of samples:
+        # the analog of the paper's filtered sets, without a cap that leaves almost nothing.
+        max_words = spec.max_words if words[1] is None else min(spec.max_words, words[1])
+        min_words = spec.min_words if words[0] is None else max(spec.min_words, words[0])
+        samples = toy.generate(spec.num_samples, min_words, max_words, list(spec.topics), seed, spec.round_lengths)
+        rows = ((f"toy sample {i}", sample) for i, sample in enumerate(samples))
+        yield from filter_by_output_words(clean_rows(rows, "messages", "error", stats), *words, stats)
+    elif source == "messages":
+        rows = read_source(data_cfg, "data")
+        yield from filter_by_output_words(clean_rows(rows, data_cfg.format, data_cfg.on_bad_sample, stats),
+                                          *words, stats)
+    elif source == "mix":
+        if not data_cfg.mix:
+            raise ValueError("data.source=mix needs data.mix: named sources with a path or hub_id")
+        kept = {}
+        for name, spec in data_cfg.mix.items():
+            rows = read_source(spec, f"data.mix.{name}")
+            kept[name] = list(filter_by_output_words(clean_rows(rows, spec.format, data_cfg.on_bad_sample, stats),
+                                                     *words, stats))
+        sizes = mix_sizes({name: len(samples) for name, samples in kept.items()}, data_cfg.mix)
+        for name, samples in kept.items():
+            stats[f"mix_{name}_samples"] = sizes[name]
+            stats["dropped_not_in_mix"] += len(samples) - sizes[name]
+            yield from choose(samples, sizes[name], seed, name)
+    else:
+        raise ValueError(f"unknown data.source {source!r}")
 
 
 def write_jsonl(rows: Iterable[dict], path: Path) -> int:
@@ -55,25 +88,50 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> int:
     return n
 
 
+def check_lengths(data_cfg) -> None:
+    if data_cfg.pack_length is not None and data_cfg.max_length > data_cfg.pack_length:
+        raise ValueError(f"data.max_length ({data_cfg.max_length}) exceeds data.pack_length "
+                         f"({data_cfg.pack_length}): a sample must fit a pack")
+
+
+def packing_stats(stats: Counter) -> dict:
+    """The keys of packing_stats.json, from a run's statistics."""
+    return {
+        "sequences_in": stats["sequences_in"],
+        "sequences_packed": stats["sequences_packed"],
+        "sequences_dropped": {k[len("dropped_"):]: v for k, v in sorted(stats.items())
+                              if k.startswith("dropped_") and v},
+        **{k: stats[k] for k in ("packs", "real_tokens", "slot_tokens", "efficiency", "seconds")},
+    }
+
+
 def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
-    """The tokenized SFT set (input_ids, completion_mask) and its statistics."""
+    """The tokenized SFT set and its statistics; with data.pack_length, packed.
+
+    Unpacked rows hold input_ids and completion_mask; packed rows add seq_lengths. The samples
+    go to run_dir/data/train.jsonl and the statistics to run_dir/packing_stats.json.
+    """
+    start = time.perf_counter()
+    data_cfg = cfg.data
+    check_lengths(data_cfg)
     stats: Counter = Counter()
-    samples = filter_by_output_words(load_messages(cfg.data, cfg.seed), cfg.data.min_output_words,
-                                     cfg.data.max_output_words, stats)
     messages_path = run_dir / "data" / "train.jsonl"
-    write_jsonl(samples, messages_path)
-    dataset = Dataset.from_json(str(messages_path))
-    chat_format = get_chat_format(cfg.model.chat_format)
-
-    def tokenize(batch):
-        ids, masks = zip(*(chat_format.tokenize(tokenizer, m) for m in batch["messages"]))
-        return {"input_ids": list(ids), "completion_mask": list(masks)}
-
-    dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
-    too_long = sum(len(ids) > cfg.data.max_length for ids in dataset["input_ids"])
-    if too_long:
-        dataset = dataset.filter(lambda ex: len(ex["input_ids"]) <= cfg.data.max_length)
-        stats["dropped_over_max_length"] += too_long
-        stats["kept"] -= too_long
+    if write_jsonl(load_samples(data_cfg, cfg.seed, stats), messages_path) == 0:
+        raise ValueError(f"no training sample is left after the checks and filters: {dict(stats)}")
+    dataset, token_stats = tokenize_messages(
+        messages_path, get_chat_format(cfg.model.chat_format), tokenizer, data_cfg.max_length, data_cfg.overlong,
+        cfg.cache_dir, data_cfg.num_proc)
+    stats.update(token_stats)
+    if len(dataset) == 0:
+        raise ValueError(f"no training sample is left after tokenization: {dict(stats)}")
+    stats["sequences_packed"] = len(dataset)
+    stats["target_tokens"] = int(row_sums(dataset, "completion_mask").sum())
+    if data_cfg.pack_length is not None:
+        dataset = pack(dataset, data_cfg.pack_length)
+        stats.update(packing_summary(row_lengths(dataset), data_cfg.pack_length))
+    else:  # each sample is a row of its own, of up to max_length tokens
+        stats.update(packing_summary(row_lengths(dataset), data_cfg.max_length))
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    (run_dir / PACKING_STATS_FILE).write_text(json.dumps(packing_stats(stats), indent=2) + "\n")
     log.info("training set: %s", dict(stats))
     return dataset, dict(stats)

@@ -37,25 +37,57 @@ class ChatFormat:
     def tokenize(self, tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
                  add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
         """input_ids and completion_mask (1 where the token is a training target)."""
-        input_ids: list[int] = []
-        mask: list[int] = []
-        for segment in self.render(messages, add_generation_prompt):
-            if segment.content is BOS:
-                ids = [tokenizer.bos_token_id]
-            elif segment.content is EOS:
-                ids = [tokenizer.eos_token_id]
-            else:
-                ids = tokenizer.encode(segment.content, add_special_tokens=False)
-            if None in ids:
-                raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no BOS/EOS token "
-                                 f"needed by chat format {self.name!r}")
-            input_ids += ids
-            mask += [int(segment.target)] * len(ids)
-        return input_ids, mask
+        return self.tokenize_many(tokenizer, [messages], add_generation_prompt)[0]
+
+    def tokenize_many(self, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[dict]],
+                      add_generation_prompt: bool = False) -> list[tuple[list[int], list[int]]]:
+        """`tokenize` for many conversations, with one batched tokenizer call for all their texts."""
+        rendered = [self.render(messages, add_generation_prompt) for messages in conversations]
+        texts = [s.content for segments in rendered for s in segments if isinstance(s.content, str)]
+        encoded = iter(encode_texts(tokenizer, texts) if texts else [])
+        special = {id(BOS): tokenizer.bos_token_id, id(EOS): tokenizer.eos_token_id}
+        results = []
+        for segments in rendered:
+            input_ids: list[int] = []
+            mask: list[int] = []
+            for segment in segments:
+                if isinstance(segment.content, str):
+                    ids = next(encoded)
+                else:
+                    token_id = special[id(segment.content)]
+                    if token_id is None:
+                        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no BOS/EOS token "
+                                         f"needed by chat format {self.name!r}")
+                    ids = [token_id]
+                input_ids += ids
+                mask += [int(segment.target)] * len(ids)
+            results.append((input_ids, mask))
+        return results
+
+    def text(self, tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict],
+             add_generation_prompt: bool = False) -> str:
+        """The rendered conversation as one string, BOS and EOS written as the tokenizer's tokens."""
+        special = {id(BOS): tokenizer.bos_token, id(EOS): tokenizer.eos_token}
+        return "".join(s.content if isinstance(s.content, str) else special[id(s.content)]
+                       for s in self.render(messages, add_generation_prompt))
 
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
         ids, _ = self.tokenize(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return ids
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens added), as `tokenizer(texts)` gives them.
+
+    A fast tokenizer's backend skips offsets with `encode_batch_fast` (2-3x faster on long answers);
+    used only when the backend is in the state the tokenizer call would put it in.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
+            and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def _check_turns(messages: Sequence[dict], add_generation_prompt: bool) -> None:

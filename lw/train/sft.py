@@ -9,45 +9,94 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from lw.train.loss import weighted_lm_loss
+from lw.data.packing import PackCollator
+from lw.train.loss import count_items, lm_loss
 
 log = logging.getLogger(__name__)
 
 
 class LwSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss can weigh the EOS token more than the others."""
+    """SFTTrainer with a choice of loss weighting (lw/train/loss.py) and a heavier EOS token.
 
-    def __init__(self, *args, eos_loss_weight: float = 1.0, **kwargs):
+    With token_mean and no EOS weight it is TRL's loss. Otherwise the global batch's item count
+    (sequences or packs instead of tokens) replaces `num_items_in_batch`, so the Trainer's own
+    gradient-accumulation and data-parallel bookkeeping stays exact for every weighting.
+    """
+
+    def __init__(self, *args, eos_loss_weight: float = 1.0, loss_weighting: str = "token_mean", **kwargs):
         super().__init__(*args, **kwargs)
         self.eos_loss_weight = eos_loss_weight
+        self.loss_weighting = str(getattr(loss_weighting, "value", loss_weighting))
+
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:
+        # Sequence and pack means always divide by the global item count counted below; token_mean
+        # follows the Trainer's own rule (scaled when the model takes num_items_in_batch).
+        return True if self.loss_weighting != "token_mean" else None
+
+    @property
+    def uses_own_loss(self) -> bool:
+        return self.eos_loss_weight != 1.0 or self.loss_weighting != "token_mean"
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        if self.loss_weighting == "token_mean" or not batch_samples or "labels" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        count = sum(count_items(b["labels"], self.loss_weighting, b.get("position_ids"), b.get("pack_ids"))
+                    for b in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.eos_loss_weight == 1.0:
+        pack_ids = inputs.pop("pack_ids", None)
+        if not self.uses_own_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
-        loss = weighted_lm_loss(outputs.logits, labels, self.processing_class.eos_token_id,
-                                self.eos_loss_weight, num_items_in_batch)
+        outputs = model(**inputs, use_cache=False)  # a cache would let packed sequences see each other
+        loss = lm_loss(outputs.logits, labels, weighting=self.loss_weighting,
+                       eos_token_id=self.processing_class.eos_token_id, eos_weight=self.eos_loss_weight,
+                       num_items_in_batch=num_items_in_batch, position_ids=inputs.get("position_ids"),
+                       pack_ids=pack_ids)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # The denominator counts every rank's items and DDP averages gradients over ranks.
+            loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
 
 def sft_config(cfg, output_dir: Path, report_to: str) -> SFTConfig:
-    """SFTConfig from `trainer.args`; an unknown or mistyped option fails here, at start."""
+    """SFTConfig from `trainer.args`; an unknown or mistyped option fails here, at start.
+
+    With data.pack_length the rows are packs made by lw.data (TRL's own packing, which packs
+    each batch of 1,000 samples on its own and truncates silently, stays off).
+    """
     args = dict(cfg.trainer.args)
     args.setdefault("use_cpu", not torch.cuda.is_available())
+    pack_length = cfg.data.get("pack_length")
+    if pack_length is not None and (args.get("packing") or args.get("padding_free")):
+        raise ValueError("trainer.args.packing/padding_free: set data.pack_length instead; lw packs the data itself")
+    max_length = pack_length if pack_length is not None else cfg.data.max_length
     try:
         return SFTConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
-                         max_length=cfg.data.max_length, completion_only_loss=True, **args)
+                         max_length=max_length, completion_only_loss=True, **args)
     except TypeError as e:
         raise ValueError(f"trainer.args: {e} (options are those of trl.SFTConfig)") from None
 
 
+def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str) -> LwSFTTrainer:
+    """The trainer; a packed dataset (rows with seq_lengths) gets the padding-free pack collator."""
+    args = sft_config(cfg, output_dir / "checkpoints", report_to)
+    packed = "seq_lengths" in dataset.column_names
+    collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
+    return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                        data_collator=collator, eos_loss_weight=cfg.trainer.eos_loss_weight,
+                        loss_weighting=cfg.trainer.get("loss_weighting", "token_mean"))
+
+
 def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str) -> Path:
     """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
-    args = sft_config(cfg, output_dir / "checkpoints", report_to)
-    trainer = LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           eos_loss_weight=cfg.trainer.eos_loss_weight)
+    trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to)
+    args = trainer.args
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming from %s", last)
