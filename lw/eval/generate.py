@@ -115,11 +115,13 @@ class VllmBackend:
     def __init__(self, model_path: str, tokenizer, model_cfg, gen_cfg, seed: int = 0):
         try:
             from vllm import LLM, SamplingParams
+            from vllm.inputs import TokensPrompt
         except ImportError as err:
             raise ImportError("generation=vllm needs vLLM on a GPU machine: pip install -e '.[vllm]' "
                               "(or use generation=hf, or generation=openai with a `vllm serve` server)") from err
         self.tokenizer = tokenizer
         self.chat_format = get_chat_format(model_cfg.chat_format)
+        self.tokens_prompt = TokensPrompt
         self.batch_size = gen_cfg.batch_size
         overrides = dict(model_cfg.config_overrides)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=model_cfg.dtype, seed=seed,
@@ -134,7 +136,7 @@ class VllmBackend:
     def generate(self, items: list[dict], save: Save) -> list:
         for start in range(0, len(items), self.batch_size):
             batch = items[start: start + self.batch_size]
-            prompts = [{"prompt_token_ids": self.chat_format.prompt_ids(self.tokenizer, item["prompt"])}
+            prompts = [self.tokens_prompt(prompt_token_ids=self.chat_format.prompt_ids(self.tokenizer, item["prompt"]))
                        for item in batch]
             for item, output in zip(batch, self.llm.generate(prompts, self.params, use_tqdm=False)):
                 save(item, output.outputs[0].text.strip())
@@ -150,23 +152,23 @@ class OpenAIBackend:
         if not gen_cfg.model:
             raise ValueError("generation=openai needs generation.model (the served model's name)")
         self.cfg = gen_cfg
-        api.api_key(gen_cfg.api_key_env, "generation")  # a missing key fails before any request
+        # A missing key or URL fails here, before any request.
+        self.endpoint = api.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
+                                     "generation")
 
     def generate(self, items: list[dict], save: Save) -> list:
         cfg = self.cfg
         failed: list = []
 
-        async def work(client, item):
-            return await api.chat(client, cfg.model, item["prompt"], temperature=cfg.temperature,
+        async def work(session, item):
+            return await api.chat(session, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
                                   top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
 
         def on_error(item, error):
-            log.warning("generation failed for id %s: %s: %s", item["id"], type(error).__name__, error)
+            log.warning("generation failed for id %s: %s", item["id"], error)
             failed.append((item, error))
 
-        api.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error,
-                        lambda: api.make_client(cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.retries,
-                                                "generation"))
+        api.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error)
         return failed
 
 

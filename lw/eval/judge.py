@@ -122,7 +122,9 @@ class Judge:
         self.cfg = judge_cfg
         self.template = template
         self.cache_path = Path(cache_path) if cache_path else None
-        api.api_key(judge_cfg.api_key_env, "judge")  # a missing key fails before any request
+        # A missing key or URL fails here, before any request.
+        self.endpoint = api.Endpoint(judge_cfg.base_url, judge_cfg.api_key_env, judge_cfg.timeout, judge_cfg.retries,
+                                     "judge")
 
     def judge(self, rows: list[dict]) -> list[dict]:
         """One judgement per row, in order: {"id", "status", "scores", "reply", "error", "attempts"}."""
@@ -138,11 +140,11 @@ class Judge:
             appender = Appender(self.cache_path) if self.cache_path else None
             bar = tqdm(total=len(todo), desc=f"judging ({cfg.model})")
 
-            async def work(client, row):
+            async def work(session, row):
                 attempts, reply = 0, ""
                 for attempts in range(1, cfg.parse_retries + 2):
-                    reply = await api.chat(client, cfg.model, filled[row["id"]], temperature=cfg.temperature,
-                                           max_tokens=cfg.max_tokens)
+                    reply = await api.chat(session, self.endpoint, cfg.model, filled[row["id"]],
+                                           temperature=cfg.temperature, max_tokens=cfg.max_tokens)
                     try:
                         return {"status": OK, "scores": parse_judgement(reply), "reply": reply, "attempts": attempts}
                     except Unparseable as err:
@@ -160,15 +162,12 @@ class Judge:
 
             def on_error(row, error):
                 # Not cached: a rerun asks again. Nothing is scored in its place.
-                log.warning("judge: request failed for id %s after retries: %s: %s", row["id"],
-                            type(error).__name__, error)
-                failures[row["id"]] = {"status": FAILED, "scores": None, "error": f"{type(error).__name__}: {error}"}
+                log.warning("judge: request failed for id %s: %s", row["id"], error)
+                failures[row["id"]] = {"status": FAILED, "scores": None, "error": str(error)}
                 bar.update()
 
             try:
-                api.run_bounded(todo, work, cfg.concurrency, on_result, on_error,
-                                lambda: api.make_client(cfg.base_url, cfg.api_key_env, cfg.timeout, cfg.retries,
-                                                        "judge"))
+                api.run_bounded(todo, work, cfg.concurrency, on_result, on_error)
             finally:
                 bar.close()
                 if appender:
