@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from openai_server import OpenAIServer, Reply, user_text
 
 from lw.config import GenerationConfig, ModelConfig, TinyModelConfig
-from lw.eval.generate import GenerationFailed, HfBackend, OpenAIBackend, generate
+from lw.eval.generate import GenerationFailed, HfBackend, OpenAIBackend, VllmBackend, generate
 from lw.models import build_model, build_tokenizer
 from lw.words import count_words
 
@@ -118,3 +118,14 @@ def test_hf_backend_batches_and_resumes_on_the_tiny_model(tmp_path, tiny):
     saved = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in saved] == ["0", "1", "2", "3", "4"]
     assert generate(backend, items(5), out) == rows  # nothing left to generate
+
+
+def test_vllm_backend_without_vllm_says_how_to_get_it(tiny):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    model_cfg, tokenizer, _ = tiny
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'"):
+        VllmBackend("unused", tokenizer, model_cfg, OmegaConf.structured(GenerationConfig(backend="vllm")))
