@@ -30,6 +30,9 @@ def test_parses_plain_fenced_and_surrounded_json():
     single = reply.replace('"', "'")
     assert parse_judgement(single) == expected
     assert parse_judgement(reply.replace(": 1,", ': "1",')) == expected
+    # Unescaped quotes in the free text break the JSON; the six scores are still unambiguous.
+    broken = reply.replace('"fine"', '"a "fine" essay {mostly}"')
+    assert parse_judgement(broken) == expected
 
 
 @pytest.mark.parametrize("reply, problem", [
@@ -41,6 +44,8 @@ def test_parses_plain_fenced_and_surrounded_json():
     (judge_json(4).replace('"Coherence": 4', '"Coherence": true'), "Coherence=True"),
     (judge_json(4).replace('"Coherence": 4', '"Coherence": "good"'), "Coherence='good'"),
     ('```json\n{"Analysis": "cut off", "Relevance": 4, "Accur', "no JSON object"),
+    (judge_json(4).replace('"fine"', '"a "fine" one"').replace('"Clarity": 4', '"Clarity": 7'), "no JSON object"),
+    (judge_json(4).replace('"fine"', '"said "Relevance": 2, then"'), "no JSON object"),
 ])
 def test_unparseable_replies_are_rejected_with_a_reason(reply, problem):
     with pytest.raises(Unparseable, match=problem.replace("(", r"\(").replace(".", r"\.")):

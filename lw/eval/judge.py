@@ -86,9 +86,10 @@ def _score(value) -> int | None:
 
 
 def parse_judgement(text: str) -> dict[str, int]:
-    """The six integer scores (1-5) of a judge reply: JSON in code fences or amid text, single quotes allowed.
+    """The six integer scores (1-5) of a judge reply: JSON in code fences or amid text, single quotes
+    allowed, and as a last resort the six "Dimension": N pairs of an object broken by its free text.
 
-    Raises Unparseable when no object in the reply has an integer 1-5 for every dimension.
+    Raises Unparseable when the reply has no integer 1-5 for every dimension.
     """
     candidates = [block for block in _FENCE.findall(text)] + [text]
     problem = "no JSON object"
@@ -106,7 +107,22 @@ def parse_judgement(text: str) -> dict[str, int]:
                 problem = f"scores must be integers 1-5: {', '.join(bad)}"
                 continue
             return scores
+    scores = _scores_in_broken_json(text)
+    if scores:
+        return scores
     raise Unparseable(problem)
+
+
+def _scores_in_broken_json(text: str) -> dict[str, int] | None:
+    """Scores from an object that is not valid JSON as a whole, typically for unescaped quotes in the
+    free-text "Analysis": each dimension must appear once as a quoted key with an integer 1-5."""
+    scores = {}
+    for d in DIMENSIONS:
+        found = re.findall(rf"""["']{re.escape(d)}["']\s*:\s*["']?(\d+(?:\.\d+)?)["']?\s*[,}}\n]""", text)
+        if len(found) != 1 or _score(found[0]) is None:
+            return None
+        scores[d] = int(found[0])
+    return scores
 
 
 def cache_key(model: str, filled_prompt: str) -> str:
