@@ -136,7 +136,8 @@ class TrainerConfig:
 
 @dataclass
 class BenchmarkConfig:
-    kind: str = MISSING  # toy_ruler
+    kind: str = MISSING  # toy_ruler | longbench_write | longwrite_ruler
+    file: Optional[str] = None  # null: the kind's official file (longbench_write_en.jsonl is the English half)
     lengths: List[int] = field(default_factory=list)
     topics: List[str] = field(default_factory=list)
     samples_per_prompt: int = 1
@@ -146,11 +147,47 @@ class BenchmarkConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: str = "hf"  # hf
+    backend: str = "hf"  # hf | vllm | openai
     temperature: float = 0.5
     top_p: float = 1.0
     max_new_tokens: int = 32768
-    batch_size: int = 8
+    batch_size: int = 8  # hf: sequences per generate() call; vllm: prompts per call (results saved per call)
+    # openai: any OpenAI-compatible server (an API model, or `vllm serve`)
+    base_url: Optional[str] = None
+    model: Optional[str] = None  # the served model's name
+    api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key
+    concurrency: int = 8
+    timeout: float = 600.0  # seconds per request
+    retries: int = 5  # on 429, 5xx, timeouts and connection errors, with exponential backoff
+    # vllm
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: Optional[int] = None
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge of LongBench-Write's quality score S_q (none: S_l only)."""
+
+    kind: str = "none"  # none | openai (any OpenAI-compatible endpoint)
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    temperature: float = 0.5
+    max_tokens: Optional[int] = None
+    api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key
+    concurrency: int = 16
+    timeout: float = 120.0  # seconds per request
+    retries: int = 5  # transport retries (429, 5xx, timeouts) with exponential backoff
+    parse_retries: int = 2  # new samples asked for when a reply has no valid scores
+    cache: bool = True  # reuse judgements by (judge model, prompt, response) from cache_dir/judge
+
+
+@dataclass
+class ScoreConfig:
+    """task=score: score an existing predictions JSONL (prompt, type, length, response) without a model."""
+
+    predictions: Optional[str] = None
+    benchmark: str = "longbench_write"  # an eval entry's name, or a benchmark kind
 
 
 @dataclass
@@ -181,6 +218,8 @@ class LwConfig:
     trainer: TrainerConfig = MISSING
     eval: Dict[str, BenchmarkConfig] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     logger: LoggerConfig = MISSING
     launcher: LauncherConfig = MISSING
 

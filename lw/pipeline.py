@@ -20,9 +20,6 @@ from transformers import set_seed
 from lw.config import Task
 from lw.data import build_sft_dataset
 from lw.eval.benchmarks import load_items
-from lw.eval.generate import generate_hf
-from lw.eval.plots import length_scatter
-from lw.eval.scoring import ruler_metrics, score_lengths
 from lw.models import build_model, build_tokenizer
 from lw.tracking import Tracker, start_tracker
 
@@ -50,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         start = time.time()
         metrics: dict = {}
-        tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+        tokenizer = build_tokenizer(cfg.model, cfg.cache_dir) if cfg.task in (Task.prepare, Task.train) else None
         if cfg.task == Task.prepare:
             _, stats = build_sft_dataset(cfg, tokenizer, run_dir)
             metrics.update({f"data/{k}": v for k, v in stats.items()})
@@ -58,9 +55,12 @@ def run(cfg: DictConfig) -> dict:
             model_dir = train(cfg, tokenizer, run_dir, tracker)
             metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker))
         elif cfg.task == Task.eval:
-            if cfg.model.path is None:
-                raise ValueError("task=eval needs model.path (a checkpoint directory or hub id)")
+            if cfg.model.path is None and cfg.generation.backend != "openai":
+                raise ValueError("task=eval needs model.path (a checkpoint directory or hub id), "
+                                 "or generation=openai with generation.model")
             metrics.update(evaluate(cfg, cfg.model.path, run_dir, tracker))
+        elif cfg.task == Task.score:
+            metrics.update(score(cfg, run_dir, tracker))
         else:
             raise ValueError(f"task={cfg.task.value} is not implemented yet")
         metrics["time/total_seconds"] = round(time.time() - start, 1)
@@ -83,34 +83,50 @@ def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker) -> Path:
     return train_sft(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
 
 
-def evaluate(cfg: DictConfig, model_path: str, run_dir: Path, tracker: Tracker) -> dict:
-    """Generate on every configured benchmark, score, and write files under run_dir."""
-    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir, path=model_path)
-    model = build_model(cfg.model, tokenizer, path=model_path)
+def evaluate(cfg: DictConfig, model_path: str | None, run_dir: Path, tracker: Tracker) -> dict:
+    """Generate on every configured benchmark (resumable), score, and write files under run_dir."""
+    from lw.eval.generate import build_backend, generate
+    from lw.eval.run import judge_for, score_benchmark
+
+    benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), judge_for(cfg, bench_cfg))
+                  for name, bench_cfg in cfg.eval.items()}  # bad files or judge settings fail before the model loads
+    backend = build_backend(cfg, model_path)
     metrics: dict = {}
     results = []
-    for name, bench_cfg in cfg.eval.items():
-        items = load_items(bench_cfg)
+    for name, (bench_cfg, items, judge) in benchmarks.items():
         bench_dir = run_dir / "eval" / name
-        rows = generate_hf(model, tokenizer, cfg.model.chat_format, items, cfg.generation,
-                           bench_dir / "predictions.jsonl", seed=cfg.seed)
-        rows = score_lengths(rows)
-        bench_metrics = ruler_metrics(rows, prefix=_metric_prefix(bench_cfg.kind, name))
+        rows = generate(backend, items, bench_dir / "predictions.jsonl")
+        bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name)
         metrics.update(bench_metrics)
-        scatter = length_scatter(rows, bench_dir / "length_scatter.png", f"{cfg.run_name}: {name}")
-        tracker.log(bench_metrics)
-        tracker.image(f"{name}/length_scatter", scatter)
-        tracker.table(f"{name}/predictions", rows, ["id", "prompt", "length", "produced", "S_l", "response"])
-        results += [{"run": cfg.run_name, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
-                     "seed": cfg.seed, "required": r["length"], "produced": r["produced"],
-                     "S_l": round(r["S_l"], 4)} for r in rows]
+        results += _result_rows(cfg, name, rows)
+    _write_results(run_dir, results)
+    return metrics
+
+
+def score(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
+    """task=score: score.predictions (a JSONL of prompt, type, length, response) without any model."""
+    from lw.config import BenchmarkConfig
+    from lw.eval.run import judge_for, read_predictions, score_benchmark
+
+    if not cfg.score.predictions:
+        raise ValueError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
+    name = cfg.score.benchmark
+    bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
+    rows = read_predictions(cfg.score.predictions)
+    metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
+                                    judge_for(cfg, bench_cfg), cfg.run_name)
+    _write_results(run_dir, _result_rows(cfg, name, rows))
+    return metrics
+
+
+def _result_rows(cfg: DictConfig, name: str, rows: list[dict]) -> list[dict]:
+    return [{"run": cfg.run_name, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
+             "seed": cfg.seed, "required": r["length"], "produced": r["produced"], "S_l": round(r["S_l"], 4)}
+            for r in rows]
+
+
+def _write_results(run_dir: Path, results: list[dict]) -> None:
     with open(run_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         writer.writerows(results)
-    return metrics
-
-
-def _metric_prefix(kind: str, name: str) -> str:
-    # The toy probe reports under ruler/, so CPU runs and paper runs share W&B panels.
-    return "ruler" if kind in ("toy_ruler", "longwrite_ruler") else name

@@ -1,8 +1,139 @@
-"""Benchmark items: each is {"id", "prompt", "length"} plus optional fields ("type", "language")."""
+"""Benchmark items: each is {"id", "prompt", "length", "language"} plus optional fields ("type", "subset").
+
+LongBench-Write and LongWrite-Ruler come from the official LongWriter repository: read from
+`eval.<name>.data_dir` when set, else downloaded once into the cache at a pinned commit and checked
+against their SHA-256, so every run scores against the same files.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+from filelock import FileLock
+
 from lw.data import toy
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_REPO = "THUDM/LongWriter"
+OFFICIAL_COMMIT = "ca6ccd4dec16696d1b8c449b12901c88d4cbf442"
+OFFICIAL_FILES = {  # name -> SHA-256 at OFFICIAL_COMMIT, under evaluation/
+    "longbench_write.jsonl": "1f6e99497cc24d65894d65e014062f398ba946ebdd254b7f8b339e48d3ab5779",
+    "longbench_write_en.jsonl": "87800927761f340e48899e4df5d47fb7211ad4936a63420dbfa979660414259f",
+    "longwrite_ruler.jsonl": "a1d4ebf0df0fa1600567691d11c9a52de3037c4a372970ed2e8f52f2889e0a62",
+    "judge.txt": "2c423ce88a0eb6a61482f427997a3c03c4bc11fe861102895dcac45926ae1d57",
+}
+DEFAULT_FILES = {"longbench_write": "longbench_write.jsonl", "longwrite_ruler": "longwrite_ruler.jsonl"}
+JUDGE_TEMPLATE = "judge.txt"
+
+# LongBench-Write's subsets by required length l (PAPER.md section 2); the last one is closed.
+SUBSETS = (("0-500", 0, 500), ("500-2000", 500, 2000), ("2000-4000", 2000, 4000), ("4000-20000", 4000, 20001))
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def language_of(prompt: str) -> str:
+    """zh for a prompt with any CJK character, else en (the benchmarks hold only these two)."""
+    return "zh" if _CJK.search(prompt) else "en"
+
+
+def subset_of(length: int) -> str | None:
+    for name, low, high in SUBSETS:
+        if low <= length < high:
+            return name
+    return None
+
+
+def official_url(filename: str) -> str:
+    return f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{OFFICIAL_COMMIT}/evaluation/{filename}"
+
+
+def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 60) -> Path:
+    """Fetch `url` into `dest` once; a partial or corrupt download never lands at `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.exists():
+            return dest
+        log.info("downloading %s -> %s", url, dest)
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                data = response.read()
+            digest = hashlib.sha256(data).hexdigest()
+            if sha256 is not None and digest != sha256:
+                raise ValueError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "
+                                 f"the file changed upstream: set eval.<benchmark>.data_dir to a local copy")
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return dest
+
+
+def benchmark_file(bench_cfg, filename: str, cache_dir: str) -> Path:
+    """`filename` from `data_dir`, or from the official repository (downloaded on first use)."""
+    if bench_cfg.data_dir:
+        path = Path(bench_cfg.data_dir).expanduser() / filename
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (eval data_dir={bench_cfg.data_dir!r})")
+        return path
+    if filename not in OFFICIAL_FILES:
+        raise ValueError(f"{filename!r} is not a file of the official repository "
+                         f"({sorted(OFFICIAL_FILES)}); set data_dir to read it from a local folder")
+    dest = Path(cache_dir).expanduser() / "benchmarks" / f"longwriter-{OFFICIAL_COMMIT[:10]}" / filename
+    return download(official_url(filename), dest, OFFICIAL_FILES[filename])
+
+
+def read_benchmark_jsonl(path: Path) -> list[dict]:
+    """Validated items of a LongBench-Write-format file; any bad line fails naming file, line and field."""
+    items: list[dict] = []
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            prompt, length = row.get("prompt"), row.get("length")
+            for field, value in (("prompt", prompt), ("length", length)):
+                if value is None:
+                    raise ValueError(f"{where}: missing field {field!r}")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+            length = parse_length(length, where)
+            if prompt in first_line:
+                raise ValueError(f"{where}: duplicate prompt (first at line {first_line[prompt]}): {prompt[:60]!r}")
+            first_line[prompt] = number
+            items.append({"id": str(len(items)), "prompt": prompt, "length": length,
+                          "type": row.get("type"), "language": language_of(prompt)})
+    if not items:
+        raise ValueError(f"{path}: no items")
+    return items
+
+
+def parse_length(value, where: str) -> int:
+    """A required length: a positive integer (an integral float or numeric string is accepted)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: field 'length' must be a positive integer, got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: field 'length' must be a positive integer, got {value!r}")
+    return value
 
 
 def toy_ruler_items(bench_cfg) -> list[dict]:
@@ -16,9 +147,30 @@ def toy_ruler_items(bench_cfg) -> list[dict]:
     return items
 
 
-def load_items(bench_cfg) -> list[dict]:
+def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
     if bench_cfg.kind == "toy_ruler":
         items = toy_ruler_items(bench_cfg)
+    elif bench_cfg.kind in DEFAULT_FILES:
+        if cache_dir is None:
+            raise ValueError(f"benchmark {bench_cfg.kind} needs a cache_dir or data_dir")
+        path = benchmark_file(bench_cfg, bench_cfg.file or DEFAULT_FILES[bench_cfg.kind], cache_dir)
+        items = read_benchmark_jsonl(path)
+        if bench_cfg.kind == "longbench_write":
+            for item in items:
+                item["subset"] = subset_of(item["length"])
+        items = [{**item, "id": f"{item['id']}-{k}"} if bench_cfg.samples_per_prompt > 1 else item
+                 for item in items for k in range(bench_cfg.samples_per_prompt)]
     else:
-        raise ValueError(f"unknown benchmark kind {bench_cfg.kind!r}")
+        raise ValueError(f"unknown benchmark kind {bench_cfg.kind!r}; "
+                         f"choose toy_ruler, {', '.join(DEFAULT_FILES)}")
     return items[: bench_cfg.limit] if bench_cfg.limit else items
+
+
+def judge_template(bench_cfg, cache_dir: str) -> str:
+    """The benchmark's own judge prompt, with its $INST$ and $RESPONSE$ placeholders."""
+    path = benchmark_file(bench_cfg, JUDGE_TEMPLATE, cache_dir)
+    text = path.read_text(encoding="utf-8")
+    for placeholder in ("$INST$", "$RESPONSE$"):
+        if text.count(placeholder) != 1:
+            raise ValueError(f"{path}: the judge template needs exactly one {placeholder}")
+    return text

@@ -1,68 +1,190 @@
-"""Generation backends. Predictions are appended to a JSONL file as they finish, so an
-interrupted run loses nothing and a rerun generates only what is missing."""
+"""Generation backends behind one interface, and the resumable driver that runs them.
+
+A backend's `generate(items, save)` calls `save(item, response)` as each response is finished and
+returns the items that failed. The driver appends every saved response to a JSONL file at once,
+so an interrupted run loses nothing and a rerun generates only what is missing.
+
+- hf:     transformers `generate`, batched, the model's chat format (CPU or one GPU)
+- vllm:   vLLM offline inference on GPUs (optional extra, imported only when chosen)
+- openai: any OpenAI-compatible chat-completions server (an API model, or `vllm serve`)
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
+from typing import Callable
 
-import torch
 from tqdm import tqdm
 
+from lw.eval import api
+from lw.eval.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
 
 log = logging.getLogger(__name__)
 
-
-def read_done(path: Path) -> dict[str, dict]:
-    """Finished predictions by id; a torn last line (a killed run) is ignored."""
-    done: dict[str, dict] = {}
-    if path.exists():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[row["id"]] = row
-    return done
+Save = Callable[[dict, str], None]
 
 
-def generate_hf(model, tokenizer, chat_format_name: str, items: list[dict], gen_cfg, out_path: Path,
-                seed: int = 0) -> list[dict]:
-    """Batched sampling with transformers; returns every item with its `response`."""
-    chat_format = get_chat_format(chat_format_name)
-    done = read_done(out_path)
+class GenerationFailed(RuntimeError):
+    pass
+
+
+def generate(backend, items: list[dict], out_path: Path) -> list[dict]:
+    """Every item with its `response`; what `out_path` already holds is reused, the rest generated."""
+    out_path = Path(out_path)
+    done = read_resumable(out_path)
+    for item in items:
+        row = done.get(item["id"])
+        if row is not None and row.get("prompt") != item["prompt"]:
+            raise ValueError(f"{out_path} holds a different prompt for id {item['id']} than the benchmark: "
+                             f"it belongs to another benchmark or file version; use another run directory")
     todo = [item for item in items if item["id"] not in done]
     if done:
         log.info("%s: %d predictions already done, %d to go", out_path.name, len(items) - len(todo), len(todo))
-    model.eval()
-    context = getattr(model.config, "max_position_embeddings", None)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
-        for start in range(0, len(todo), gen_cfg.batch_size):
-            batch = todo[start: start + gen_cfg.batch_size]
-            prompts = [chat_format.prompt_ids(tokenizer, item["prompt"]) for item in batch]
+    failed: list[tuple[dict, BaseException]] = []
+    if todo:
+        with Appender(out_path) as out, tqdm(total=len(todo), desc=f"generating ({backend.name})") as bar:
+            def save(item: dict, response: str) -> None:
+                row = {**item, "response": response}
+                out.write(row)
+                done[item["id"]] = row
+                bar.update()
+
+            failed = backend.generate(todo, save)
+    if failed:
+        item, error = failed[0]
+        raise GenerationFailed(
+            f"{len(failed)} of {len(todo)} generations failed after retries (first: id {item['id']}: "
+            f"{type(error).__name__}: {error}); the {len(items) - len(failed)} finished ones are saved in "
+            f"{out_path}: rerun the same command to generate only the missing ones")
+    return [done[item["id"]] for item in items]
+
+
+class HfBackend:
+    """Batched sampling with transformers, prompts in the model's chat format, left padding."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, chat_format_name: str, gen_cfg, seed: int = 0):
+        import torch
+
+        if torch.cuda.is_available() and model.device.type == "cpu":
+            model = model.to("cuda")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.chat_format = get_chat_format(chat_format_name)
+        self.cfg = gen_cfg
+        self.seed = seed
+
+    def generate(self, items: list[dict], save: Save) -> list:
+        import torch
+
+        tokenizer, model, cfg = self.tokenizer, self.model, self.cfg
+        context = getattr(model.config, "max_position_embeddings", None)
+        for start in range(0, len(items), cfg.batch_size):
+            batch = items[start: start + cfg.batch_size]
+            prompts = [self.chat_format.prompt_ids(tokenizer, item["prompt"]) for item in batch]
             width = max(map(len, prompts))
-            max_new = gen_cfg.max_new_tokens if context is None else min(gen_cfg.max_new_tokens, context - width)
+            max_new = cfg.max_new_tokens if context is None else min(cfg.max_new_tokens, context - width)
+            if max_new <= 0:
+                raise ValueError(f"a prompt of {width} tokens leaves no room in the model's context of {context}")
             input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, ids in enumerate(prompts):  # left padding
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention[row, width - len(ids):] = 1
-            torch.manual_seed(seed + start)
+            torch.manual_seed(self.seed + start)
             with torch.no_grad():
                 output = model.generate(
                     input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                    do_sample=gen_cfg.temperature > 0, temperature=gen_cfg.temperature or None,
-                    top_p=gen_cfg.top_p, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
+                    do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
+                    top_p=cfg.top_p, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
             for item, ids in zip(batch, output[:, width:]):
-                row = {**item, "response": tokenizer.decode(ids, skip_special_tokens=True).strip()}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()
-                done[item["id"]] = row
-            bar.update(len(batch))
-    return [done[item["id"]] for item in items]
+                save(item, tokenizer.decode(ids, skip_special_tokens=True).strip())
+        return []
+
+
+class VllmBackend:
+    """vLLM offline inference on the token ids of our chat format (the format the model was trained on)."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, tokenizer, model_cfg, gen_cfg, seed: int = 0):
+        try:
+            from vllm import LLM, SamplingParams
+            from vllm.inputs import TokensPrompt
+        except ImportError as err:
+            raise ImportError("generation=vllm needs vLLM on a GPU machine: pip install -e '.[vllm]' "
+                              "(or use generation=hf, or generation=openai with a `vllm serve` server)") from err
+        self.tokenizer = tokenizer
+        self.chat_format = get_chat_format(model_cfg.chat_format)
+        self.tokens_prompt = TokensPrompt
+        self.batch_size = gen_cfg.batch_size
+        overrides = dict(model_cfg.config_overrides)
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=model_cfg.dtype, seed=seed,
+                       trust_remote_code=model_cfg.trust_remote_code,
+                       tensor_parallel_size=gen_cfg.tensor_parallel_size,
+                       gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+                       max_model_len=gen_cfg.max_model_len, **({"hf_overrides": overrides} if overrides else {}))
+        self.params = SamplingParams(temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                                     max_tokens=gen_cfg.max_new_tokens, seed=seed,
+                                     stop_token_ids=[tokenizer.eos_token_id], skip_special_tokens=True)
+
+    def generate(self, items: list[dict], save: Save) -> list:
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start: start + self.batch_size]
+            prompts = [self.tokens_prompt(prompt_token_ids=self.chat_format.prompt_ids(self.tokenizer, item["prompt"]))
+                       for item in batch]
+            for item, output in zip(batch, self.llm.generate(prompts, self.params, use_tqdm=False)):
+                save(item, output.outputs[0].text.strip())
+        return []
+
+
+class OpenAIBackend:
+    """Chat completions on an OpenAI-compatible server, `concurrency` requests in flight."""
+
+    name = "openai"
+
+    def __init__(self, gen_cfg):
+        if not gen_cfg.model:
+            raise ValueError("generation=openai needs generation.model (the served model's name)")
+        self.cfg = gen_cfg
+        # A missing key or URL fails here, before any request.
+        self.endpoint = api.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
+                                     "generation")
+
+    def generate(self, items: list[dict], save: Save) -> list:
+        cfg = self.cfg
+        failed: list = []
+
+        async def work(session, item):
+            return await api.chat(session, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
+                                  top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
+
+        def on_error(item, error):
+            log.warning("generation failed for id %s: %s", item["id"], error)
+            failed.append((item, error))
+
+        api.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error)
+        return failed
+
+
+def build_backend(cfg, model_path: str | None):
+    """The configured backend; hf and vllm load `model_path` (a checkpoint or hub id)."""
+    backend = cfg.generation.backend
+    if backend == "openai":
+        return OpenAIBackend(cfg.generation)
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown generation.backend {backend!r}; choose hf, vllm or openai")
+    from lw.models import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir, path=model_path)
+    if backend == "vllm":
+        if model_path is None:
+            raise ValueError("generation=vllm needs a model path (model.path or a trained checkpoint)")
+        return VllmBackend(model_path, tokenizer, cfg.model, cfg.generation, seed=cfg.seed)
+    model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed)
+    return HfBackend(model, tokenizer, cfg.model.chat_format, cfg.generation, seed=cfg.seed)

@@ -11,11 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def length_scatter(rows: list[dict], path: Path, title: str) -> Path:
-    """Required vs produced length, log-log, with the y = x line."""
+    """Required vs produced length, log-log, with the y = x line; one colour per prompt language."""
     required = [r["length"] for r in rows]
     produced = [max(r["produced"], 1) for r in rows]  # log axes: an empty output is drawn at 1
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(required, produced, s=14, alpha=0.6)
+    languages = sorted({r.get("language") or "" for r in rows})
+    for language in languages:
+        points = [(x, y) for x, y, r in zip(required, produced, rows) if (r.get("language") or "") == language]
+        ax.scatter(*zip(*points), s=14, alpha=0.6, label=language if len(languages) > 1 else None)
     low = min(required + produced)
     high = max(required + produced)
     ax.plot([low, high], [low, high], "k--", lw=1, label="y = x")

@@ -1,0 +1,84 @@
+"""Judging 120 responses against a loopback OpenAI-compatible server that answers after 200 ms:
+wall time at judge.concurrency 16 vs 1 (issue 4's target: >= 10x).
+
+    PYTHONPATH=.:tests python benchmarks/judge_concurrency.py [--delay 0.2] [--concurrency 1 16]
+
+Writes benchmarks/results/judge_concurrency.json. The cache is off, so every run sends all requests.
+The server runs in its own process (as a remote server would), so it does not share the client's GIL;
+one warm-up request first keeps one-time costs (imports, first connection) out of the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from omegaconf import OmegaConf  # noqa: E402
+from openai_server import OpenAIServer, Reply, judge_json  # noqa: E402
+
+from lw.config import JudgeConfig  # noqa: E402
+from lw.eval.judge import Judge  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "longwriter"
+
+
+def fixed_reply(delay: float, body: dict, attempt: int) -> Reply:
+    return Reply(judge_json(4), delay=delay)
+
+
+def serve(delay: float, urls, stop) -> None:
+    with OpenAIServer(partial(fixed_reply, delay)) as server:
+        urls.put(server.base_url)
+        stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=float, default=0.2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    items = [json.loads(line) for line in (DATA / "longbench_write.jsonl").open()]
+    rows = [{"id": str(i), "prompt": r["prompt"], "response": f"response {i} " + "word " * 50} for i, r in enumerate(items)]
+    template = (DATA / "judge.txt").read_text()
+    results = {"n": len(rows), "server_delay_s": args.delay, "cpus": os.cpu_count(), "runs": []}
+    context = multiprocessing.get_context("spawn")
+    urls, stop = context.Queue(), context.Event()
+    server = context.Process(target=serve, args=(args.delay, urls, stop), daemon=True)
+    server.start()
+    try:
+        base_url = urls.get(timeout=120)
+        warm = OmegaConf.structured(JudgeConfig(kind="openai", base_url=base_url, model="bench", cache=False))
+        Judge(warm, template, None).judge(rows[:1])
+        for concurrency in args.concurrency:
+            cfg = OmegaConf.structured(JudgeConfig(kind="openai", base_url=base_url, model="bench",
+                                                   concurrency=concurrency, cache=False))
+            start = time.perf_counter()
+            judgements = Judge(cfg, template, None).judge(rows)
+            wall = time.perf_counter() - start
+            assert all(j["status"] == "ok" for j in judgements)
+            results["runs"].append({"concurrency": concurrency, "wall_s": round(wall, 2),
+                                    "requests_per_s": round(len(rows) / wall, 2)})
+            print(f"concurrency {concurrency:3d}: {wall:6.2f} s  ({len(rows) / wall:.1f} judgements/s)")
+    finally:
+        stop.set()
+        server.join(timeout=10)
+    base = results["runs"][0]["wall_s"]
+    for run in results["runs"]:
+        run["speedup_vs_first"] = round(base / run["wall_s"], 1)
+    print("speedup:", ", ".join(f"c={r['concurrency']}: {r['speedup_vs_first']}x" for r in results["runs"]))
+    out = REPO / "benchmarks" / "results" / "judge_concurrency.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

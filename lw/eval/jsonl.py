@@ -1,0 +1,65 @@
+"""Append-only JSONL files that long jobs (generation, judging) resume from.
+
+A killed job leaves at most one torn last line. Reading drops it and cuts it off the file, so the
+next append starts on a fresh line instead of gluing a new record onto the fragment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def read_resumable(path: Path, key: str = "id") -> dict[str, dict]:
+    """Complete records of `path` by `key` (the last one wins); a torn tail is removed from the file."""
+    done: dict[str, dict] = {}
+    path = Path(path)
+    if not path.exists():
+        return done
+    with open(path, "rb") as f:
+        data = f.read()
+    end = len(data)
+    if data and not data.endswith(b"\n"):
+        end = data.rfind(b"\n") + 1  # the last record was being written when the job stopped
+        log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    for number, line in enumerate(data[:end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); "
+                             f"fix or delete the line to resume") from None
+        if not isinstance(row, dict) or key not in row:
+            raise ValueError(f"{path}:{number}: a record without the field {key!r}")
+        done[str(row[key])] = row
+    return done
+
+
+class Appender:
+    """Writes one JSON record per line and flushes it to disk at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Appender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""One benchmark's predictions -> scores (length, judge) -> files in the run directory and W&B."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from lw.eval.benchmarks import judge_template, language_of, parse_length, subset_of
+from lw.eval.judge import DIMENSIONS, build_judge
+from lw.eval.plots import length_scatter
+from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
+
+log = logging.getLogger(__name__)
+
+RULER_KINDS = ("toy_ruler", "longwrite_ruler")
+TABLE_COLUMNS = ["id", "prompt", "type", "language", "subset", "required", "produced", "S_l", "response"]
+
+
+def metric_prefix(kind: str, name: str) -> str:
+    # Ruler-style probes report under ruler/, so CPU runs and paper runs share W&B panels.
+    return "ruler" if kind in RULER_KINDS else name
+
+
+def judge_for(cfg, bench_cfg):
+    """The quality judge of a LongBench-Write benchmark (None without a judge or for the ruler).
+
+    Built before generation, so a missing key or template fails before hours of sampling.
+    """
+    if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
+        return None
+    return build_judge(cfg.judge, judge_template(bench_cfg, cfg.cache_dir), cfg.cache_dir)
+
+
+def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tracker, judge=None,
+                    title: str = "") -> tuple[dict, list[dict]]:
+    """Metrics (flat keys) and scored rows; writes judgements.jsonl and the scatter under bench_dir."""
+    prefix = metric_prefix(bench_cfg.kind, name)
+    rows = [{**r, "required": r["length"]} for r in score_lengths(rows)]
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(TABLE_COLUMNS)
+    if bench_cfg.kind == "longbench_write":
+        judgements = judge.judge(rows) if judge else None
+        metrics = longbench_metrics(rows, prefix, judgements)
+        if judgements is not None:
+            with open(bench_dir / "judgements.jsonl", "w", encoding="utf-8") as f:
+                for row, j in zip(rows, judgements):
+                    f.write(json.dumps({"prompt": row["prompt"], **j}, ensure_ascii=False) + "\n")
+            for row, j in zip(rows, judgements):
+                row["judge_status"] = j["status"]
+                row.update(j["scores"] or {})
+            columns += ["judge_status", *DIMENSIONS]
+            if metrics[f"{prefix}/judge_unparseable"] or metrics[f"{prefix}/judge_failed"]:
+                log.warning("%s: %d unparseable and %d failed judgements are left out of S_q (see %s)", name,
+                            metrics[f"{prefix}/judge_unparseable"], metrics[f"{prefix}/judge_failed"],
+                            bench_dir / "judgements.jsonl")
+    elif bench_cfg.kind in RULER_KINDS:
+        metrics = ruler_metrics(rows, prefix)
+    else:
+        raise ValueError(f"unknown benchmark kind {bench_cfg.kind!r}")
+    scatter = length_scatter(rows, bench_dir / "length_scatter.png", f"{title}: {name}" if title else name)
+    tracker.log(metrics)
+    tracker.image(f"{name}/length_scatter", scatter)
+    tracker.table(f"{name}/predictions", rows, columns)
+    return metrics, rows
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """A predictions JSONL (prompt, length, response; type and id optional), validated line by line.
+
+    Lengths are recomputed from the text later, so a `produced` field in the file is ignored.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"score.predictions: {path} does not exist")
+    rows: list[dict] = []
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for field in ("prompt", "length", "response"):
+                if field not in row or row[field] is None:
+                    raise ValueError(f"{where}: missing field {field!r}")
+            for field in ("prompt", "response"):
+                if not isinstance(row[field], str):
+                    raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
+            key = str(row["id"]) if "id" in row else row["prompt"]
+            if key in first_line:
+                raise ValueError(f"{where}: duplicate {'id' if 'id' in row else 'prompt'} "
+                                 f"(first at line {first_line[key]}): {key[:60]!r}")
+            first_line[key] = number
+            rows.append({"id": str(row.get("id", len(rows))), "prompt": row["prompt"],
+                         "length": parse_length(row["length"], where), "type": row.get("type"),
+                         "response": row["response"], "language": language_of(row["prompt"])})
+            rows[-1]["subset"] = subset_of(rows[-1]["length"])
+    if not rows:
+        raise ValueError(f"{path}: no predictions")
+    empty = sum(1 for r in rows if not r["response"].strip())
+    if empty:
+        log.warning("%s: %d empty responses (they score S_l = 0)", path, empty)
+    return rows

@@ -1,0 +1,103 @@
+"""A real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions, with scripted replies.
+
+Tests (and benchmarks/judge_concurrency.py) give it a function from (request body, attempt number
+for that same request) to a Reply; it records every request it receives.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+@dataclass
+class Reply:
+    content: str = ""
+    status: int = 200
+    delay: float = 0.0  # seconds before answering
+    body: str | None = None  # raw body instead of a completion (e.g. an error message)
+
+
+class OpenAIServer:
+    """`with OpenAIServer(script) as server:` serves on server.base_url until the block ends."""
+
+    def __init__(self, script: Callable[[dict, int], Reply]):
+        self.script = script
+        self.requests: list[dict] = []  # {"body", "headers" (lower-case names), "attempt"} of every request
+        self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    return self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
+                key = json.dumps(body["messages"], sort_keys=True)
+                with server._lock:
+                    attempt = server._attempts[key] = server._attempts.get(key, 0) + 1
+                    server.requests.append({"body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "attempt": attempt})
+                reply = server.script(body, attempt)
+                time.sleep(reply.delay)
+                if reply.body is not None or reply.status != 200:
+                    text = reply.body if reply.body is not None else json.dumps(
+                        {"error": {"message": f"scripted {reply.status}", "type": "scripted"}})
+                    return self._send(reply.status, text)
+                self._send(200, json.dumps(completion(body["model"], reply.content)))
+
+            def _send(self, status, text):
+                data = text.encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a scripted timeout)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "OpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+
+def completion(model: str, content: str) -> dict:
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def user_text(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+def judge_json(scores: dict[str, int] | int = 4, analysis: str = "fine") -> str:
+    """A reply in judge.txt's format; an int gives every dimension that score."""
+    from lw.eval.judge import DIMENSIONS
+
+    if isinstance(scores, int):
+        scores = {d: scores for d in DIMENSIONS}
+    return json.dumps({"Analysis": analysis, **scores})

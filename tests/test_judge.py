@@ -1,0 +1,182 @@
+"""The quality judge end to end against a real OpenAI-compatible HTTP server on loopback."""
+
+import json
+import re
+import threading
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import SHARED_DATA
+from openai_server import OpenAIServer, Reply, judge_json, user_text
+from test_config import compose_lw
+
+from lw.config import JudgeConfig
+from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, judge_prompt, parse_judgement
+
+TEMPLATE = (SHARED_DATA / "judge.txt").read_text()
+KEY = "sk-test-not-a-real-key-0123456789"
+
+
+# --- parsing: what judges really answer -------------------------------------------------------------
+
+def test_parses_plain_fenced_and_surrounded_json():
+    reply = judge_json({d: i % 5 + 1 for i, d in enumerate(DIMENSIONS)})
+    expected = {d: i % 5 + 1 for i, d in enumerate(DIMENSIONS)}
+    assert parse_judgement(reply) == expected
+    assert parse_judgement(f"Sure.\n```json\n{reply}\n```\nHope it helps.") == expected
+    assert parse_judgement(f"My analysis: {{bad}} then {reply} done") == expected
+    single = reply.replace('"', "'")
+    assert parse_judgement(single) == expected
+    assert parse_judgement(reply.replace(": 1,", ': "1",')) == expected
+    # Unescaped quotes in the free text break the JSON; the six scores are still unambiguous.
+    broken = reply.replace('"fine"', '"a "fine" essay {mostly}"')
+    assert parse_judgement(broken) == expected
+
+
+@pytest.mark.parametrize("reply, problem", [
+    ("The response is good, 4/5 overall.", "no JSON object"),
+    (judge_json(4).replace(', "Clarity": 4', ""), "no score for Clarity"),
+    (judge_json(4).replace('"Coherence": 4', '"Coherence": 6'), "Coherence=6"),
+    (judge_json(4).replace('"Coherence": 4', '"Coherence": 0'), "Coherence=0"),
+    (judge_json(4).replace('"Coherence": 4', '"Coherence": 3.5'), "Coherence=3.5"),
+    (judge_json(4).replace('"Coherence": 4', '"Coherence": true'), "Coherence=True"),
+    (judge_json(4).replace('"Coherence": 4', '"Coherence": "good"'), "Coherence='good'"),
+    ('```json\n{"Analysis": "cut off", "Relevance": 4, "Accur', "no JSON object"),
+    (judge_json(4).replace('"fine"', '"a "fine" one"').replace('"Clarity": 4', '"Clarity": 7'), "no JSON object"),
+    (judge_json(4).replace('"fine"', '"said "Relevance": 2, then"'), "no JSON object"),
+])
+def test_unparseable_replies_are_rejected_with_a_reason(reply, problem):
+    with pytest.raises(Unparseable, match=problem.replace("(", r"\(").replace(".", r"\.")):
+        parse_judgement(reply)
+
+
+def test_template_is_filled_in_one_pass():
+    filled = judge_prompt(TEMPLATE, "Write $RESPONSE$ now", "I wrote $INST$")
+    assert "Write $RESPONSE$ now" in filled and "I wrote $INST$" in filled
+    assert filled.count("$INST$") == 1 and filled.count("$RESPONSE$") == 1
+
+
+# --- end to end against the server ------------------------------------------------------------------
+
+def scripted(body, attempt):
+    """Behaviour chosen by a marker in the judged response, per attempt of the same request."""
+    text = user_text(body)
+    if "MARK-429" in text and attempt == 1:
+        return Reply(status=429)
+    if "MARK-500" in text and attempt == 1:
+        return Reply(status=500)
+    if "MARK-SLOW" in text and attempt == 1:
+        return Reply(judge_json(1), delay=3)  # past the client's timeout: retried, this reply never read
+    if "MARK-DOWN" in text:
+        return Reply(status=503)
+    if "MARK-GARBLED" in text:
+        return Reply("I would rate it highly but cannot give numbers.")
+    if "MARK-SECOND" in text and attempt == 1:
+        return Reply("{'Relevance': 'high'}")
+    if "MARK-FENCED" in text:
+        return Reply("Analysis first.\n```json\n" + judge_json(2) + "\n```")
+    return Reply(judge_json(4))
+
+
+def judge_cfg(server, **kw):
+    defaults = dict(kind="openai", base_url=server.base_url, model="judge-x", api_key_env="LW_TEST_JUDGE_KEY",
+                    timeout=1.0, retries=2, concurrency=4)
+    return OmegaConf.structured(JudgeConfig(**{**defaults, **kw}))
+
+
+def rows_with(*markers):
+    return [{"id": str(i), "prompt": f"Write {i}", "response": f"answer {m}"} for i, m in enumerate(markers)]
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("LW_TEST_JUDGE_KEY", KEY)
+
+
+def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, key):
+    rows = rows_with("ok", "MARK-429", "MARK-500", "MARK-SLOW", "MARK-GARBLED", "MARK-SECOND", "MARK-FENCED",
+                     "MARK-DOWN")
+    cache = tmp_path / "judge.jsonl"
+    with OpenAIServer(scripted) as server:
+        judgements = Judge(judge_cfg(server), TEMPLATE, cache).judge(rows)
+        by_marker = {row["response"].split()[-1]: j for row, j in zip(rows, judgements)}
+        assert [j["id"] for j in judgements] == [r["id"] for r in rows]
+        for marker in ("ok", "MARK-429", "MARK-500", "MARK-SLOW"):
+            assert by_marker[marker]["status"] == "ok" and by_marker[marker]["scores"]["Relevance"] == 4, marker
+        assert by_marker["MARK-FENCED"]["scores"] == {d: 2 for d in DIMENSIONS}
+        assert by_marker["MARK-SECOND"]["status"] == "ok" and by_marker["MARK-SECOND"]["attempts"] == 2
+        garbled = by_marker["MARK-GARBLED"]
+        assert garbled["status"] == "unparseable" and garbled["scores"] is None  # never a default score
+        assert garbled["attempts"] == 3 and "cannot give numbers" in garbled["reply"]
+        assert by_marker["MARK-DOWN"]["status"] == "failed" and "503" in by_marker["MARK-DOWN"]["error"]
+
+        sent = [r for r in server.requests]
+        assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in sent)
+        assert {r["body"]["model"] for r in sent} == {"judge-x"}
+        assert {r["body"]["temperature"] for r in sent} == {0.5}
+        first = next(r for r in sent if "answer ok" in user_text(r["body"]))
+        assert user_text(first["body"]) == judge_prompt(TEMPLATE, "Write 0", "answer ok")
+        down = [r for r in sent if "MARK-DOWN" in user_text(r["body"])]
+        assert len(down) == 3  # the first try and judge.retries=2 retries
+
+        # A rerun sends only what failed in transport; parsed and unparseable judgements come from the cache.
+        before = server.count()
+        again = Judge(judge_cfg(server), TEMPLATE, cache).judge(rows)
+        assert server.count() - before == 3
+        assert [j["status"] for j in again] == [j["status"] for j in judgements]
+    assert KEY not in cache.read_text()
+
+
+def test_concurrency_is_bounded_and_used(tmp_path, key):
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def slow(body, attempt):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.15)
+        with lock:
+            in_flight[0] -= 1
+        return Reply(judge_json(3))
+
+    with OpenAIServer(slow) as server:
+        judgements = Judge(judge_cfg(server, concurrency=3), TEMPLATE, None).judge(rows_with(*range(12)))
+    assert [j["status"] for j in judgements] == ["ok"] * 12
+    assert peak[0] == 3
+
+
+def test_resumes_from_a_cache_with_a_torn_last_line(tmp_path, key):
+    rows = rows_with(*range(6))
+    cache = tmp_path / "judge.jsonl"
+    with OpenAIServer(scripted) as server:
+        Judge(judge_cfg(server), TEMPLATE, cache).judge(rows[:4])
+        lines = cache.read_text().splitlines(keepends=True)
+        assert len(lines) == 4
+        cache.write_text("".join(lines[:3]) + lines[3][:40])  # killed while writing the 4th
+        keys = {cache_key("judge-x", judge_prompt(TEMPLATE, r["prompt"], r["response"])): r["id"] for r in rows}
+        torn = keys[json.loads(lines[3])["key"]]
+        before = server.count()
+        judgements = Judge(judge_cfg(server), TEMPLATE, cache).judge(rows)
+        judged = [re.search(r"answer (\d+)", user_text(r["body"])).group(1) for r in server.requests[before:]]
+        assert sorted(judged) == sorted([torn, "4", "5"])  # the torn one and the two new ones
+    assert [j["status"] for j in judgements] == ["ok"] * 6
+    assert [json.loads(line)["status"] for line in cache.read_text().splitlines()] == ["ok"] * 6
+
+
+def test_missing_key_fails_before_any_request(monkeypatch):
+    monkeypatch.delenv("LW_TEST_JUDGE_KEY", raising=False)
+    with OpenAIServer(scripted) as server:
+        with pytest.raises(ValueError, match="judge.api_key_env names LW_TEST_JUDGE_KEY, which is not set"):
+            Judge(judge_cfg(server), TEMPLATE, None)
+        assert server.count() == 0
+
+
+def test_judge_config_names_the_key_variable_never_the_key():
+    cfg = compose_lw("judge=openai")
+    assert cfg.judge.api_key_env == "OPENAI_API_KEY" and cfg.judge.temperature == 0.5
+    assert cfg.judge.model == "gpt-4o-2024-05-13"
+    assert compose_lw().judge.kind == "none"
+    cfg = compose_lw("judge=openai", "judge.concurrency=32", "judge.base_url=http://127.0.0.1:9/v1")
+    assert cfg.hydra.job.override_dirname == "judge.base_url-http://127.0.0.1:9/v1+judge-openai"
