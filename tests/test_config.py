@@ -26,7 +26,7 @@ def compose_lw(*overrides: str):
     return cfg
 
 
-GROUPS = ["model", "data", "trainer", "eval", "generation", "logger", "launcher"]
+GROUPS = ["model", "data", "trainer", "eval", "generation", "judge", "logger", "launcher"]
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
