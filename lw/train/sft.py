@@ -43,16 +43,17 @@ def sft_config(cfg, output_dir: Path, report_to: str) -> SFTConfig:
         raise ValueError(f"trainer.args: {e} (options are those of trl.SFTConfig)") from None
 
 
-def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str) -> Path:
+def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
     args = sft_config(cfg, output_dir / "checkpoints", report_to)
     trainer = LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           eos_loss_weight=cfg.trainer.eos_loss_weight)
+                           eos_loss_weight=cfg.trainer.eos_loss_weight, callbacks=callbacks)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     final = output_dir / "model"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(final)
+    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final)
     return final
