@@ -149,6 +149,7 @@ class PlanConfig:
 
     sources: List[PlanSource] = field(default_factory=list)
     packing_efficiency: float = 0.99  # real tokens / pack slots with best-fit-decreasing packing
+    gpu_memory_gib: float = 80.0  # per GPU; the plan warns when its estimate exceeds it (H800/H100: 80)
 
 
 @dataclass

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED_CONFIGS = REPO / "conf" / "deepspeed"
 WORKER_MODULE = "lw.train.worker"
 # torchrun's --tee prefixes each line with the role and local rank: "[default1]:..."
-_RANK_PREFIX = re.compile(r"^\[[A-Za-z_]*?(\d+)\]:")
+_RANK_PREFIX = re.compile(r"^\[[A-Za-z_]+?(\d+)\]:")
 # torchrun's summary of a failed run names the rank that failed first and its exit code.
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
                          r".*?exitcode\s*:\s*(-?\d+)", re.S)
@@ -270,9 +270,11 @@ def launch_training(cfg, tokenizer, run_dir: Path, tracker) -> Path | None:
 
 
 def is_first_node(launcher_cfg) -> bool:
-    """Whether this driver evaluates and logs (node 0 of a multi-node job)."""
+    """Whether this driver evaluates and logs (node 0 of a multi-node job); checked before any work."""
     if launcher_cfg.kind == "slurm":
-        return int(os.environ.get("SLURM_NODEID", "0")) == 0
+        return topology(launcher_cfg).node_rank == 0  # fails clearly outside an allocation
     if launcher_cfg.kind == "deepspeed":
         return launcher_cfg.node_rank == 0
+    if launcher_cfg.kind != "local":
+        raise ValueError(f"unknown launcher.kind {launcher_cfg.kind!r}; choose local, deepspeed or slurm")
     return True

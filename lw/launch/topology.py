@@ -44,7 +44,7 @@ def topology(launcher_cfg) -> Topology:
     if kind == "slurm":
         return _slurm_topology(launcher_cfg)
     if kind != "deepspeed":
-        raise ValueError(f"launcher.kind={kind!r} starts no workers")
+        raise ValueError(f"launcher.kind={kind!r} starts no workers (choose deepspeed or slurm)")
     nnodes, node_rank = launcher_cfg.nnodes, launcher_cfg.node_rank
     if not 0 <= node_rank < nnodes:
         raise ValueError(f"launcher.node_rank={node_rank} is outside [0, launcher.nnodes={nnodes})")
