@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED_CONFIGS = REPO / "conf" / "deepspeed"
 WORKER_MODULE = "lw.train.worker"
-# torchrun's --tee prefixes each line with the role and local rank: "[default1]:..."
-_RANK_PREFIX = re.compile(r"^\[[A-Za-z_]+?(\d+)\]:")
+# torchrun's --tee prefixes each line with the role and local rank: "[default1]:...". A rank's
+# unfinished line (a progress bar) can run into another's, so prefixes are found anywhere.
+_RANK_PREFIX = re.compile(r"\[[A-Za-z_]+?(\d+)\]:")
 # torchrun's summary of a failed run names the rank that failed first and its exit code.
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
                          r".*?exitcode\s*:\s*(-?\d+)", re.S)
@@ -198,9 +199,10 @@ def _pump(stream, log_file, tails, last) -> None:
         log_file.write(line)
         log_file.flush()
         last.append(line)
-        match = _RANK_PREFIX.match(line)
-        if match:
-            tails[int(match.group(1))].append(line)
+        starts = list(_RANK_PREFIX.finditer(line))
+        for i, match in enumerate(starts):
+            end = starts[i + 1].start() if i + 1 < len(starts) else len(line)
+            tails[int(match.group(1))].append(line[match.start():end].rstrip("\n") + "\n")
 
 
 def _terminate_on_sigterm():

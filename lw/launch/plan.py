@@ -42,7 +42,7 @@ GIB = 1024**3
 
 
 def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
-    plan = build_plan(cfg)
+    plan = build_plan(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(format_plan(plan))
@@ -50,7 +50,7 @@ def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
     return plan
 
 
-def build_plan(cfg: DictConfig) -> dict:
+def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
     from lw.train.sft import sft_config
 
     args = sft_config(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
@@ -73,7 +73,7 @@ def build_plan(cfg: DictConfig) -> dict:
                   "config_overrides": OmegaConf.to_container(cfg.model.config_overrides, resolve=True),
                   "train_flops_per_token": train_flops_per_token(hf_config, counts, data["tokens_per_sequence"])},
         "launcher": {"kind": cfg.launcher.kind, "nnodes": nnodes, "nproc_per_node": nproc, "world_size": world,
-                     "command": launch_command(cfg)},
+                     "command": launch_command(cfg, run_dir)},
         "data": data,
         "optimizer": {"learning_rate": args.learning_rate, "lr_scheduler_type": str(args.lr_scheduler_type.value),
                       "warmup_steps": data["warmup_steps"], "weight_decay": args.weight_decay,
@@ -217,6 +217,8 @@ def _count_packs(lengths: list[int], pack_length: int) -> int:
     from datasets import Dataset
     from trl import pack_dataset
 
+    if not lengths:
+        return 0
     dataset = Dataset.from_dict({"input_ids": [[0] * n for n in lengths]})
     return len(pack_dataset(dataset, pack_length, strategy="bfd"))
 
@@ -335,12 +337,12 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
 
 # --------------------------------------------------------------------------------------- launch
 
-def launch_command(cfg: DictConfig) -> str:
+def launch_command(cfg: DictConfig, run_dir: Path) -> str:
     """The exact worker command (a free port is picked now; the run picks its own)."""
     from lw.launch.driver import worker_command
     from lw.launch.topology import Topology, topology
 
-    run_dir = _run_dir()
+    run_dir = run_dir.resolve()
     if cfg.launcher.kind == "local":
         return "(in process: the driver trains itself)"
     if cfg.launcher.kind == "slurm":
@@ -353,19 +355,17 @@ def launch_command(cfg: DictConfig) -> str:
     return shlex.join(worker_command(cfg.launcher, topo, run_dir))
 
 
-def _run_dir() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir).resolve()
-
-
 # ---------------------------------------------------------------------------------------- print
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
 
 def format_plan(plan: dict) -> str:
     model, data, launcher, memory = plan["model"], plan["data"], plan["launcher"], plan["memory"]
     lines = [
         f"plan for {plan['run_name']} (dry run: no weights loaded, nothing trained)",
-        f"  model      {model['name']} ({model['model_type']}): {model['parameters'] / 1e9:.3f}B parameters, "
+        f"  model      {model['name']} ({model['model_type']}): {_count(model['parameters'])} parameters, "
         f"{model['layers']} layers, hidden {model['hidden_size']}, vocab {model['vocab_size']}, "
         f"max positions {model['max_position_embeddings']}",
         f"  launcher   {launcher['kind']}: {launcher['nnodes']} node(s) x {launcher['nproc_per_node']} = world "
