@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
 
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else cfg.run_name
     config = OmegaConf.to_container(cfg, resolve=True)
-    from lw.launch import is_first_node
+    from lw.launch.driver import is_first_node
 
     # Off node 0 of a multi-node job the driver only runs its node's workers: no W&B run.
     tracker = start_tracker(cfg.logger, config, run_dir, cfg.run_name, group) if is_first_node(cfg.launcher) \
@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker) -> Path | None:
     if cfg.launcher.kind != "local":  # workers in child processes; None on nodes other than 0
-        from lw.launch import launch_training
+        from lw.launch.driver import launch_training
 
         return launch_training(cfg, tokenizer, run_dir, tracker)
     from lw.train.sft import train_sft

@@ -36,6 +36,8 @@ from types import SimpleNamespace
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lw.launch.flops import train_flops_per_token
+
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -71,7 +73,8 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                   "vocab_size": hf_config.vocab_size,
                   "max_position_embeddings": getattr(hf_config, "max_position_embeddings", None),
                   "config_overrides": OmegaConf.to_container(cfg.model.config_overrides, resolve=True),
-                  "train_flops_per_token": train_flops_per_token(hf_config, counts, data["tokens_per_sequence"])},
+                  "train_flops_per_token": train_flops_per_token(hf_config, counts["total"], counts["embedding"],
+                                                                 data["tokens_per_sequence"])},
         "launcher": {"kind": cfg.launcher.kind, "nnodes": nnodes, "nproc_per_node": nproc, "world_size": world,
                      "command": launch_command(cfg, run_dir)},
         "data": data,
@@ -126,17 +129,6 @@ def parameter_counts(hf_config) -> dict:
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
     embedding = model.get_input_embeddings().weight.numel()
     return {"total": total, "largest_layer": largest, "embedding": embedding}
-
-
-def train_flops_per_token(hf_config, counts: dict, seq_len: int) -> float:
-    """Model FLOPs per trained token (forward + backward, recomputation not counted, as MFU counts):
-    6 x (matrix-multiply parameters) + 6 x L x s x n_h x d for causal attention."""
-    matmul_params = counts["total"] - counts["embedding"]
-    if getattr(hf_config, "tie_word_embeddings", False):
-        matmul_params += counts["embedding"]  # the tied output layer is a matrix multiply
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-    attention = 6 * hf_config.num_hidden_layers * seq_len * hf_config.num_attention_heads * head_dim
-    return float(6 * matmul_params + attention)
 
 
 # ----------------------------------------------------------------------------------------- data
