@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from lw.launch.driver import (TrainLogForwarder, WorkerFailure, deepspeed_config_path, is_first_node,
-                              load_deepspeed_config, run_workers, worker_command)
+                              load_deepspeed_config, run_workers, worker_command, write_launch_files)
 from lw.launch.topology import Topology, slurm_port, topology
 from lw.tracking import Tracker
 
@@ -204,3 +204,22 @@ def test_unknown_deepspeed_config_lists_the_known_ones(tmp_path):
     broken.write_text('{\n  "zero_optimization": {,\n}')
     with pytest.raises(ValueError, match=r"broken.json, line 2"):
         load_deepspeed_config(str(broken))
+
+
+def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
+    from lw.config import Task
+    from lw.train.worker import load_run_config
+
+    monkeypatch.setenv("LW_TEST_TOKEN", "sekrit-value")  # a key read from the environment, as keys are
+    cfg = compose_lw("experiment=smoke", "launcher=deepspeed")
+    with open_dict(cfg):
+        del cfg["hydra"]  # a job's config has no hydra node
+        cfg.trainer.args.hub_token = "${oc.env:LW_TEST_TOKEN}"
+    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)])
+    text = (tmp_path / "launch" / "config.yaml").read_text()
+    assert "sekrit-value" not in text and "hub_token: <redacted>" in text and "${" not in text
+    loaded = load_run_config(tmp_path)
+    assert loaded.task == Task.train and loaded.run_name == cfg.run_name
+    assert loaded.trainer.args.max_steps == 6 and loaded.launcher.deepspeed == "zero3_offload"
+    assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3
+    assert (tmp_path / "launch" / "command.sh").read_text().endswith(f"lw.train.worker {tmp_path}\n")

@@ -35,6 +35,7 @@ from typing import Callable
 from omegaconf import OmegaConf
 
 from lw.launch.topology import Topology, topology
+from lw.tracking import redact
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ def write_launch_files(cfg, run_dir: Path, command: list[str]) -> None:
     """Everything the workers read, written atomically (every node of a job writes the same)."""
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(launch_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    # Secrets (an API key read from the environment) never reach the disk; workers need none.
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    _write_atomic(launch_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     _write_atomic(launch_dir / "deepspeed.json", deepspeed_config_path(cfg.launcher.deepspeed).read_text())
     _write_atomic(launch_dir / "command.sh", "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
 

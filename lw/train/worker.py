@@ -116,7 +116,9 @@ def train(run_dir: Path) -> Path:
     cfg = load_run_config(run_dir)
     single_process_env()
     backend = cfg.launcher.backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before anything allocates on cuda:0
+    else:
         skip_cpu_shm_comm()
     # The process group must exist before the model is built under ZeRO-3 (zero.Init partitions
     # parameters as they are created); without it the world size is wrong (STACK.md).
