@@ -47,6 +47,9 @@ class ModelConfig:
     # GLM-4 needs its seq_length raised for 32k packs (see PAPER.md section 4).
     config_overrides: Dict[str, Any] = field(default_factory=dict)
     tiny: Optional[TinyModelConfig] = None
+    # The hub config's architecture (model_type + transformers config fields), so a dry run or a
+    # throughput check can build the model's shapes without downloading anything.
+    arch: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,7 +206,38 @@ class LoggerConfig:
 
 @dataclass
 class LauncherConfig:
-    kind: str = "local"  # local
+    """Where training runs. local: in the driver's process. deepspeed: the driver starts
+    nproc_per_node x nnodes workers (`python -m lw.train.worker RUN_DIR`) under torchrun or
+    accelerate. slurm: as deepspeed, with nodes, node rank and master host from the allocation."""
+
+    kind: str = "local"  # local | deepspeed | slurm
+    runner: str = "torchrun"  # torchrun | accelerate
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: Optional[int] = None  # null: a free port (one node only)
+    backend: Optional[str] = None  # nccl | gloo; null: nccl with GPUs, gloo without
+    deepspeed: Optional[str] = None  # conf/deepspeed/<name>.json or a path to a DeepSpeed config
+    log_tail_lines: int = 40  # lines of a failed rank's log shown in the error
+
+
+@dataclass
+class PlanSource:
+    """A training source the dry run cannot read locally: its assumed size."""
+
+    name: str = MISSING
+    sequences: int = MISSING
+    mean_tokens: float = MISSING  # prompt + answer tokens per sequence
+
+
+@dataclass
+class PlanConfig:
+    """Assumptions of `dry_run=true` where the data is not local (stated in the plan)."""
+
+    sources: List[PlanSource] = field(default_factory=list)
+    packing_efficiency: float = 0.99  # real tokens / pack slots with best-fit-decreasing packing
+    gpu_memory_gib: float = 80.0  # per GPU; the plan warns when its estimate exceeds it (H800/H100: 80)
 
 
 @dataclass
@@ -222,6 +256,7 @@ class LwConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     logger: LoggerConfig = MISSING
     launcher: LauncherConfig = MISSING
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def register_configs() -> None:

@@ -37,12 +37,17 @@ def run(cfg: DictConfig) -> dict:
 
         sft_config(cfg, run_dir / "checkpoints", "none")  # fail on a bad trainer option before any work
     if cfg.dry_run:
-        log.info("dry run: the config composes and validates; nothing trained or evaluated")
-        return {}
+        from lw.launch.plan import dry_run
+
+        return dry_run(cfg, run_dir)
 
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else cfg.run_name
     config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = start_tracker(cfg.logger, config, run_dir, cfg.run_name, group)
+    from lw.launch.driver import is_first_node
+
+    # Off node 0 of a multi-node job the driver only runs its node's workers: no W&B run.
+    tracker = start_tracker(cfg.logger, config, run_dir, cfg.run_name, group) if is_first_node(cfg.launcher) \
+        else Tracker()
     exit_code = 1
     try:
         start = time.time()
@@ -53,6 +58,9 @@ def run(cfg: DictConfig) -> dict:
             metrics.update({f"data/{k}": v for k, v in stats.items()})
         elif cfg.task == Task.train:
             model_dir = train(cfg, tokenizer, run_dir, tracker)
+            if model_dir is None:  # another node's driver: node 0 evaluates and logs
+                exit_code = 0
+                return {}
             metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker))
         elif cfg.task == Task.eval:
             if cfg.model.path is None and cfg.generation.backend != "openai":
@@ -74,7 +82,11 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish(exit_code)
 
 
-def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker) -> Path:
+def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker) -> Path | None:
+    if cfg.launcher.kind != "local":  # workers in child processes; None on nodes other than 0
+        from lw.launch.driver import launch_training
+
+        return launch_training(cfg, tokenizer, run_dir, tracker)
     from lw.train.sft import train_sft
 
     dataset, stats = build_sft_dataset(cfg, tokenizer, run_dir)

@@ -83,25 +83,26 @@ def sft_config(cfg, output_dir: Path, report_to: str) -> SFTConfig:
         raise ValueError(f"trainer.args: {e} (options are those of trl.SFTConfig)") from None
 
 
-def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str) -> LwSFTTrainer:
+def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:
     """The trainer; a packed dataset (rows with seq_lengths) gets the padding-free pack collator."""
     args = sft_config(cfg, output_dir / "checkpoints", report_to)
     packed = "seq_lengths" in dataset.column_names
     collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
     return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                         data_collator=collator, eos_loss_weight=cfg.trainer.eos_loss_weight,
-                        loss_weighting=cfg.trainer.get("loss_weighting", "token_mean"))
+                        loss_weighting=cfg.trainer.get("loss_weighting", "token_mean"), callbacks=callbacks)
 
 
-def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str) -> Path:
+def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
-    trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to)
+    trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to, callbacks)
     args = trainer.args
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     final = output_dir / "model"
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(final)
+    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final)
     return final

@@ -1,0 +1,270 @@
+"""GPU figures for the paper-scale setup, stage by stage (experiments/gpu_check.sh runs each under a
+timeout and keeps going when one fails). Every stage merges its figures into one JSON file.
+
+  train     tokens/s and MFU of the GLM-4-9B architecture (conf/model/glm4_9b.yaml's numbers, random
+            weights, no download) under DeepSpeed ZeRO-3 with optimizer and parameter CPU offload
+            (conf/deepspeed/*.json, the HF Trainer filling "auto") on one GPU with 32k-token packs,
+            bf16, activation checkpointing: what lw's workers run. The offload needs about 18 bytes
+            of host RAM per parameter (169 GB at full depth), so the depth is cut to what the host
+            holds; width, vocabulary and pack length stay the paper's.
+  generate  transformers `generate` vs vLLM decoding speed on the full-depth architecture (vLLM only
+            where it is installed; random weights: every sequence runs to max_new_tokens).
+
+`--smoke` runs a tiny GLM on CPU: a check of this script on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Dense bf16 peak of the chips this runs on (SXM parts; the H200 has the H100's compute).
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12}
+BYTES_PER_PARAM_OFFLOADED = 18  # fp32 master 4 + Adam 8 + fp32 grads 4 + bf16 params 2
+
+
+def record(path: Path, key: str, value) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"gpu_check: {key} = {json.dumps(value)}", flush=True)
+
+
+def glm4_9b_config(smoke: bool, layers: int | None = None):
+    import yaml
+    from transformers import AutoConfig
+
+    arch = yaml.safe_load((REPO / "conf" / "model" / "glm4_9b.yaml").read_text())["arch"]
+    if smoke:
+        arch.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=1)
+    if layers:
+        arch["num_hidden_layers"] = layers
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    config.max_position_embeddings = 131072  # the experiment's config_overrides for 32k packs
+    return config
+
+
+def parameter_counts(config) -> tuple[int, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters()), model.get_input_embeddings().weight.numel()
+
+
+def layers_for_host(config, host_fraction: float) -> int:
+    """The most layers whose offloaded states fit `host_fraction` of the available host RAM."""
+    import copy
+
+    import psutil
+
+    one, two = copy.deepcopy(config), copy.deepcopy(config)
+    one.num_hidden_layers, two.num_hidden_layers = 1, 2
+    p1, p2 = parameter_counts(one)[0], parameter_counts(two)[0]
+    per_layer, rest = p2 - p1, 2 * p1 - p2
+    budget = host_fraction * psutil.virtual_memory().available / BYTES_PER_PARAM_OFFLOADED
+    return max(1, min(config.num_hidden_layers, math.floor((budget - rest) / per_layer)))
+
+
+def peak_flops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def single_process_env() -> None:
+    if "RANK" not in os.environ:  # DeepSpeed would look for MPI otherwise
+        from lw.launch.topology import free_port
+
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+
+
+def train(args) -> int:
+    import deepspeed
+    import psutil
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from lw.launch.flops import train_flops_per_token
+
+    cuda = torch.cuda.is_available()
+    single_process_env()
+    if not cuda:  # as lw's worker: no compiled shared-memory all-reduce on CPU
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    full = glm4_9b_config(args.smoke)
+    layers = args.layers or layers_for_host(full, args.host_fraction)
+    config = glm4_9b_config(args.smoke, layers)
+    params, embedding = parameter_counts(config)
+    full_params, _ = parameter_counts(full)
+    seq_len = 128 if args.smoke else args.seq_len
+    ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
+    out_dir = tempfile.mkdtemp(prefix="gpu_check_")
+    training_args = TrainingArguments(
+        output_dir=out_dir, deepspeed=ds_config, bf16=cuda, use_cpu=not cuda, ddp_backend=None if cuda else "gloo",
+        per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=args.warmup + args.steps,
+        learning_rate=1e-5, lr_scheduler_type="cosine", weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
+        gradient_checkpointing=True, logging_steps=1, save_strategy="no", report_to="none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True)
+    started = time.time()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)  # zero.Init
+    build_seconds = time.time() - started
+
+    class RandomPacks(torch.utils.data.Dataset):
+        def __len__(self):
+            return args.warmup + args.steps
+
+        def __getitem__(self, i):
+            ids = torch.randint(0, config.vocab_size, (seq_len,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": ids, "labels": ids.clone()}
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *a, **k):
+            if cuda:
+                torch.cuda.synchronize()
+            self.start = time.time()
+
+        def on_step_end(self, *a, **k):
+            if cuda:
+                torch.cuda.synchronize()
+            self.seconds.append(time.time() - self.start)
+
+    timer = StepTimer()
+    trainer = Trainer(model=model, args=training_args, train_dataset=RandomPacks(), callbacks=[timer])
+    key = f"train_{args.ds}_{seq_len}"
+    try:
+        trainer.train()
+    except torch.cuda.OutOfMemoryError as e:
+        record(args.out, key, {"oom": True, "layers": layers, "seq_len": seq_len, "error": str(e)[:300],
+                               "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+        return 2
+    timed = timer.seconds[args.warmup:]
+    step = sum(timed) / len(timed)
+    tokens_per_s = seq_len / step
+    flops = train_flops_per_token(config, params, embedding, seq_len)
+    full_flops = train_flops_per_token(full, full_params, embedding, seq_len)
+    peak = peak_flops()
+    record(args.out, key, {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "deepspeed_config": args.ds, "zero_stage": 3, "offload": "optimizer+parameters to CPU",
+        "layers": layers, "full_depth_layers": full.num_hidden_layers, "parameters": params,
+        "full_depth_parameters": full_params, "seq_len": seq_len, "micro_batch": 1,
+        "model_build_seconds": round(build_seconds, 1), "step_seconds": [round(s, 3) for s in timer.seconds],
+        "tokens_per_second": round(tokens_per_s, 1),
+        "train_flops_per_token": flops, "mfu": round(flops * tokens_per_s / peak, 4) if peak else None,
+        # Compute scales with depth, the optimizer's host work with the parameter count: a range.
+        "full_depth_tokens_per_second_if_compute_bound": round(tokens_per_s * flops / full_flops, 1),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "host_rss_gib": round(psutil.Process().memory_info().rss / 2**30, 2),
+        "loss": [round(r["loss"], 4) for r in trainer.state.log_history if "loss" in r],
+    })
+    return 0
+
+
+def generate(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    config = glm4_9b_config(args.smoke)
+    prompt_len, new_tokens = (16, 8) if args.smoke else (args.prompt_len, args.new_tokens)
+    batches = (1, 2) if args.smoke else (1, 8)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32).eval()
+    results: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "layers": config.num_hidden_layers,
+                     "prompt_tokens": prompt_len, "new_tokens": new_tokens, "temperature": 0.5}
+    prompts = {b: torch.randint(100, config.vocab_size - 100, (b, prompt_len), generator=torch.Generator().manual_seed(b))
+               for b in batches}
+    for batch, ids in prompts.items():
+        ids = ids.to(device)
+        kwargs = dict(do_sample=True, temperature=0.5, pad_token_id=config.pad_token_id)
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.time()
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.time() - start
+        produced = (out.shape[1] - prompt_len) * batch
+        results[f"hf_batch{batch}_tokens_per_second"] = round(produced / seconds, 1)
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    if importlib.util.find_spec("vllm") is None:
+        results["vllm"] = "not installed here: skipped"
+        print("gpu_check: vLLM is not installed, hf only", flush=True)
+    else:
+        results.update(_vllm(config, prompts, new_tokens))
+    record(args.out, "generate", results)
+    return 0
+
+
+def _vllm(config, prompts, new_tokens) -> dict:
+    """vLLM on the same architecture: dummy (random) weights from the saved config, token ids in."""
+    from vllm import LLM, SamplingParams
+
+    model_dir = tempfile.mkdtemp(prefix="gpu_check_vllm_")
+    config.save_pretrained(model_dir)
+    prompt_len = next(iter(prompts.values())).shape[1]
+    llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
+              max_model_len=prompt_len + new_tokens + 16, gpu_memory_utilization=0.85, seed=0)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.5, ignore_eos=True)
+    results = {}
+    for batch, ids in prompts.items():
+        requests = [{"prompt_token_ids": row.tolist()} for row in ids]
+        llm.generate(requests[:1], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+        start = time.time()
+        outputs = llm.generate(requests, params)
+        seconds = time.time() - start
+        results[f"vllm_batch{batch}_tokens_per_second"] = round(
+            sum(len(o.outputs[0].token_ids) for o in outputs) / seconds, 1)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["train", "generate", "record"])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file the figures are merged into")
+    parser.add_argument("--smoke", action="store_true", help="a tiny GLM on CPU: checks this script")
+    parser.add_argument("--ds", default="zero3_offload", help="conf/deepspeed/<name>.json")
+    parser.add_argument("--seq-len", type=int, default=32768)
+    parser.add_argument("--layers", type=int, default=None, help="default: as many as the host RAM holds")
+    parser.add_argument("--host-fraction", type=float, default=0.5, help="of the available host RAM, for states")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--prompt-len", type=int, default=1024)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--key", help="record: the key")
+    parser.add_argument("--value", help="record: a JSON value")
+    args = parser.parse_args(argv)
+    if args.stage == "record":
+        record(args.out, args.key, json.loads(args.value))
+        return 0
+    return train(args) if args.stage == "train" else generate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The driver side of distributed training (DESIGN.md #4: Hydra is the driver, not the worker).
+
+A Hydra job prepares the data, writes what the workers need into RUN_DIR/launch/, starts
+`python -m lw.train.worker RUN_DIR` under torchrun (or accelerate) as a child process group,
+streams the workers' output, forwards rank 0's training log to the driver's W&B run, and raises
+with the failing rank's exit code and the tail of its log when any rank fails. The caller then
+evaluates the saved model in the driver's process.
+
+RUN_DIR/launch/ holds
+    config.yaml      the resolved config the workers load (.hydra/config.yaml keeps Hydra's
+                     interpolations, which resolve only inside Hydra)
+    deepspeed.json   the DeepSpeed config as given ("auto" values are filled by the trainer)
+    command.sh       the exact launch command, re-runnable by hand
+    workers.log      every rank's output, prefixed with its local rank ("[default1]:")
+    ranks/           one folder per rank attempt, written by torchrun (stdout.log, stderr.log)
+    train_log.jsonl  rank 0's trainer logs (loss, learning rate, ...), one JSON line per logging step
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from lw.launch.topology import Topology, topology
+from lw.tracking import redact
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DEEPSPEED_CONFIGS = REPO / "conf" / "deepspeed"
+WORKER_MODULE = "lw.train.worker"
+# torchrun's --tee prefixes each line with the role and local rank: "[default1]:...". A rank's
+# unfinished line (a progress bar) can run into another's, so prefixes are found anywhere.
+_RANK_PREFIX = re.compile(r"\[[A-Za-z_]+?(\d+)\]:")
+# torchrun's summary of a failed run names the rank that failed first and its exit code.
+_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
+                         r".*?exitcode\s*:\s*(-?\d+)", re.S)
+
+
+class WorkerFailure(RuntimeError):
+    """A rank exited with an error; the message names it, its exit code and its last lines."""
+
+    def __init__(self, message: str, rank: int | None, exit_code: int):
+        super().__init__(message)
+        self.rank = rank
+        self.exit_code = exit_code
+
+
+def deepspeed_config_path(name: str | None) -> Path:
+    """conf/deepspeed/<name>.json for a bare name, else the path as given."""
+    if not name:
+        raise ValueError("launcher.deepspeed is not set: name a conf/deepspeed/*.json or give a path")
+    path = Path(name) if (name.endswith(".json") or os.sep in name) else DEEPSPEED_CONFIGS / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))
+        raise FileNotFoundError(f"launcher.deepspeed={name!r}: no file {path} (configs in conf/deepspeed: {known})")
+    return path
+
+
+def load_deepspeed_config(name: str | None) -> dict:
+    path = deepspeed_config_path(name)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def worker_command(launcher_cfg, topo: Topology, run_dir: Path) -> list[str]:
+    """The command that starts this node's workers (argv)."""
+    ranks_dir = str(run_dir / "launch" / "ranks")
+    if launcher_cfg.runner == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run",
+                "--nnodes", str(topo.nnodes), "--nproc-per-node", str(topo.nproc_per_node),
+                "--node-rank", str(topo.node_rank), "--master-addr", topo.master_addr,
+                "--master-port", str(topo.master_port), "--log-dir", ranks_dir, "--tee", "3",
+                "-m", WORKER_MODULE, str(run_dir)]
+    if launcher_cfg.runner == "accelerate":
+        # --multi_gpu selects accelerate's torchrun path (also on CPU, where --cpu would start one
+        # process); DeepSpeed comes from the trainer's `deepspeed` argument, as under torchrun.
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", str(topo.world_size), "--num_machines", str(topo.nnodes),
+                "--machine_rank", str(topo.node_rank), "--main_process_ip", topo.master_addr,
+                "--main_process_port", str(topo.master_port), "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--log_dir", ranks_dir, "--tee", "3",
+                "-m", WORKER_MODULE, str(run_dir)]
+    raise ValueError(f"launcher.runner must be torchrun or accelerate, got {launcher_cfg.runner!r}")
+
+
+def worker_env(cfg, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The workers import this checkout of lw, whatever their working directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    # DeepSpeed compiles its ops (cpu_adam, ...) on first use; one cache per machine, not per run.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(cfg.cache_dir).expanduser() / "torch_extensions"))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # the launcher sets these per worker
+    return env
+
+
+def write_launch_files(cfg, run_dir: Path, command: list[str]) -> None:
+    """Everything the workers read, written atomically (every node of a job writes the same)."""
+    launch_dir = run_dir / "launch"
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    # Secrets (an API key read from the environment) never reach the disk; workers need none.
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    _write_atomic(launch_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    _write_atomic(launch_dir / "deepspeed.json", deepspeed_config_path(cfg.launcher.deepspeed).read_text())
+    _write_atomic(launch_dir / "command.sh", "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class TrainLogForwarder:
+    """Forwards rank 0's trainer logs (RUN_DIR/launch/train_log.jsonl) to the driver's tracker.
+
+    One process holds the W&B run (the driver): the workers report to nothing, so a run never
+    has two writers and offline runs need no resuming. Keys are named as the HF W&B callback
+    names them (train/loss, train/global_step), so local and distributed runs share panels.
+    """
+
+    def __init__(self, path: Path, tracker):
+        self.path = path
+        self.tracker = tracker
+        self.offset = path.stat().st_size if path.exists() else 0  # a rerun forwards only its own logs
+        self.forwarded = 0
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        from transformers.integrations.integration_utils import rewrite_logs
+
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self.offset)
+            while True:
+                line = f.readline()
+                if not line.endswith("\n"):  # not yet complete: read it next time
+                    break
+                self.offset = f.tell()
+                record = json.loads(line)
+                step = record.pop("step")
+                self.tracker.log({**rewrite_logs(record), "train/global_step": step})
+                self.forwarded += 1
+
+
+def run_workers(command: list[str], env: dict[str, str], log_path: Path, tail_lines: int = 40,
+                on_poll: Callable[[], None] | None = None, poll_seconds: float = 1.0) -> None:
+    """Run the launcher as a child process group, stream its output, raise if any rank fails."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tails: dict[int, deque] = defaultdict(lambda: deque(maxlen=tail_lines))
+    last: deque = deque(maxlen=400)
+    log.info("starting workers: %s", shlex.join(command))
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1, start_new_session=True)
+        reader = threading.Thread(target=_pump, args=(proc.stdout, log_file, tails, last), daemon=True)
+        reader.start()
+        previous = _terminate_on_sigterm()
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=poll_seconds)
+                    break
+                except subprocess.TimeoutExpired:
+                    if on_poll:
+                        on_poll()
+        except BaseException:
+            _stop(proc)  # Ctrl-C, SIGTERM, a failing poll: never leave workers running
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            reader.join(timeout=30)
+        if on_poll:
+            on_poll()
+    if returncode != 0:
+        raise _failure(returncode, "".join(last), tails, log_path)
+
+
+def _pump(stream, log_file, tails, last) -> None:
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        log_file.write(line)
+        log_file.flush()
+        last.append(line)
+        starts = list(_RANK_PREFIX.finditer(line))
+        for i, match in enumerate(starts):
+            end = starts[i + 1].start() if i + 1 < len(starts) else len(line)
+            tails[int(match.group(1))].append(line[match.start():end].rstrip("\n") + "\n")
+
+
+def _terminate_on_sigterm():
+    """Turn SIGTERM (scancel, a timeout) into an exception, so the workers are stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _stop(proc: subprocess.Popen, grace_seconds: float = 30) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _failure(returncode: int, output: str, tails: dict[int, deque], log_path: Path) -> WorkerFailure:
+    match = _ROOT_CAUSE.search(output)
+    if not match:
+        tail = "".join(list(output.splitlines(keepends=True))[-40:])
+        return WorkerFailure(f"the worker launcher exited with code {returncode}; its last lines:\n{tail}\n"
+                             f"all output: {log_path}", None, returncode)
+    rank, local_rank, code = (int(g) for g in match.groups())
+    why = f" ({signal.Signals(-code).name})" if code < 0 and -code in signal.Signals._value2member_map_ else ""
+    lines = "".join(tails.get(local_rank, [])) or "(no lines from it on this node)\n"
+    return WorkerFailure(f"worker rank {rank} (local rank {local_rank}) failed with exit code {code}{why}; "
+                         f"the last lines of its log:\n{lines}all output: {log_path}", rank, code)
+
+
+def launch_training(cfg, tokenizer, run_dir: Path, tracker) -> Path | None:
+    """Train on nproc_per_node x nnodes workers; the saved model's directory (None off node 0)."""
+    from lw.data import build_sft_dataset
+
+    topo = topology(cfg.launcher)
+    log.info("workers: %d node(s) x %d, this is node %d, rendezvous %s:%d", topo.nnodes, topo.nproc_per_node,
+             topo.node_rank, topo.master_addr, topo.master_port)
+    if topo.node_rank == 0:
+        # One process prepares the data; the workers on every node load it from the run directory
+        # (on other nodes they start only once node 0's launcher is up, after this).
+        dataset, stats = build_sft_dataset(cfg, tokenizer, run_dir)
+        tokenized = run_dir / "data" / "tokenized"
+        if tokenized.exists():
+            shutil.rmtree(tokenized)
+        dataset.save_to_disk(str(tokenized))
+        tracker.summary({f"data/{k}": v for k, v in stats.items()})
+    command = worker_command(cfg.launcher, topo, run_dir)
+    write_launch_files(cfg, run_dir, command)
+    forwarder = TrainLogForwarder(run_dir / "launch" / "train_log.jsonl", tracker)
+    run_workers(command, worker_env(cfg), run_dir / "launch" / "workers.log", cfg.launcher.log_tail_lines,
+                on_poll=forwarder.poll if topo.node_rank == 0 else None)
+    if topo.node_rank != 0:
+        return None
+    model_dir = run_dir / "model"
+    if not (model_dir / "config.json").exists():
+        raise RuntimeError(f"the workers exited cleanly but saved no model in {model_dir}")
+    return model_dir
+
+
+def is_first_node(launcher_cfg) -> bool:
+    """Whether this driver evaluates and logs (node 0 of a multi-node job); checked before any work."""
+    if launcher_cfg.kind == "slurm":
+        return topology(launcher_cfg).node_rank == 0  # fails clearly outside an allocation
+    if launcher_cfg.kind == "deepspeed":
+        return launcher_cfg.node_rank == 0
+    if launcher_cfg.kind != "local":
+        raise ValueError(f"unknown launcher.kind {launcher_cfg.kind!r}; choose local, deepspeed or slurm")
+    return True

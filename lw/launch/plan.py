@@ -1,0 +1,372 @@
+"""`dry_run=true`: what a run would do and need, computed without loading any weights.
+
+The plan composes the config (Hydra did), counts the training data (tokenizing it when the
+tokenizer is local, else from the sizes stated in `plan.sources`), works out packs and optimizer
+steps, builds the DeepSpeed config as the HF Trainer fills it, estimates GPU memory per rank and
+host RAM for the offload, and gives the exact launch command. It prints a summary and writes
+RUN_DIR/plan.json.
+
+Memory model (per rank; P parameters, L layers, hidden h, FFN width I, n_h query and n_kv
+key/value heads of width d, vocabulary V, m sequences of s tokens per micro-batch, a bytes per
+activation element: 2 in bf16, 4 in fp32):
+- model states: DeepSpeed's own ZeRO-3 estimator (`estimate_zero3_model_states_mem_needs`):
+  with parameters and optimizer offloaded the GPU holds the largest layer's 16-bit parameters and
+  gradients (4 bytes per parameter of that layer); the host holds 18 bytes per parameter (fp32
+  master weights 4, Adam moments 8, fp32 gradients 4, 16-bit parameters 2) x 1.5 for buffers.
+- communication buffers: 2 bytes x (prefetch bucket + 2 x reduce bucket).
+- activations with activation checkpointing: each layer keeps its input, L*m*s*h*a, and the
+  layer being recomputed holds its activations and their gradients, 2*m*s*(4h + 2*n_h*d +
+  2*n_kv*d + 4I)*a. Without checkpointing every layer holds its activations: L times the latter/2.
+- logits and loss: m*s*V*(a + 8): the logits, their fp32 copy for the loss and the fp32
+  log-softmax kept for the backward pass. At 32k tokens and a 150k vocabulary this is the largest
+  single term.
+- attention scores: none with sdpa/flash attention; m*n_h*s^2*a with eager attention.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lw.launch.flops import train_flops_per_token
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+
+def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
+    plan = build_plan(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    print(format_plan(plan))
+    print(f"lw: dry run, plan in {(run_dir / 'plan.json').resolve()}")
+    return plan
+
+
+def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
+    from lw.train.sft import sft_config
+
+    args = sft_config(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
+    nproc, nnodes = _world(cfg.launcher)
+    world = nproc * nnodes
+    hf_config = model_config(cfg)
+    counts = parameter_counts(hf_config)
+    data = plan_data(cfg, args, world)
+    deepspeed = plan_deepspeed(cfg, args, hf_config, world, data["total_steps"]) \
+        if cfg.launcher.kind != "local" else None
+    memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed)
+    return {
+        "run_name": cfg.run_name,
+        "task": cfg.task.value if hasattr(cfg.task, "value") else str(cfg.task),
+        "model": {"name": cfg.model.name, "path": cfg.model.path, "model_type": hf_config.model_type,
+                  "parameters": counts["total"], "largest_layer_parameters": counts["largest_layer"],
+                  "layers": hf_config.num_hidden_layers, "hidden_size": hf_config.hidden_size,
+                  "vocab_size": hf_config.vocab_size,
+                  "max_position_embeddings": getattr(hf_config, "max_position_embeddings", None),
+                  "config_overrides": OmegaConf.to_container(cfg.model.config_overrides, resolve=True),
+                  "train_flops_per_token": train_flops_per_token(hf_config, counts["total"], counts["embedding"],
+                                                                 data["tokens_per_sequence"])},
+        "launcher": {"kind": cfg.launcher.kind, "nnodes": nnodes, "nproc_per_node": nproc, "world_size": world,
+                     "command": launch_command(cfg, run_dir)},
+        "data": data,
+        "optimizer": {"learning_rate": args.learning_rate, "lr_scheduler_type": str(args.lr_scheduler_type.value),
+                      "warmup_steps": data["warmup_steps"], "weight_decay": args.weight_decay,
+                      "adam_betas": [args.adam_beta1, args.adam_beta2], "bf16": args.bf16,
+                      "activation_checkpointing": bool(args.activation_checkpointing)},
+        "deepspeed": deepspeed,
+        "memory": memory,
+        "assumptions": data.pop("assumptions") + memory.pop("assumptions"),
+    }
+
+
+def _world(launcher_cfg) -> tuple[int, int]:
+    if launcher_cfg.kind == "local":
+        return 1, 1
+    return launcher_cfg.nproc_per_node, launcher_cfg.nnodes
+
+
+# ---------------------------------------------------------------------------------------- model
+
+def model_config(cfg: DictConfig):
+    """The model's transformers config, from the tiny spec, a local checkpoint or `model.arch`."""
+    from transformers import AutoConfig
+
+    model_cfg = cfg.model
+    if model_cfg.path is None:
+        from lw.models import build_tokenizer
+        from lw.models.tiny import tiny_model_config
+
+        config = tiny_model_config(model_cfg.tiny, build_tokenizer(model_cfg, cfg.cache_dir))
+    elif Path(model_cfg.path).is_dir():
+        config = AutoConfig.from_pretrained(model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
+    elif model_cfg.arch:
+        arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    else:
+        raise ValueError(f"model.path={model_cfg.path!r} is not a local directory and model.arch is empty: add the "
+                         f"hub config's architecture to conf/model/{model_cfg.name}.yaml (model.arch) to plan offline")
+    for key, value in model_cfg.config_overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def parameter_counts(hf_config) -> dict:
+    """Parameters of the model built on the meta device: exact counts, no memory, no weights."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    embedding = model.get_input_embeddings().weight.numel()
+    return {"total": total, "largest_layer": largest, "embedding": embedding}
+
+
+# ----------------------------------------------------------------------------------------- data
+
+def plan_data(cfg: DictConfig, args, world: int) -> dict:
+    """Sequences, tokens, packs and optimizer steps; tokenized when the tokenizer is local."""
+    pack_length = cfg.data.pack_length
+    assumptions: list[str] = []
+    if _tokenizer_is_local(cfg.model):
+        stats = _prepared_stats(cfg)  # lw.data packs exactly as training will
+        sequences, tokens, how = stats["sequences_packed"], stats["real_tokens"], "tokenized"
+        sources = [{"name": cfg.data.name, "sequences": sequences, "tokens": tokens, "filter": stats}]
+        packs = stats["packs"] if pack_length else None
+    else:
+        if not cfg.plan.sources:
+            raise ValueError(f"dry run: the tokenizer of model.path={cfg.model.path!r} is not local, so the data "
+                             "cannot be counted: state its size in plan.sources (name, sequences, mean_tokens)")
+        sources = [{"name": s.name, "sequences": s.sequences, "tokens": round(s.sequences * s.mean_tokens)}
+                   for s in cfg.plan.sources]
+        sequences = sum(s["sequences"] for s in sources)
+        tokens = sum(s["tokens"] for s in sources)
+        how = "assumed"
+        assumptions.append("data sizes from plan.sources (not counted): " + ", ".join(
+            f"{s.name} {s.sequences} sequences x {s.mean_tokens:g} tokens" for s in cfg.plan.sources))
+        packs = None
+        if pack_length:
+            packs = math.ceil(tokens / (pack_length * cfg.plan.packing_efficiency))
+            assumptions.append(f"packs = tokens / (pack_length x packing efficiency {cfg.plan.packing_efficiency})")
+    units = packs if pack_length else sequences
+    micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    # As the HF Trainer counts: each rank gets ceil(units / world) examples in ceil(. / micro)
+    # batches; an optimizer step takes `accumulation` of them, the last one of an epoch fewer.
+    batches_per_rank = math.ceil(math.ceil(units / world) / micro)
+    steps_per_epoch = max(math.ceil(batches_per_rank / accumulation), 1)
+    if args.max_steps > 0:
+        total_steps = args.max_steps
+        epochs = total_steps / steps_per_epoch
+    else:
+        total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+        epochs = float(args.num_train_epochs)
+    tokens_per_sequence = pack_length or cfg.data.max_length
+    return {
+        "counted": how,
+        "sources": sources,
+        "sequences": sequences,
+        "tokens": tokens,
+        "pack_length": pack_length,
+        "packs": packs,
+        "packing_efficiency": round(tokens / (packs * pack_length), 4) if packs else None,
+        "tokens_per_sequence": tokens_per_sequence,
+        "global_batch": micro * accumulation * world,
+        "tokens_per_step": micro * accumulation * world * tokens_per_sequence,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": round(epochs, 3),
+        "total_steps": total_steps,
+        "warmup_steps": args.get_warmup_steps(total_steps),
+        "assumptions": assumptions,
+    }
+
+
+def _tokenizer_is_local(model_cfg) -> bool:
+    return model_cfg.path is None or Path(model_cfg.path).is_dir()
+
+
+def _prepared_stats(cfg: DictConfig) -> dict:
+    from lw.data import build_sft_dataset
+    from lw.models import build_tokenizer
+
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, stats = build_sft_dataset(cfg, tokenizer, Path(tmp))
+    return stats
+
+
+# ------------------------------------------------------------------------------------ deepspeed
+
+class _ArgsAtWorldSize:
+    """Training arguments as the workers will see them: the planned world size, not this process's."""
+
+    def __init__(self, args, world_size: int):
+        self._args = args
+        self.world_size = world_size
+
+    def __getattr__(self, name):
+        return getattr(self._args, name)
+
+
+def plan_deepspeed(cfg: DictConfig, args, hf_config, world: int, total_steps: int) -> dict:
+    """The DeepSpeed config with its "auto" values filled as the HF Trainer fills them, validated."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+
+    from lw.launch.driver import deepspeed_config_path, load_deepspeed_config
+
+    path = deepspeed_config_path(cfg.launcher.deepspeed)
+    raw = load_deepspeed_config(cfg.launcher.deepspeed)
+    planned = _ArgsAtWorldSize(args, world)
+    filled = HfTrainerDeepSpeedConfig(raw)  # also registers itself globally: unset below
+    try:
+        filled.trainer_config_process(planned)
+        filled.trainer_config_finalize(planned, SimpleNamespace(config=hf_config), total_steps)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    finally:
+        unset_hf_deepspeed_config()
+    config = filled.config
+    unfilled = _auto_keys(config)
+    if unfilled:
+        raise ValueError(f"{path}: no value for {unfilled} (\"auto\" left after the trainer's filling)")
+    try:
+        DeepSpeedZeroConfig(**config.get("zero_optimization", {}))
+    except Exception as e:  # pydantic's ValidationError names the field
+        raise ValueError(f"{path}: zero_optimization is invalid for DeepSpeed: {e}") from None
+    zero = config.get("zero_optimization", {})
+    return {"file": str(path), "config": config, "stage": zero.get("stage", 0),
+            "offload_optimizer": zero.get("offload_optimizer", {}).get("device", "none"),
+            "offload_param": zero.get("offload_param", {}).get("device", "none"),
+            "optimizer": config.get("optimizer", {}).get("type", "torch AdamW (the trainer's)")}
+
+
+def _auto_keys(node, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _auto_keys(value, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if node == "auto" else []
+
+
+# --------------------------------------------------------------------------------------- memory
+
+def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, nproc: int, nnodes: int,
+                deepspeed: dict | None) -> dict:
+    params, largest = counts["total"], counts["largest_layer"]
+    bf16 = bool(args.bf16) or cfg.model.dtype == "bfloat16"
+    a = 2 if bf16 or cfg.model.dtype == "float16" else 4
+    m = args.per_device_train_batch_size
+    h, layers, ffn = hf_config.hidden_size, hf_config.num_hidden_layers, hf_config.intermediate_size
+    heads = hf_config.num_attention_heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    d = getattr(hf_config, "head_dim", None) or h // heads
+    vocab = hf_config.vocab_size
+    layer_width = 4 * h + 2 * heads * d + 2 * kv_heads * d + 4 * ffn
+    if args.activation_checkpointing:
+        activations = {"layer_inputs": layers * m * seq_len * h * a, "recomputed_layer": 2 * m * seq_len * layer_width * a}
+    else:
+        activations = {"all_layers": layers * m * seq_len * layer_width * a, "recomputed_layer": m * seq_len * layer_width * a}
+    activations["logits_and_loss"] = m * seq_len * vocab * (a + 8)
+    eager = cfg.model.attn_implementation == "eager"
+    activations["attention_scores"] = m * heads * seq_len**2 * a if eager else 0
+    assumptions = ["GPU and host memory are estimates (see lw/launch/plan.py); allow a few GiB for the CUDA "
+                   "context and fragmentation"]
+    gpu: dict[str, float] = {}
+    host_per_node: dict[str, float] = {}
+    if deepspeed is not None and deepspeed["stage"] == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        offload_opt = deepspeed["offload_optimizer"] == "cpu"
+        offload_param = deepspeed["offload_param"] == "cpu"
+        cpu_mem, gpu_mem, _ = estimate_zero3_model_states_mem_needs(
+            params, largest, num_gpus_per_node=nproc, num_nodes=nnodes, cpu_offload=offload_opt,
+            cpu_offload_params=offload_param, zero_init=True, additional_buffer_factor=1.5)
+        zero = deepspeed["config"]["zero_optimization"]
+        gpu["model_states"] = gpu_mem
+        gpu["communication_buffers"] = 2 * (zero.get("stage3_prefetch_bucket_size", 0)
+                                            + 2 * zero.get("reduce_bucket_size", 0))
+        host_per_node["model_states_deepspeed_estimate"] = cpu_mem
+        if offload_opt:
+            share = params / nnodes  # the node's ranks hold this many parameters' states together
+            host_per_node.update({"fp32_master_params": 4 * share, "adam_moments": 8 * share,
+                                  "fp32_gradients": 4 * share, "bf16_params": 2 * share if offload_param else 0})
+    else:
+        # One process, no sharding: weights, gradients and two Adam moments in the model's dtype.
+        gpu["model_states"] = 4 * params * (2 if cfg.model.dtype in ("bfloat16", "float16") else 4)
+        assumptions.append("no DeepSpeed: weights, gradients and Adam moments all on the device")
+    gpu.update({f"activations_{k}": v for k, v in activations.items()})
+    total = sum(gpu.values())
+    budget = cfg.plan.gpu_memory_gib
+    return {
+        "bytes_per_activation": a,
+        "gpu_per_rank_gib": {k: round(v / GIB, 3) for k, v in gpu.items()},
+        "gpu_per_rank_total_gib": round(total / GIB, 2),
+        "gpu_memory_gib": budget,
+        "fits_gpu": total / GIB <= budget,
+        "host_per_node_gib": {k: round(v / GIB, 2) for k, v in host_per_node.items()},
+        "assumptions": assumptions,
+    }
+
+
+# --------------------------------------------------------------------------------------- launch
+
+def launch_command(cfg: DictConfig, run_dir: Path) -> str:
+    """The exact worker command (a free port is picked now; the run picks its own)."""
+    from lw.launch.driver import worker_command
+    from lw.launch.topology import Topology, topology
+
+    run_dir = run_dir.resolve()
+    if cfg.launcher.kind == "local":
+        return "(in process: the driver trains itself)"
+    if cfg.launcher.kind == "slurm":
+        # Known only inside the allocation; each node's driver fills these from SLURM's environment.
+        topo = Topology(cfg.launcher.nnodes, "$SLURM_NODEID", cfg.launcher.nproc_per_node,  # type: ignore[arg-type]
+                        "<first host of $SLURM_JOB_NODELIST>",
+                        cfg.launcher.master_port or "<20000 + $SLURM_JOB_ID % 20000>")  # type: ignore[arg-type]
+    else:
+        topo = topology(cfg.launcher)
+    return shlex.join(worker_command(cfg.launcher, topo, run_dir))
+
+
+# ---------------------------------------------------------------------------------------- print
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def format_plan(plan: dict) -> str:
+    model, data, launcher, memory = plan["model"], plan["data"], plan["launcher"], plan["memory"]
+    lines = [
+        f"plan for {plan['run_name']} (dry run: no weights loaded, nothing trained)",
+        f"  model      {model['name']} ({model['model_type']}): {_count(model['parameters'])} parameters, "
+        f"{model['layers']} layers, hidden {model['hidden_size']}, vocab {model['vocab_size']}, "
+        f"max positions {model['max_position_embeddings']}",
+        f"  launcher   {launcher['kind']}: {launcher['nnodes']} node(s) x {launcher['nproc_per_node']} = world "
+        f"{launcher['world_size']}",
+        f"  data       {data['sequences']} sequences, {data['tokens']} tokens ({data['counted']})"
+        + (f", {data['packs']} packs of {data['pack_length']} (efficiency {data['packing_efficiency']})"
+           if data["packs"] else ""),
+        f"  steps      {data['steps_per_epoch']} per epoch x {data['epochs']} epochs = {data['total_steps']} "
+        f"(global batch {data['global_batch']}, {data['tokens_per_step']} token slots per step, "
+        f"warmup {data['warmup_steps']})",
+    ]
+    if plan["deepspeed"]:
+        ds = plan["deepspeed"]
+        lines.append(f"  deepspeed  ZeRO-{ds['stage']}, optimizer offload {ds['offload_optimizer']}, parameter "
+                     f"offload {ds['offload_param']}, optimizer {ds['optimizer']} ({ds['file']})")
+    lines.append(f"  GPU/rank   {memory['gpu_per_rank_total_gib']} GiB estimated of {memory['gpu_memory_gib']} GiB: "
+                 + ", ".join(f"{k} {v}" for k, v in memory["gpu_per_rank_gib"].items()))
+    if not memory["fits_gpu"]:
+        lines.append("  WARNING    the estimate exceeds plan.gpu_memory_gib: lower the pack length or micro-batch")
+    if memory["host_per_node_gib"]:
+        lines.append("  host/node  " + ", ".join(f"{k} {v} GiB" for k, v in memory["host_per_node_gib"].items()))
+    lines.append(f"  command    {launcher['command']}")
+    lines += [f"  assumed    {a}" for a in plan["assumptions"]]
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""A distributed training worker: `python -m lw.train.worker RUN_DIR`, one process per rank.
+
+Started by the driver (lw.launch.driver) under torchrun or accelerate, never by hand through
+Hydra: it loads the config the driver resolved (RUN_DIR/launch/config.yaml) and the data the
+driver prepared (RUN_DIR/data/tokenized), trains with DeepSpeed, checkpoints into
+RUN_DIR/checkpoints (resuming from the last one) and saves the model into RUN_DIR/model.
+Rank 0 appends the trainer's logs to RUN_DIR/launch/train_log.jsonl for the driver to forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
+from transformers import TrainerCallback
+
+log = logging.getLogger("lw.train.worker")
+
+# Fault injection for the resume test: the named rank exits with code 3 right after the
+# checkpoint of this step is complete on every rank, as a crashed or preempted job would.
+FAULT_STEP_ENV = "LW_FAULT_AFTER_CHECKPOINT_STEP"
+FAULT_RANK_ENV = "LW_FAULT_RANK"
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The driver's resolved config, checked against the typed schema again."""
+    from lw.config import LwConfig
+
+    path = run_dir / "launch" / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the driver (`lw launcher=deepspeed ...`) writes it")
+    return OmegaConf.merge(OmegaConf.structured(LwConfig), OmegaConf.load(path))
+
+
+def single_process_env() -> None:
+    """Without a launcher, DeepSpeed looks for MPI; one process is rank 0 of a world of 1."""
+    if "RANK" in os.environ:
+        return
+    from lw.launch.topology import free_port
+
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+
+
+def skip_cpu_shm_comm() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce on CPU-only machines.
+
+    On the CPU accelerator DeepSpeed builds `deepspeed_shm_comm` (minutes on 2 cores) when the
+    process group starts, only to speed up CPU all-reduce; gloo does that job for CPU runs. The op
+    is skipped when DeepSpeed's compatibility table says no, and that table is one dict that
+    DeepSpeed reads before building (edits to it persist, deepspeed/ops/__init__.py).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def distributed_cfg(cfg: DictConfig, run_dir: Path, backend: str) -> DictConfig:
+    """The config with the trainer arguments that DeepSpeed training needs."""
+    cfg = copy.deepcopy(cfg)
+    args = cfg.trainer.args
+    args.deepspeed = str(run_dir / "launch" / "deepspeed.json")
+    args.setdefault("ddp_backend", backend)
+    if not torch.cuda.is_available():
+        # Without it accelerate and DeepSpeed disagree on the world size (STACK.md).
+        args.setdefault("use_cpu", True)
+    return cfg
+
+
+class TrainLogFile(TrainerCallback):
+    """Rank 0 appends every trainer log to a JSONL file that the driver forwards to W&B."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class FaultAfterCheckpoint(TrainerCallback):
+    def __init__(self, step: int, rank: int):
+        self.step, self.rank = step, rank
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            torch.distributed.barrier()  # every rank is done writing the checkpoint
+            if int(os.environ["RANK"]) == self.rank:
+                print(f"fault injection: rank {self.rank} exits after checkpoint {self.step}", flush=True)
+                os._exit(3)
+
+
+def callbacks(run_dir: Path) -> list[TrainerCallback]:
+    found: list[TrainerCallback] = [TrainLogFile(run_dir / "launch" / "train_log.jsonl")]
+    if os.environ.get(FAULT_STEP_ENV):
+        found.append(FaultAfterCheckpoint(int(os.environ[FAULT_STEP_ENV]), int(os.environ.get(FAULT_RANK_ENV, "0"))))
+    return found
+
+
+def train(run_dir: Path) -> Path:
+    import deepspeed
+    from datasets import load_from_disk
+    from transformers import set_seed
+
+    from lw.models import build_model, build_tokenizer
+    from lw.train.sft import sft_config, train_sft
+
+    cfg = load_run_config(run_dir)
+    single_process_env()
+    backend = cfg.launcher.backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before anything allocates on cuda:0
+    else:
+        skip_cpu_shm_comm()
+    # The process group must exist before the model is built under ZeRO-3 (zero.Init partitions
+    # parameters as they are created); without it the world size is wrong (STACK.md).
+    deepspeed.init_distributed(dist_backend=backend)
+    set_seed(cfg.seed)
+    cfg = distributed_cfg(cfg, run_dir, backend)
+    # Arguments first, alive while the model is built: their DeepSpeed config is what makes
+    # from_pretrained/from_config build the model under zero.Init.
+    args = sft_config(cfg, run_dir / "checkpoints", "none")
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+    dataset = load_from_disk(str(run_dir / "data" / "tokenized"))
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+    # Workers report to nothing: the driver holds the W&B run and forwards rank 0's logs.
+    log.info("ZeRO stage %s, world size %d", args.hf_deepspeed_config.get_value("zero_optimization.stage"),
+             args.world_size)
+    return train_sft(cfg, model, tokenizer, dataset, run_dir, "none", callbacks=callbacks(run_dir))
+
+
+@record  # a failing rank's traceback goes into torchrun's failure summary
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m lw.train.worker RUN_DIR")
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
+                        format=f"%(asctime)s rank{rank} %(name)s: %(message)s")
+    model_dir = train(Path(argv[0]).resolve())
+    log.info("model saved in %s", model_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""`dry_run=true`: every experiment through the entry point (one Hydra multirun), the paper plans
+against PAPER.md section 4, and the planner's arithmetic. Nothing may load weights."""
+
+import json
+import math
+
+import pytest
+
+from lw.launch.plan import build_plan
+
+from conftest import run_lw
+from test_config import compose_lw, group_options
+
+EXPERIMENTS = group_options("experiment")
+PAPER = {"longwriter_glm4_9b": 9.40e9, "longwriter_llama3_1_8b": 8.03e9}
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("dry_run")
+    result = run_lw("-m", f"experiment={','.join(EXPERIMENTS)}", "dry_run=true", "logger=none", cwd=cwd)
+    found = {}
+    for path in cwd.glob("multirun/*/*/plan.json"):
+        plan = json.loads(path.read_text())
+        found[plan["run_name"].removeprefix("experiment-")] = plan
+    return found, result, cwd
+
+
+def test_every_experiment_has_a_plan_and_nothing_was_loaded_or_written(plans):
+    found, result, cwd = plans
+    assert sorted(found) == EXPERIMENTS
+    for name in EXPERIMENTS:
+        assert f"plan for experiment-{name} (dry run" in result.stdout
+    assert not list(cwd.rglob("*.safetensors")) and not list(cwd.rglob("checkpoints"))
+    assert not list(cwd.rglob("train.jsonl")) and not list(cwd.rglob("wandb"))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_plans_follow_the_paper(plans, name):
+    plan = plans[0][name]
+    model, data, optimizer, deepspeed = plan["model"], plan["data"], plan["optimizer"], plan["deepspeed"]
+    assert model["parameters"] == pytest.approx(PAPER[name], rel=0.01)
+    assert model["max_position_embeddings"] == 131072  # GLM-4's raised by config_overrides
+    assert plan["launcher"]["world_size"] == 8 and plan["launcher"]["nproc_per_node"] == 8
+    assert data["pack_length"] == 32768 and data["global_batch"] == 8 and data["tokens_per_step"] == 8 * 32768
+    assert data["epochs"] == 4 and data["total_steps"] == 4 * data["steps_per_epoch"]
+    assert 2500 <= data["total_steps"] <= 3000  # "about 2,500-3,000 steps"
+    assert data["warmup_steps"] == math.ceil(0.03 * data["total_steps"])
+    assert data["counted"] == "assumed" and any("plan.sources" in a for a in plan["assumptions"])
+    assert optimizer == {"learning_rate": 1e-5, "lr_scheduler_type": "cosine", "warmup_steps": data["warmup_steps"],
+                         "weight_decay": 0.1, "adam_betas": [0.9, 0.95], "bf16": True,
+                         "activation_checkpointing": True}
+    assert (deepspeed["stage"], deepspeed["offload_optimizer"], deepspeed["offload_param"]) == (3, "cpu", "cpu")
+    config = deepspeed["config"]
+    assert config["train_batch_size"] == 8 and config["train_micro_batch_size_per_gpu"] == 1
+    assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
+    assert config["optimizer"]["params"] == {"lr": 1e-5, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+    assert config["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096  # "auto" filled from the model
+    memory = plan["memory"]
+    # Host RAM of the offload: 18 bytes per parameter on the one node (fp32 weights, Adam, fp32 grads, bf16).
+    assert sum(v for k, v in memory["host_per_node_gib"].items() if "estimate" not in k) == pytest.approx(
+        18 * model["parameters"] / 1024**3, rel=1e-3)
+    assert memory["fits_gpu"] and memory["gpu_per_rank_gib"]["activations_logits_and_loss"] > 30
+    command = plan["launcher"]["command"]
+    assert "--nproc-per-node 8" in command and command.endswith(f"-m lw.train.worker {command.split()[-1]}")
+
+
+def test_tiny_plan_counts_the_tokenized_data(plans):
+    plan = plans[0]["smoke"]
+    data = plan["data"]
+    assert data["counted"] == "tokenized" and data["sequences"] == 96 and data["tokens"] > 96 * 10
+    assert data["steps_per_epoch"] == 12 and data["total_steps"] == 6  # 96 / 8 per step; max_steps 6
+    assert plan["deepspeed"] is None and plan["launcher"]["command"].startswith("(in process")
+
+
+def test_plan_for_two_nodes_and_packing(tmp_path):
+    cfg = compose_lw("experiment=smoke", "launcher=deepspeed", "launcher.nproc_per_node=2", "launcher.nnodes=2",
+                     "launcher.master_port=29400", "launcher.master_addr=node0", "data.pack_length=512")
+    plan = build_plan(cfg, tmp_path)
+    data = plan["data"]
+    assert plan["launcher"]["world_size"] == 4 and data["global_batch"] == 32
+    assert math.ceil(data["tokens"] / 512) <= data["packs"] < data["sequences"]
+    assert data["packing_efficiency"] == pytest.approx(data["tokens"] / (data["packs"] * 512), abs=1e-4)
+    assert data["steps_per_epoch"] == math.ceil(math.ceil(data["packs"] / 4) / 8)
+    assert plan["deepspeed"]["config"]["train_batch_size"] == 32
+    assert "--nnodes 2 --nproc-per-node 2 --node-rank 0 --master-addr node0 --master-port 29400" \
+        in plan["launcher"]["command"]
+
+
+def test_plan_without_a_local_tokenizer_needs_stated_data_sizes(tmp_path):
+    cfg = compose_lw("model=glm4_9b")
+    with pytest.raises(ValueError, match="plan.sources"):
+        build_plan(cfg, tmp_path)

@@ -1,0 +1,103 @@
+"""The real distributed path on CPU, through the entry point: `lw launcher=deepspeed
+launcher.nproc_per_node=2 experiment=smoke`, a tiny model on 2 processes, gloo, ZeRO-3 with optimizer
+and parameter CPU offload. Rank 1 dies right after the step-3 checkpoint (fault injection); the
+same command then resumes from that checkpoint, here under `accelerate launch`, to the final step,
+and the driver evaluates and logs. Two launches in all, nothing compiled."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import get_scheduler
+
+from lw.tracking import read_offline_run
+from lw.train.worker import FAULT_RANK_ENV, FAULT_STEP_ENV
+
+from conftest import run_lw
+
+OVERRIDES = ["launcher=deepspeed", "launcher.nproc_per_node=2", "experiment=smoke",
+             "trainer.args.save_strategy=steps", "+trainer.args.save_steps=3"]
+
+
+def _train_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "launch" / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("deepspeed")
+    os.environ.update({FAULT_STEP_ENV: "3", FAULT_RANK_ENV: "1"})
+    try:
+        first = run_lw(*OVERRIDES, cwd=cwd, check=False)
+    finally:
+        os.environ.pop(FAULT_STEP_ENV)
+        os.environ.pop(FAULT_RANK_ENV)
+    (run_dir,) = (cwd / "runs").iterdir()
+    after_first = {"checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")),
+                   "model": (run_dir / "model").exists(), "train_log": _train_log(run_dir)}
+    # launcher.runner stays out of the run name: the same run directory, another launcher.
+    second = run_lw(*OVERRIDES, "launcher.runner=accelerate", cwd=cwd, check=False)
+    return run_dir, first, after_first, second
+
+
+def test_a_failing_rank_fails_the_run_with_its_exit_code_and_log(runs):
+    _, first, after_first, _ = runs
+    assert first.returncode != 0
+    assert "WorkerFailure: worker rank 1 (local rank 1) failed with exit code 3" in first.stderr
+    assert "[default1]:fault injection: rank 1 exits after checkpoint 3" in first.stderr  # its log's tail
+    assert after_first == {"checkpoints": ["checkpoint-3"], "model": False,
+                           "train_log": [after_first["train_log"][0]]}
+    assert after_first["train_log"][0]["step"] == 2
+
+
+def test_rerun_resumes_from_the_last_checkpoint_to_the_final_step(runs):
+    run_dir, _, after_first, second = runs
+    assert second.returncode == 0, second.stderr[-4000:]
+    output = second.stdout + second.stderr
+    assert f"resuming from {run_dir / 'checkpoints' / 'checkpoint-3'}" in output
+    state = json.loads((run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] == 6
+    assert [r["step"] for r in state["log_history"] if "loss" in r] == [2, 4, 6]
+    resumed = _train_log(run_dir)[1:]
+    assert [r["step"] for r in resumed if "loss" in r] == [4, 6]  # started after step 3, not from 0
+    # The learning-rate schedule went on where it stopped (its state came from the checkpoint).
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=20, num_training_steps=6).lr_lambdas[0]
+    for record in after_first["train_log"] + resumed:
+        if "learning_rate" in record:
+            assert record["learning_rate"] == pytest.approx(3e-3 * schedule(record["step"] - 1))
+    assert (run_dir / "model" / "model.safetensors").exists() and (run_dir / "model" / "tokenizer.json").exists()
+
+
+def test_training_was_zero3_on_two_gloo_ranks_with_nothing_compiled(runs):
+    run_dir, _, _, second = runs
+    log = (run_dir / "launch" / "workers.log").read_text()
+    assert log.count("ZeRO stage 3, world size 2") == 2  # both attempts
+    shards = sorted(p.name for p in (run_dir / "checkpoints" / "checkpoint-6" / "global_step6").iterdir())
+    assert shards == [f"zero_pp_rank_{r}_mp_rank_00_{k}_states.pt" for r in (0, 1) for k in ("model", "optim")]
+    config = json.loads((run_dir / "launch" / "deepspeed.json").read_text())
+    assert config["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert "accelerate.commands.launch" in (run_dir / "launch" / "command.sh").read_text()
+    assert "Building extension" not in log and "built successfully" not in log
+    extensions = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path(os.environ["LW_CACHE"]) / "torch_extensions"))
+    assert not extensions.exists() or not any(extensions.iterdir())
+
+
+def test_the_driver_evaluates_and_holds_the_only_wandb_run(runs):
+    run_dir, _, _, second = runs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["ruler/n"] == 4 and 0 <= metrics["ruler/S_l"] <= 100
+    assert len(list(csv.DictReader((run_dir / "results.csv").open()))) == 4
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2  # the failed attempt's run and this one; none from the workers
+    failed, resumed = (read_offline_run(p) for p in offline)
+    assert [h["train/global_step"] for h in failed["history"] if "train/loss" in h] == [2]
+    logged = [h for h in resumed["history"] if "train/loss" in h]
+    assert [h["train/global_step"] for h in logged] == [4, 6]
+    assert logged[-1]["train/loss"] == pytest.approx(_train_log(run_dir)[-2]["loss"])
+    assert resumed["summary"]["ruler/S_l"] == pytest.approx(metrics["ruler/S_l"])
+    assert resumed["config"]["launcher"]["runner"] == "accelerate"
+    assert not list(run_dir.glob("checkpoints/**/wandb"))
