@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict:
             _, stats = build_sft_dataset(cfg, tokenizer, run_dir)
             metrics.update({f"data/{k}": v for k, v in stats.items()})
         elif cfg.task == Task.train:
-            model_dir = train(cfg, tokenizer, run_dir, tracker)
+            model_dir = train(cfg, tokenizer, run_dir, tracker, metrics)
             metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker))
         elif cfg.task == Task.eval:
             if cfg.model.path is None:
@@ -74,12 +74,21 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish(exit_code)
 
 
-def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker) -> Path:
+def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker, metrics: dict) -> Path:
+    """Train and return the final model's directory; facts about the data and the base stage go
+    into `metrics`."""
     from lw.train.sft import train_sft
 
+    init_from = cfg.trainer.init_from
+    if cfg.trainer.base is not None:
+        from lw.train.base_stage import ensure_base_model
+
+        init_from = str(ensure_base_model(cfg, tokenizer))
+        probe = json.loads((Path(init_from).parent / "probe.json").read_text())
+        metrics.update({f"base/median_output_words/{n}": words for n, words in probe.items()})
     dataset, stats = build_sft_dataset(cfg, tokenizer, run_dir)
-    tracker.summary({f"data/{k}": v for k, v in stats.items()})
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+    metrics.update({f"data/{k}": v for k, v in stats.items()})
+    model = build_model(cfg.model, tokenizer, path=init_from, seed=cfg.seed)
     return train_sft(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
 
 

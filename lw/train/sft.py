@@ -31,16 +31,18 @@ class LwSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def sft_config(cfg, output_dir: Path, report_to: str) -> SFTConfig:
-    """SFTConfig from `trainer.args`; an unknown or mistyped option fails here, at start."""
-    args = dict(cfg.trainer.args)
+def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, seed: int | None = None,
+               where: str = "trainer.args") -> SFTConfig:
+    """SFTConfig from `trainer.args` (or `args`); an unknown or mistyped option fails here, at start."""
+    args = dict(cfg.trainer.args if args is None else args)
     args.setdefault("use_cpu", not torch.cuda.is_available())
+    seed = cfg.seed if seed is None else seed
     try:
-        return SFTConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+        return SFTConfig(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
                          max_length=cfg.data.max_length, completion_only_loss=True, **args)
     except TypeError as e:
-        raise ValueError(f"trainer.args: {e} (options are those of trl.SFTConfig)") from None
+        raise ValueError(f"{where}: {e} (options are those of trl.SFTConfig)") from None
 
 
 def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str) -> Path:
