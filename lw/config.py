@@ -127,10 +127,25 @@ class LossWeighting(str, Enum):
 
 
 @dataclass
+class BaseStageConfig:
+    """A pretraining stage on documents of every length, trained once and cached, that every
+    capped SFT run starts from: the CPU analog of a pretrained base model (MINIATURE.md)."""
+
+    num_documents: int = 40000
+    lengths: List[int] = field(default_factory=list)  # the documents' lengths in words
+    topics: List[str] = field(default_factory=list)
+    seed: int = 0  # fixed across SFT seeds: one base model, as the paper has one GLM-4-9B
+    eos_loss_weight: float = 5.0
+    args: Dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig
+    probe_lengths: List[int] = field(default_factory=list)  # checked after training, in document format
+
+
+@dataclass
 class TrainerConfig:
     name: str = MISSING
     kind: str = "sft"  # sft
     init_from: Optional[str] = None  # start from this checkpoint instead of model.path
+    base: Optional[BaseStageConfig] = None  # train (or reuse) a base stage first and start from it
     # Weight of the end-of-sequence token in the loss: a tiny model learns when to stop from it.
     eos_loss_weight: float = 1.0
     loss_weighting: LossWeighting = LossWeighting.token_mean

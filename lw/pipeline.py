@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
             _, stats = build_sft_dataset(cfg, tokenizer, run_dir)
             metrics.update({f"data/{k}": v for k, v in stats.items()})
         elif cfg.task == Task.train:
-            model_dir = train(cfg, tokenizer, run_dir, tracker)
+            model_dir = train(cfg, tokenizer, run_dir, tracker, metrics)
             if model_dir is None:  # another node's driver: node 0 evaluates and logs
                 exit_code = 0
                 return {}
@@ -82,15 +82,24 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish(exit_code)
 
 
-def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker) -> Path | None:
-    if cfg.launcher.kind != "local":  # workers in child processes; None on nodes other than 0
+def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker, metrics: dict) -> Path | None:
+    """Train and return the final model's directory (None on nodes other than 0); facts about the
+    data and the base stage go into `metrics`."""
+    if cfg.trainer.base is not None:
+        from lw.train.base_stage import ensure_base_model
+
+        base = ensure_base_model(cfg, tokenizer)
+        probe = json.loads((base.parent / "probe.json").read_text())
+        metrics.update({f"base/median_output_words/{n}": words for n, words in probe.items()})
+        cfg.trainer.init_from = str(base)  # distributed workers read it from the saved config
+    if cfg.launcher.kind != "local":  # workers in child processes
         from lw.launch.driver import launch_training
 
         return launch_training(cfg, tokenizer, run_dir, tracker)
     from lw.train.sft import train_sft
 
     dataset, stats = build_sft_dataset(cfg, tokenizer, run_dir)
-    tracker.summary({f"data/{k}": v for k, v in stats.items()})
+    metrics.update({f"data/{k}": v for k, v in stats.items()})
     model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
     return train_sft(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
 

@@ -47,7 +47,7 @@ def vocabulary() -> list[str]:
     """Every word and symbol the toy data can contain (the tiny tokenizer's training corpus)."""
     words = {w for nouns in _TOPIC_NOUNS.values() for w in nouns}
     words |= set(_TOPIC_NOUNS) | set(_ADJECTIVES) | set(_VERBS) | set(_ADVERBS) | set(_LINKS)
-    words |= {"the", "a", ".", ",", "-", "Write", "write", "Please", "note", "about", "in", "words",
+    words |= {"the", "a", ".", ",", "-", ":", "topic", "length", "Write", "write", "Please", "note", "about", "in", "words",
               "word", "passage", "on", "an"}
     return sorted(words)
 
@@ -104,3 +104,18 @@ def generate(num_samples: int, min_words: int, max_words: int, topic_names: list
             {"role": "user", "content": make_prompt(rng, topic, n)},
             {"role": "assistant", "content": write_answer(rng, topic, n)},
         ]}
+
+
+def document_head(topic: str, n_words: int) -> str:
+    return f"topic : {topic} . length : {n_words} words ."
+
+
+def generate_documents(num_documents: int, lengths: list[int], topic_names: list[str], seed: int) -> Iterator[dict]:
+    """Documents that state their own length, over the whole length range: pretraining data for a
+    base model that can write any length before SFT caps it, as a pretrained LLM can (PAPER.md
+    section 1). Each is a head (the "user" turn) and a body, for the `plain` chat format."""
+    rng = random.Random(seed)
+    for _ in range(num_documents):
+        topic, n = rng.choice(topic_names), rng.choice(lengths)
+        yield {"messages": [{"role": "user", "content": document_head(topic, n)},
+                            {"role": "assistant", "content": write_answer(rng, topic, n)}]}

@@ -127,7 +127,23 @@ class Llama31(ChatFormat):
         return segments
 
 
-CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (Glm4(), Llama31())}
+class Plain(ChatFormat):
+    """No template, loss on every token: BOS{head} {body}EOS. The base stage's language modelling,
+    where a document's head (the "user" turn) is the generation prompt of its probe."""
+
+    name = "plain"
+
+    def render(self, messages, add_generation_prompt=False):
+        _check_turns(messages, add_generation_prompt)
+        segments = [Segment(BOS, target=True)]
+        for m in messages:
+            segments.append(Segment(m["content"] if m["role"] == "user" else " " + m["content"], target=True))
+        if not add_generation_prompt:
+            segments.append(Segment(EOS, target=True))
+        return segments
+
+
+CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (Glm4(), Llama31(), Plain())}
 
 
 def get_chat_format(name: str) -> ChatFormat:

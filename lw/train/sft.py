@@ -63,24 +63,26 @@ class LwSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def sft_config(cfg, output_dir: Path, report_to: str) -> SFTConfig:
-    """SFTConfig from `trainer.args`; an unknown or mistyped option fails here, at start.
+def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, seed: int | None = None,
+               where: str = "trainer.args") -> SFTConfig:
+    """SFTConfig from `trainer.args` (or `args`); an unknown or mistyped option fails here, at start.
 
     With data.pack_length the rows are packs made by lw.data (TRL's own packing, which packs
     each batch of 1,000 samples on its own and truncates silently, stays off).
     """
-    args = dict(cfg.trainer.args)
+    args = dict(cfg.trainer.args if args is None else args)
     args.setdefault("use_cpu", not torch.cuda.is_available())
+    seed = cfg.seed if seed is None else seed
     pack_length = cfg.data.get("pack_length")
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
-        raise ValueError("trainer.args.packing/padding_free: set data.pack_length instead; lw packs the data itself")
+        raise ValueError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
     max_length = pack_length if pack_length is not None else cfg.data.max_length
     try:
-        return SFTConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+        return SFTConfig(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
                          max_length=max_length, completion_only_loss=True, **args)
     except TypeError as e:
-        raise ValueError(f"trainer.args: {e} (options are those of trl.SFTConfig)") from None
+        raise ValueError(f"{where}: {e} (options are those of trl.SFTConfig)") from None
 
 
 def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:

@@ -1,0 +1,83 @@
+"""`lw-compare SWEEP_DIR`: compare the runs of a sweep (the length-bound ablation).
+
+Offline it writes SWEEP_DIR/comparison.md (tables) and SWEEP_DIR/comparison.png (length vs
+data). With --wandb-report it also builds a W&B report of the sweep's group (needs the
+wandb-workspaces package and a login); --dry-run builds it without saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from lw.analysis import finding_holds, load_sweep, median_table, plot_length_vs_data, summarize
+
+
+def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+    out_dir = out_dir or sweep_dir
+    frame = load_sweep(sweep_dir, benchmark)
+    summary = summarize(frame)
+    summary["within_30pct_of_cap"] = finding_holds(summary)
+    figure = plot_length_vs_data(frame, out_dir / "comparison.png", f"{sweep_dir.name}: {benchmark}")
+    markdown = out_dir / "comparison.md"
+    markdown.write_text(
+        f"# {sweep_dir.name}: {benchmark}\n\n"
+        "## Per run\n\n"
+        "`plateau_words` is the largest median output over requested lengths; "
+        "`tracking_error_within_cap` the median of |produced - required| / required over requests up to the cap.\n\n"
+        + summary.to_markdown(index=False, floatfmt=".3g")
+        + "\n\n## Median words produced by requested length\n\n"
+        + median_table(frame).to_markdown(floatfmt=".0f") + "\n\n"
+        f"![length vs data]({figure.name})\n"
+    )
+    return markdown, figure
+
+
+def wandb_report(entity: str | None, project: str, group: str, save: bool):
+    """A W&B report comparing the runs of one group (one sweep)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    runset = wr.Runset(entity=entity or "", project=project, name=group, filters=f"Group = '{group}'")
+    cap = wr.Config("data.max_output_words")
+    report = wr.Report(
+        project=project, entity=entity or "", title=f"Length-bound ablation: {group}",
+        description="Does the longest output follow the longest outputs in the SFT data? (LongWriter, section 2)",
+        blocks=[
+            wr.H1("Maximum output length vs the SFT data's cap"),
+            wr.PanelGrid(runsets=[runset], panels=[
+                wr.ScatterPlot(title="max output length vs cap", x=cap, y=wr.SummaryMetric("ruler/max_output_words")),
+                wr.BarPlot(title="max output length by cap", metrics=[wr.SummaryMetric("ruler/max_output_words")],
+                           groupby=cap, groupby_aggfunc="mean", groupby_rangefunc="minmax"),
+                wr.BarPlot(title="S_l by cap", metrics=[wr.SummaryMetric("ruler/S_l")], groupby=cap,
+                           groupby_aggfunc="mean", groupby_rangefunc="minmax"),
+                wr.LinePlot(title="training loss", x="train/global_step", y=["train/loss"]),
+            ]),
+        ],
+    )
+    if save:
+        report.save()
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lw-compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<time>)")
+    parser.add_argument("--benchmark", default="toy_ruler", help="benchmark name in results.csv")
+    parser.add_argument("--wandb-report", action="store_true", help="also build a W&B report of the group")
+    parser.add_argument("--project", default="lw")
+    parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"))
+    parser.add_argument("--group", help="W&B group (default: the sweep directory's name)")
+    parser.add_argument("--dry-run", action="store_true", help="build the report without saving it")
+    args = parser.parse_args(argv)
+    markdown, figure = write_comparison(args.sweep_dir, args.benchmark)
+    print(f"lw-compare: wrote {markdown} and {figure}")
+    if args.wandb_report:
+        report = wandb_report(args.entity, args.project, args.group or args.sweep_dir.name, save=not args.dry_run)
+        print(f"lw-compare: W&B report {'built' if args.dry_run else 'saved'}: {report.title}"
+              + ("" if args.dry_run else f" {report.url}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The base stage of the CPU miniature: language modelling on documents of every length.
+
+In the paper the model under SFT is a pretrained LLM that has read texts of every length; a tiny
+model trained from scratch has not, and cannot write 150 words when asked if it never saw 150
+(MINIATURE.md). The base stage gives it that ability once; every capped SFT run then starts from
+the same cached base, so what differs between runs is only the SFT data, as in the paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import statistics
+from pathlib import Path
+
+from datasets import Dataset
+from filelock import FileLock
+from omegaconf import OmegaConf
+
+from lw.data import toy
+from lw.eval.generate import HfBackend, generate
+from lw.models import build_model
+from lw.models.chat_format import get_chat_format
+from lw.words import count_words
+
+log = logging.getLogger(__name__)
+
+
+def base_stage_dir(cfg, tokenizer) -> Path:
+    """Where the base for this (model, base stage, tokenizer) lives; the key is their content."""
+    spec = {"model": OmegaConf.to_container(cfg.model.tiny), "base": OmegaConf.to_container(cfg.trainer.base),
+            "vocab": sorted(tokenizer.get_vocab().items()), "max_length": cfg.data.max_length}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir).expanduser() / "base_stage" / digest
+
+
+def ensure_base_model(cfg, tokenizer) -> Path:
+    """The cached base model directory, trained first if this is its first use."""
+    if cfg.model.path is not None:
+        raise ValueError("trainer.base pretrains a tiny model from scratch; model.path must be null")
+    directory = base_stage_dir(cfg, tokenizer)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory) + ".lock"):  # concurrent sweep jobs train it once
+        if (directory / "model" / "config.json").exists():
+            log.info("base stage: reusing %s", directory)
+            return directory / "model"
+        work = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(work, ignore_errors=True)
+        model_dir = _train_base(cfg, tokenizer, work)
+        probe = probe_base(cfg, tokenizer, model_dir, work / "probe.jsonl")
+        (work / "probe.json").write_text(json.dumps(probe, indent=2) + "\n")
+        work.rename(directory)
+        log.info("base stage: trained %s; median words by requested length: %s", directory, probe)
+    return directory / "model"
+
+
+def _train_base(cfg, tokenizer, work: Path) -> Path:
+    from lw.train.sft import LwSFTTrainer, sft_config
+
+    base = cfg.trainer.base
+    chat_format = get_chat_format("plain")
+    rows = [chat_format.tokenize(tokenizer, doc["messages"])
+            for doc in toy.generate_documents(base.num_documents, list(base.lengths), list(base.topics), base.seed)]
+    dataset = Dataset.from_dict({"input_ids": [ids for ids, _ in rows], "completion_mask": [m for _, m in rows]})
+    args = sft_config(cfg, work / "checkpoints", "none", args=dict(base.args), seed=base.seed,
+                      where="trainer.base.args")
+    model = build_model(cfg.model, tokenizer, seed=base.seed)
+    trainer = LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                           eos_loss_weight=base.eos_loss_weight)
+    trainer.train()
+    model_dir = work / "model"
+    trainer.save_model(str(model_dir))
+    tokenizer.save_pretrained(model_dir)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    return model_dir
+
+
+def probe_base(cfg, tokenizer, model_dir: Path, out_path: Path) -> dict[int, float]:
+    """Median words the base writes after a document head asking for each probe length."""
+    base = cfg.trainer.base
+    items = [{"id": f"{n}-{topic}-{k}", "length": n, "prompt": toy.document_head(topic, n)}
+             for n in base.probe_lengths for topic in base.topics[:2] for k in range(4)]
+    model = build_model(cfg.model, tokenizer, path=str(model_dir))
+    rows = generate(HfBackend(model, tokenizer, "plain", cfg.generation, seed=base.seed), items, out_path)
+    return {n: statistics.median(count_words(r["response"]) for r in rows if r["length"] == n)
+            for n in base.probe_lengths}
