@@ -11,7 +11,6 @@ TORCH_INDEX ?= $(if $(HAS_GPU),,https://download.pytorch.org/whl/cpu)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# --no-deps: torch's own requirements come from PyPI with the project, not from the torch index.
 	$(BIN)/pip install -q --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --retries 1) "$(TORCH)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"

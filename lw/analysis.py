@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -64,6 +65,10 @@ def plot_length_vs_data(frame: pd.DataFrame, path: str | Path, title: str = "len
     required = sorted(frame["required"].unique())
     left.plot(required, required, "k--", lw=1, label="y = x")
     left.set(xscale="log", yscale="log", xlabel="required length (words)", ylabel="median produced length (words)")
+    for axis in (left.xaxis, left.yaxis):  # the requested lengths as plain numbers
+        axis.set_major_locator(matplotlib.ticker.FixedLocator(required))
+        axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.legend(fontsize=8)
     capped = summary[summary["cap"] > 0]
     right.scatter(capped["cap"], capped["max_output_words"], label="max output length", marker="o")

@@ -136,6 +136,7 @@ class BaseStageConfig:
     topics: List[str] = field(default_factory=list)
     seed: int = 0  # fixed across SFT seeds: one base model, as the paper has one GLM-4-9B
     eos_loss_weight: float = 5.0
+    pack_length: Optional[int] = None  # pack documents into rows of this many tokens (null: padded batches)
     args: Dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig
     probe_lengths: List[int] = field(default_factory=list)  # checked after training, in document format
 

@@ -75,7 +75,8 @@ def test_tiny_plan_counts_the_tokenized_data(plans):
 
 def test_plan_for_two_nodes_and_packing(tmp_path):
     cfg = compose_lw("experiment=smoke", "launcher=deepspeed", "launcher.nproc_per_node=2", "launcher.nnodes=2",
-                     "launcher.master_port=29400", "launcher.master_addr=node0", "data.pack_length=512")
+                     "launcher.master_port=29400", "launcher.master_addr=node0", "data.pack_length=512",
+                     "data.max_length=512")
     plan = build_plan(cfg, tmp_path)
     data = plan["data"]
     assert plan["launcher"]["world_size"] == 4 and data["global_batch"] == 32

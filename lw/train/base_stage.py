@@ -20,6 +20,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from lw.data import toy
+from lw.data.packing import PackCollator, pack
 from lw.eval.generate import HfBackend, generate
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
@@ -64,11 +65,14 @@ def _train_base(cfg, tokenizer, work: Path) -> Path:
     rows = [chat_format.tokenize(tokenizer, doc["messages"])
             for doc in toy.generate_documents(base.num_documents, list(base.lengths), list(base.topics), base.seed)]
     dataset = Dataset.from_dict({"input_ids": [ids for ids, _ in rows], "completion_mask": [m for _, m in rows]})
+    collator = None
+    if base.pack_length is not None:  # padding-free, and every batch mixes lengths (see length_bound_mini)
+        dataset, collator = pack(dataset, base.pack_length), PackCollator(pad_token_id=tokenizer.pad_token_id)
     args = sft_config(cfg, work / "checkpoints", "none", args=dict(base.args), seed=base.seed,
-                      where="trainer.base.args")
+                      where="trainer.base.args", pack_length=base.pack_length)
     model = build_model(cfg.model, tokenizer, seed=base.seed)
     trainer = LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           eos_loss_weight=base.eos_loss_weight)
+                           data_collator=collator, eos_loss_weight=base.eos_loss_weight)
     trainer.train()
     model_dir = work / "model"
     trainer.save_model(str(model_dir))

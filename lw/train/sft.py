@@ -64,7 +64,7 @@ class LwSFTTrainer(SFTTrainer):
 
 
 def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, seed: int | None = None,
-               where: str = "trainer.args") -> SFTConfig:
+               where: str = "trainer.args", pack_length: int | None = None) -> SFTConfig:
     """SFTConfig from `trainer.args` (or `args`); an unknown or mistyped option fails here, at start.
 
     With data.pack_length the rows are packs made by lw.data (TRL's own packing, which packs
@@ -73,7 +73,7 @@ def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, 
     args = dict(cfg.trainer.args if args is None else args)
     args.setdefault("use_cpu", not torch.cuda.is_available())
     seed = cfg.seed if seed is None else seed
-    pack_length = cfg.data.get("pack_length")
+    pack_length = pack_length or cfg.data.get("pack_length")
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
         raise ValueError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
     max_length = pack_length if pack_length is not None else cfg.data.max_length

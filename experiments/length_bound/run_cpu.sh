@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The CPU miniature of the length-bound ablation (caps 25/50/100 words x seeds 0/1), then its
+# comparison table and figure, copied into experiments/length_bound/results/cpu/.
+#   experiments/length_bound/run_cpu.sh [extra overrides]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+make -s setup
+sweep=${SWEEP_DIR:-multirun/length_bound_mini}
+start=$(date +%s)
+.venv/bin/lw -m experiment=length_bound_mini hydra.sweep.dir="$sweep" "$@"
+echo "sweep took $(( $(date +%s) - start )) s"
+.venv/bin/lw-compare "$sweep"
+out=experiments/length_bound/results/cpu
+rm -rf "$out" && mkdir -p "$out"
+for run in "$sweep"/*/; do
+  name=$(basename "$run")
+  mkdir -p "$out/$name" && cp "$run/results.csv" "$run/metrics.json" "$out/$name/"
+done
+cp "$sweep/comparison.md" "$sweep/comparison.png" "$out/"
+echo "results in $out"
