@@ -3,7 +3,6 @@ the DeepSpeed config, and the slurm launcher refusing to run where there is no c
 
 import json
 import os
-import signal
 import sys
 import textwrap
 import time

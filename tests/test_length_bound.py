@@ -5,10 +5,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 from nbclient import NotebookClient
 

@@ -8,7 +8,6 @@ against their SHA-256, so every run scores against the same files.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from lw.data import toy
+from lw.eval.jsonl import read_json_objects
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +94,20 @@ def benchmark_file(bench_cfg, filename: str, cache_dir: str) -> Path:
 def read_benchmark_jsonl(path: Path) -> list[dict]:
     """Validated items of a LongBench-Write-format file; any bad line fails naming file, line and field."""
     items: list[dict] = []
-    first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            prompt, length = row.get("prompt"), row.get("length")
-            for field, value in (("prompt", prompt), ("length", length)):
-                if value is None:
-                    raise ValueError(f"{where}: missing field {field!r}")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
-            length = parse_length(length, where)
-            if prompt in first_line:
-                raise ValueError(f"{where}: duplicate prompt (first at line {first_line[prompt]}): {prompt[:60]!r}")
-            first_line[prompt] = number
-            items.append({"id": str(len(items)), "prompt": prompt, "length": length,
-                          "type": row.get("type"), "language": language_of(prompt)})
+    first_line: dict[str, str] = {}  # key -> its first line number
+    for where, row in read_json_objects(path):
+        prompt, length = row.get("prompt"), row.get("length")
+        for field, value in (("prompt", prompt), ("length", length)):
+            if value is None:
+                raise ValueError(f"{where}: missing field {field!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        length = parse_length(length, where)
+        if prompt in first_line:
+            raise ValueError(f"{where}: duplicate prompt (first at line {first_line[prompt]}): {prompt[:60]!r}")
+        first_line[prompt] = where.rsplit(":", 1)[1]
+        items.append({"id": str(len(items)), "prompt": prompt, "length": length,
+                      "type": row.get("type"), "language": language_of(prompt)})
     if not items:
         raise ValueError(f"{path}: no items")
     return items

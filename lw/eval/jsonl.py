@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +64,19 @@ class Appender:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_json_objects(path: Path) -> Iterator[tuple[str, dict]]:
+    """("FILE:LINE", object) for each non-blank line; a line that is not a JSON object fails, named."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lw.eval.benchmarks import judge_template, language_of, parse_length, subset_of
 from lw.eval.judge import DIMENSIONS, build_judge
+from lw.eval.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
 
@@ -74,33 +75,23 @@ def read_predictions(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"score.predictions: {path} does not exist")
     rows: list[dict] = []
-    first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for field in ("prompt", "length", "response"):
-                if field not in row or row[field] is None:
-                    raise ValueError(f"{where}: missing field {field!r}")
-            for field in ("prompt", "response"):
-                if not isinstance(row[field], str):
-                    raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
-            key = str(row["id"]) if "id" in row else row["prompt"]
-            if key in first_line:
-                raise ValueError(f"{where}: duplicate {'id' if 'id' in row else 'prompt'} "
-                                 f"(first at line {first_line[key]}): {key[:60]!r}")
-            first_line[key] = number
-            rows.append({"id": str(row.get("id", len(rows))), "prompt": row["prompt"],
-                         "length": parse_length(row["length"], where), "type": row.get("type"),
-                         "response": row["response"], "language": language_of(row["prompt"])})
-            rows[-1]["subset"] = subset_of(rows[-1]["length"])
+    first_line: dict[str, str] = {}  # key -> its first line number
+    for where, row in read_json_objects(path):
+        for field in ("prompt", "length", "response"):
+            if field not in row or row[field] is None:
+                raise ValueError(f"{where}: missing field {field!r}")
+        for field in ("prompt", "response"):
+            if not isinstance(row[field], str):
+                raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
+        key = str(row["id"]) if "id" in row else row["prompt"]
+        if key in first_line:
+            raise ValueError(f"{where}: duplicate {'id' if 'id' in row else 'prompt'} "
+                             f"(first at line {first_line[key]}): {key[:60]!r}")
+        first_line[key] = where.rsplit(":", 1)[1]
+        rows.append({"id": str(row.get("id", len(rows))), "prompt": row["prompt"],
+                     "length": parse_length(row["length"], where), "type": row.get("type"),
+                     "response": row["response"], "language": language_of(row["prompt"])})
+        rows[-1]["subset"] = subset_of(rows[-1]["length"])
     if not rows:
         raise ValueError(f"{path}: no predictions")
     empty = sum(1 for r in rows if not r["response"].strip())
