@@ -7,6 +7,7 @@ and the driver evaluates and logs. Two launches in all, nothing compiled."""
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,9 @@ def runs(tmp_path_factory):
 def test_a_failing_rank_fails_the_run_with_its_exit_code_and_log(runs):
     _, first, after_first, _ = runs
     assert first.returncode != 0
-    assert "WorkerFailure: worker rank 1 (local rank 1) failed with exit code 3" in first.stderr
+    # Rank 0 fails too once its peer is gone; torchrun may observe either first.
+    assert re.search(r"WorkerFailure: worker rank 1 \(local rank 1\) failed with exit code 3|"
+                     r"also failed: rank 1 \(local rank 1\) with exit code 3", first.stderr), first.stderr[-3000:]
     assert "[default1]:fault injection: rank 1 exits after checkpoint 3" in first.stderr  # its log's tail
     assert after_first == {"checkpoints": ["checkpoint-3"], "model": False,
                            "train_log": [after_first["train_log"][0]]}

@@ -45,9 +45,11 @@ WORKER_MODULE = "lw.train.worker"
 # torchrun's --tee prefixes each line with the role and local rank: "[default1]:...". A rank's
 # unfinished line (a progress bar) can run into another's, so prefixes are found anywhere.
 _RANK_PREFIX = re.compile(r"\[[A-Za-z_]+?(\d+)\]:")
-# torchrun's summary of a failed run names the rank that failed first and its exit code.
+# torchrun's summary of a failed run names the rank that failed first and its exit code, and
+# lists the others (a rank whose peer died fails too, and may be "first observed" under load).
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
                          r".*?exitcode\s*:\s*(-?\d+)", re.S)
+_FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
 
 
 class WorkerFailure(RuntimeError):
@@ -241,8 +243,14 @@ def _failure(returncode: int, output: str, tails: dict[int, deque], log_path: Pa
     rank, local_rank, code = (int(g) for g in match.groups())
     why = f" ({signal.Signals(-code).name})" if code < 0 and -code in signal.Signals._value2member_map_ else ""
     lines = "".join(tails.get(local_rank, [])) or "(no lines from it on this node)\n"
-    return WorkerFailure(f"worker rank {rank} (local rank {local_rank}) failed with exit code {code}{why}; "
-                         f"the last lines of its log:\n{lines}all output: {log_path}", rank, code)
+    # Ranks that failed on their own (torchrun's SIGTERM to the survivors is not a failure).
+    others = sorted({(int(r), int(lr), int(c)) for r, lr, c in _FAILED_RANK.findall(output)
+                     if int(r) != rank and int(c) > 0})
+    also = "".join(f"; also failed: rank {r} (local rank {lr}) with exit code {c}" for r, lr, c in others)
+    for _, other_local, _ in others:  # the real error may be in a rank that torchrun saw second
+        lines += "".join(tails.get(other_local, []))
+    return WorkerFailure(f"worker rank {rank} (local rank {local_rank}) failed with exit code {code}{why}{also}; "
+                         f"the last lines of the failed ranks' logs:\n{lines}all output: {log_path}", rank, code)
 
 
 def launch_training(cfg, tokenizer, run_dir: Path, tracker) -> Path | None:
