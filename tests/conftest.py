@@ -25,6 +25,19 @@ def _offline_environment(tmp_path_factory):
     yield
 
 
+def compose_lw(*overrides: str):
+    """The composed config, as `lw` composes it, with ${hydra:...} resolvable."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from lw.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def run_lw(*overrides: str, cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m lw` in a subprocess, as a user runs it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}

@@ -3,8 +3,6 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -12,18 +10,11 @@ from lw.cli import CONFIG_DIR, run_name
 from lw.config import Task
 from lw.train.sft import sft_config
 
-from conftest import run_lw
+from conftest import compose_lw, run_lw
 
 
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-
-
-def compose_lw(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} as in a real run
-    return cfg
 
 
 GROUPS = ["model", "data", "trainer", "eval", "generation", "judge", "logger", "launcher"]

@@ -256,12 +256,9 @@ def test_prepare_through_the_entry_point(tmp_path, tokenizer):
 
 
 def compose_data(*overrides):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_lw
 
-    from lw.cli import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides)).data
+    return compose_lw(*overrides).data
 
 
 def test_paper_data_configs_read_local_copies(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from lw.launch.plan import build_plan
 
 from conftest import run_lw
-from test_config import compose_lw, group_options
+from conftest import compose_lw
+from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")
 PAPER = {"longwriter_glm4_9b": 9.40e9, "longwriter_llama3_1_8b": 8.03e9}

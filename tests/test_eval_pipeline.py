@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED_DATA, run_lw
 from openai_server import OpenAIServer, Reply, judge_json, user_text
 
-from test_config import compose_lw
+from conftest import compose_lw
 
 from lw.eval.benchmarks import SUBSETS, language_of
 from lw.eval.run import read_predictions, score_benchmark

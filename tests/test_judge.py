@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA
 from openai_server import OpenAIServer, Reply, judge_json, user_text
-from test_config import compose_lw
+from conftest import compose_lw
 
 from lw.config import JudgeConfig
 from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, judge_prompt, parse_judgement

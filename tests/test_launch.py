@@ -17,7 +17,7 @@ from lw.launch.topology import Topology, slurm_port, topology
 from lw.tracking import Tracker
 
 from conftest import run_lw
-from test_config import compose_lw
+from conftest import compose_lw
 
 
 def launcher(**overrides):

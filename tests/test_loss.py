@@ -5,10 +5,8 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from conftest import compose_lw
 
-from lw.cli import CONFIG_DIR
 from lw.data import build_sft_dataset, toy
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
@@ -108,13 +106,6 @@ def packed_setup(tmp_path_factory):
     return tmp, path, tokenizer
 
 
-def compose_cfg(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def sequences_of(batch):
     """(input_ids, labels, pack) of every sequence in a padding-free batch, from its position-id restarts."""
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -127,7 +118,7 @@ def sequences_of(batch):
                                                    ("sequence_mean", 5.0), ("pack_mean", 1.0)])
 def test_trainer_loss_over_accumulated_micro_batches_by_hand(packed_setup, weighting, eos_weight):
     tmp, path, tokenizer = packed_setup
-    cfg = compose_cfg("data=jsonl", f"data.path={path}", "data.max_length=64", "data.pack_length=64",
+    cfg = compose_lw("data=jsonl", f"data.path={path}", "data.max_length=64", "data.pack_length=64",
                       f"trainer.loss_weighting={weighting}", f"trainer.eos_loss_weight={eos_weight}",
                       "trainer.args.per_device_train_batch_size=2", "trainer.args.gradient_accumulation_steps=2",
                       f"cache_dir={tmp / 'cache'}")

@@ -145,18 +145,11 @@ def test_training_on_packs_through_the_entry_point(tmp_path):
 
 
 def test_trl_packing_options_are_refused_with_data_pack_length():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from lw.cli import CONFIG_DIR
+    from conftest import compose_lw
     from lw.train.sft import sft_config
 
     def compose_with(*overrides):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["data.pack_length=2048", *overrides],
-                          return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        return cfg
+        return compose_lw("data.pack_length=2048", *overrides)
 
     with pytest.raises(ValueError, match="data.pack_length"):
         sft_config(compose_with("+trainer.args.packing=true"), "unused", "none")

@@ -143,7 +143,6 @@ class TrainLogForwarder:
         self.path = path
         self.tracker = tracker
         self.offset = path.stat().st_size if path.exists() else 0  # a rerun forwards only its own logs
-        self.forwarded = 0
 
     def poll(self) -> None:
         if not self.path.exists():
@@ -160,7 +159,6 @@ class TrainLogForwarder:
                 record = json.loads(line)
                 step = record.pop("step")
                 self.tracker.log({**rewrite_logs(record), "train/global_step": step})
-                self.forwarded += 1
 
 
 def run_workers(command: list[str], env: dict[str, str], log_path: Path, tail_lines: int = 40,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -50,7 +49,3 @@ def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0) ->
         setattr(config, key, value)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
                                                 trust_remote_code=model_cfg.trust_remote_code, **kwargs)
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "config.json").exists()

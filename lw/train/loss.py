@@ -84,10 +84,3 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, weighting="token_mean
         local_items = torch.tensor(len(sums), device=nll.device)
     denominator = local_items if num_items_in_batch is None else num_items_in_batch
     return item_losses.sum() / torch.as_tensor(denominator, device=nll.device).clamp(min=1)
-
-
-def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, eos_token_id: int, eos_weight: float,
-                     num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Token-mean loss with a weighted EOS (the original interface)."""
-    return lm_loss(logits, labels, eos_token_id=eos_token_id, eos_weight=eos_weight,
-                   num_items_in_batch=num_items_in_batch)
