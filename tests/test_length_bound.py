@@ -101,3 +101,15 @@ def test_notebook_runs_on_the_sweep(sweep, tmp_path):
 def test_notebook_is_committed_without_outputs():
     result = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", str(NOTEBOOK)], capture_output=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_committed_cpu_results_show_the_finding_on_two_seeds():
+    """experiments/length_bound/README.md claims the finding from results/cpu; the files must agree."""
+    from lw.analysis import finding_holds
+
+    summary = summarize(load_sweep(REPO / "experiments" / "length_bound" / "results" / "cpu"))
+    assert sorted(summary["cap"].unique()) == [25, 50, 100] and sorted(summary["seed"].unique()) == [0, 1]
+    assert finding_holds(summary).all()
+    assert (summary["tracking_error_within_cap"] <= 0.1).all()
+    for _, runs in summary.groupby("seed"):
+        assert runs.sort_values("cap")["max_output_words"].is_monotonic_increasing

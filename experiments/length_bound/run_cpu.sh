@@ -8,7 +8,8 @@ make -s setup
 sweep=${SWEEP_DIR:-multirun/length_bound_mini}
 start=$(date +%s)
 .venv/bin/lw -m experiment=length_bound_mini hydra.sweep.dir="$sweep" "$@"
-echo "sweep took $(( $(date +%s) - start )) s"
+seconds=$(( $(date +%s) - start ))
+echo "sweep took $seconds s"
 .venv/bin/lw-compare "$sweep"
 out=experiments/length_bound/results/cpu
 rm -rf "$out" && mkdir -p "$out"
@@ -17,4 +18,5 @@ for run in "$sweep"/*/; do
   mkdir -p "$out/$name" && cp "$run/results.csv" "$run/metrics.json" "$out/$name/"
 done
 cp "$sweep/comparison.md" "$sweep/comparison.png" "$out/"
+echo "$seconds s for the sweep on $(nproc) cores, $(date -u +%F)" > "$out/sweep_time.txt"
 echo "results in $out"
