@@ -2,6 +2,11 @@
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,6 +119,26 @@ def sequences_of(batch):
     return [(ids[s:e], labels[s:e], packs[s]) for s, e in zip(starts, starts[1:]) if packs[s] >= 0]
 
 
+def loss_by_hand(model, batches, eos_token_id, weighting, eos_weight):
+    """(loss, items) of one optimizer step over padding-free micro-batches, from the weighting's
+    definition: every sequence through the model on its own. Differentiable, for gradient checks."""
+    terms = []  # (weighted nll, sequence, pack)
+    for step, batch in enumerate(batches):
+        for n, (ids, labels, pack) in enumerate(sequences_of(batch)):
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0], -1)
+            for t in range(1, len(ids)):
+                if labels[t] != -100:
+                    w = eos_weight if labels[t] == eos_token_id else 1.0
+                    terms.append((-w * logp[t - 1, labels[t]], (step, n), (step, pack)))
+    key = {"token_mean": None, "sequence_mean": 1, "pack_mean": 2}[weighting]
+    if key is None:
+        return sum(x for x, _, _ in terms) / len(terms), len(terms)
+    groups = {}
+    for term in terms:
+        groups.setdefault(term[key], []).append(term[0])
+    return sum(sum(v) / len(v) for v in groups.values()) / len(groups), len(groups)
+
+
 @pytest.mark.parametrize("weighting, eos_weight", [("token_mean", 1.0), ("token_mean", 5.0),
                                                    ("sequence_mean", 5.0), ("pack_mean", 1.0)])
 def test_trainer_loss_over_accumulated_micro_batches_by_hand(packed_setup, weighting, eos_weight):
@@ -129,25 +154,57 @@ def test_trainer_loss_over_accumulated_micro_batches_by_hand(packed_setup, weigh
     batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, torch.device("cpu"))
     assert len(batches) == 2 and all(b["pack_ids"].max() == 1 for b in batches)  # two packs per micro-batch
 
-    # By hand: every sequence on its own through the model, then the weighting's definition.
-    terms = []  # (weighted nll, sequence, pack)
-    with torch.no_grad():
-        for step, batch in enumerate(batches):
-            for n, (ids, labels, pack) in enumerate(sequences_of(batch)):
-                logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
-                for t in range(1, len(ids)):
-                    if labels[t] != -100:
-                        w = eos_weight if labels[t] == tokenizer.eos_token_id else 1.0
-                        terms.append((w * nll(logits[t - 1], labels[t]), (step, n), (step, pack)))
-    key = {"token_mean": None, "sequence_mean": 1, "pack_mean": 2}[weighting]
-    if key is None:
-        expected, items = sum(x for x, _, _ in terms) / len(terms), len(terms)
-    else:
-        groups = {}
-        for term in terms:
-            groups.setdefault(term[key], []).append(term[0])
-        expected, items = sum(sum(v) / len(v) for v in groups.values()) / len(groups), len(groups)
+    expected, items = loss_by_hand(model, batches, tokenizer.eos_token_id, weighting, eos_weight)
     assert int(num_items) == items
 
     loss = sum(trainer.training_step(trainer.model, batch, num_items).item() for batch in batches)
-    assert loss == pytest.approx(expected, rel=1e-4)
+    assert loss == pytest.approx(expected.item(), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two data-parallel ranks (DDP over gloo, torchrun): each rank's loss is over the *global* item
+# count, so after DDP averages the gradients they are those of the global mean, whatever the weighting.
+
+DP_SETTINGS = ["token_mean:1.0", "token_mean:5.0", "sequence_mean:5.0", "pack_mean:1.0"]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dp")
+    path = tmp / "train.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in toy.generate(24, 10, 40, ["rivers", "music"], seed=5)))
+    tiny_tokenizer(tmp / "cache")  # before the ranks start: they would both train it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(_free_port()), str(Path(__file__).parent / "dp_loss_worker.py"),
+                             str(path), str(tmp / "cache"), str(tmp / "out"), *DP_SETTINGS],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return tmp / "out", tiny_tokenizer(tmp / "cache")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("setting", DP_SETTINGS)
+def test_two_ranks_step_on_the_global_mean_by_hand(two_ranks, setting):
+    out, tokenizer = two_ranks
+    weighting, eos_weight = setting.split(":")
+    ranks = [torch.load(out / f"{setting}-rank{r}.pt", weights_only=False) for r in (0, 1)]
+    batches = ranks[0]["batches"] + ranks[1]["batches"]  # the global step: 2 ranks x 2 micro-batches
+    assert not torch.equal(ranks[0]["batches"][0]["input_ids"], ranks[1]["batches"][0]["input_ids"])
+
+    cfg = compose_lw(f"cache_dir={out}")
+    model = build_model(cfg.model, tokenizer, seed=0)  # the ranks' initial weights
+    expected, items = loss_by_hand(model, batches, tokenizer.eos_token_id, weighting, float(eos_weight))
+    expected.backward()
+
+    assert ranks[0]["num_items"] == ranks[1]["num_items"] == items  # counted over both ranks
+    # What the Trainer logs: the mean over ranks of each rank's summed micro-batch losses.
+    assert sum(sum(r["losses"]) for r in ranks) / 2 == pytest.approx(expected.item(), rel=1e-4)
+    for name, param in model.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], param.grad, rtol=1e-4, atol=1e-6, msg=name)

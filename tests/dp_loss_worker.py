@@ -1,0 +1,46 @@
+"""One data-parallel rank of test_loss.py's two-rank check; run under `torchrun --nproc_per_node 2`.
+
+  dp_loss_worker.py DATA.jsonl CACHE_DIR OUT_DIR WEIGHTING:EOS_WEIGHT [WEIGHTING:EOS_WEIGHT ...]
+
+For each weighting: the real trainer (DDP over gloo, gradient accumulation 2) takes one optimizer
+step's worth of micro-batches. The rank saves its micro-batches, the item count the Trainer used,
+the losses it returned and the gradients after DDP's all-reduce, for the test to check by hand.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import compose_lw
+from lw.data import build_sft_dataset
+from lw.models import build_model
+from lw.models.tiny import tiny_tokenizer
+from lw.train.sft import build_trainer
+
+
+def main(data: str, cache: str, out: str, *settings: str) -> None:
+    tokenizer = tiny_tokenizer(cache)
+    for setting in settings:
+        weighting, eos_weight = setting.split(":")
+        cfg = compose_lw("data=jsonl", f"data.path={data}", "data.max_length=64", "data.pack_length=64",
+                         f"trainer.loss_weighting={weighting}", f"trainer.eos_loss_weight={eos_weight}",
+                         "trainer.args.per_device_train_batch_size=2", "trainer.args.gradient_accumulation_steps=2",
+                         f"cache_dir={cache}")
+        run_dir = Path(out) / setting / f"rank{os.environ['RANK']}"
+        run_dir.mkdir(parents=True)
+        model = build_model(cfg.model, tokenizer, seed=0)
+        trainer = build_trainer(cfg, model, tokenizer, build_sft_dataset(cfg, tokenizer, run_dir)[0], run_dir, "none")
+        rank = trainer.args.process_index
+        assert trainer.args.world_size == 2, trainer.args.world_size
+        wrapped = trainer.accelerator.prepare(trainer.model)  # DDP: backward all-reduces gradients
+        batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, torch.device("cpu"))
+        losses = [trainer.training_step(wrapped, batch, num_items).item() for batch in batches]
+        grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+        torch.save({"batches": batches, "num_items": int(num_items), "losses": losses, "grads": grads},
+                   Path(out) / f"{setting}-rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
