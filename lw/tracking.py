@@ -14,10 +14,15 @@ _SECRET_KEY = re.compile(r"(api_?key|secret|passw(or)?d|credentials?|^token|(acc
                          re.IGNORECASE)
 
 
+def is_secret_key(name: str) -> bool:
+    """Does a config key's name (its last component) look like it holds a secret?"""
+    return bool(_SECRET_KEY.search(name))
+
+
 def redact(value: Any) -> Any:
     """A copy of a nested config with the values of secret-looking keys replaced."""
     if isinstance(value, dict):
-        return {k: "<redacted>" if _SECRET_KEY.search(str(k)) and v is not None else redact(v)
+        return {k: "<redacted>" if is_secret_key(str(k)) and v is not None else redact(v)
                 for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]

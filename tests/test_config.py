@@ -76,6 +76,21 @@ def test_misspelt_override_on_the_command_line(tmp_path):
     assert "max_outpt_words" in result.stderr
 
 
+@pytest.mark.parametrize("override", ["+judge.api_key=sk-test-123", "+logger.hf_token=sk-test-123",
+                                      "+trainer.args.hub_token=sk-test-123"])
+@pytest.mark.parametrize("mode", [[], ["-m"]])
+def test_a_secret_override_stops_lw_before_anything_is_written(tmp_path, override, mode):
+    result = run_lw(*mode, override, "dry_run=true", cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "environment variable" in result.stderr
+    assert "sk-test-123" not in result.stdout + result.stderr
+    assert not list(tmp_path.iterdir())  # no runs/, multirun/ or outputs/
+
+
+def test_naming_the_key_variable_is_not_a_secret(tmp_path):
+    assert "api_key_env: MY_KEY" in run_lw("judge=openai", "judge.api_key_env=MY_KEY", "--cfg", "job",
+                                           cwd=tmp_path).stdout
+
+
 def test_run_name_is_derived_from_overrides():
     assert run_name("") == "default"
     assert run_name("data.max_output_words-500+seed-1") == "data.max_output_words-500+seed-1"
