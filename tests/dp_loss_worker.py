@@ -13,27 +13,24 @@ from pathlib import Path
 
 import torch
 
-from conftest import compose_lw
 from lw.data import build_sft_dataset
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
 from lw.train.sft import build_trainer
+from test_loss import packed_config
 
 
 def main(data: str, cache: str, out: str, *settings: str) -> None:
     tokenizer = tiny_tokenizer(cache)
+    rank = int(os.environ["RANK"])  # set by torchrun
     for setting in settings:
         weighting, eos_weight = setting.split(":")
-        cfg = compose_lw("data=jsonl", f"data.path={data}", "data.max_length=64", "data.pack_length=64",
-                         f"trainer.loss_weighting={weighting}", f"trainer.eos_loss_weight={eos_weight}",
-                         "trainer.args.per_device_train_batch_size=2", "trainer.args.gradient_accumulation_steps=2",
-                         f"cache_dir={cache}")
-        run_dir = Path(out) / setting / f"rank{os.environ['RANK']}"
+        cfg = packed_config(data, cache, weighting, eos_weight)
+        run_dir = Path(out) / setting / f"rank{rank}"
         run_dir.mkdir(parents=True)
         model = build_model(cfg.model, tokenizer, seed=0)
         trainer = build_trainer(cfg, model, tokenizer, build_sft_dataset(cfg, tokenizer, run_dir)[0], run_dir, "none")
-        rank = trainer.args.process_index
-        assert trainer.args.world_size == 2, trainer.args.world_size
+        assert (trainer.args.process_index, trainer.args.world_size) == (rank, 2)
         wrapped = trainer.accelerator.prepare(trainer.model)  # DDP: backward all-reduces gradients
         batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, torch.device("cpu"))
         losses = [trainer.training_step(wrapped, batch, num_items).item() for batch in batches]

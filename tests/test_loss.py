@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from conftest import compose_lw
 
 from lw.data import build_sft_dataset, toy
+from lw.launch.topology import free_port
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
 from lw.train.loss import count_items, lm_loss
@@ -111,6 +111,14 @@ def packed_setup(tmp_path_factory):
     return tmp, path, tokenizer
 
 
+def packed_config(path, cache, weighting, eos_weight):
+    """Packs of 64 tokens, 2 packs per micro-batch, gradient accumulation 2 (also for dp_loss_worker.py)."""
+    return compose_lw("data=jsonl", f"data.path={path}", "data.max_length=64", "data.pack_length=64",
+                      f"trainer.loss_weighting={weighting}", f"trainer.eos_loss_weight={eos_weight}",
+                      "trainer.args.per_device_train_batch_size=2", "trainer.args.gradient_accumulation_steps=2",
+                      f"cache_dir={cache}")
+
+
 def sequences_of(batch):
     """(input_ids, labels, pack) of every sequence in a padding-free batch, from its position-id restarts."""
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -143,10 +151,7 @@ def loss_by_hand(model, batches, eos_token_id, weighting, eos_weight):
                                                    ("sequence_mean", 5.0), ("pack_mean", 1.0)])
 def test_trainer_loss_over_accumulated_micro_batches_by_hand(packed_setup, weighting, eos_weight):
     tmp, path, tokenizer = packed_setup
-    cfg = compose_lw("data=jsonl", f"data.path={path}", "data.max_length=64", "data.pack_length=64",
-                      f"trainer.loss_weighting={weighting}", f"trainer.eos_loss_weight={eos_weight}",
-                      "trainer.args.per_device_train_batch_size=2", "trainer.args.gradient_accumulation_steps=2",
-                      f"cache_dir={tmp / 'cache'}")
+    cfg = packed_config(path, tmp / "cache", weighting, eos_weight)
     dataset, stats = build_sft_dataset(cfg, tokenizer, tmp)
     assert stats["packs"] >= 4 and stats["packs"] < stats["sequences_packed"]
     model = build_model(cfg.model, tokenizer, seed=0)
@@ -176,17 +181,11 @@ def two_ranks(tmp_path_factory):
     tiny_tokenizer(tmp / "cache")  # before the ranks start: they would both train it
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(_free_port()), str(Path(__file__).parent / "dp_loss_worker.py"),
+                             "--master_port", str(free_port()), str(Path(__file__).parent / "dp_loss_worker.py"),
                              str(path), str(tmp / "cache"), str(tmp / "out"), *DP_SETTINGS],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return tmp / "out", tiny_tokenizer(tmp / "cache")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("setting", DP_SETTINGS)
