@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig  # noqa: E402
-from lw.data import build_sft_dataset, toy  # noqa: E402
+from lw.data import build_sft_dataset  # noqa: E402
+from lw.toy_words import TOPIC_NOUNS, vocabulary  # noqa: E402
 from lw.data.packing import next_fit_pack_lengths, pack, packing_summary  # noqa: E402
 from lw.data.tokenization import row_lengths  # noqa: E402
 from lw.models.tiny import tiny_tokenizer  # noqa: E402
@@ -35,14 +36,14 @@ from lw.models.tiny import tiny_tokenizer  # noqa: E402
 
 def write_samples(path: Path, n: int, long_fraction: float, seed: int) -> None:
     rng = random.Random(seed)
-    words = [w for w in toy.vocabulary() if w.isalpha()]
+    words = [w for w in vocabulary() if w.isalpha()]
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             if rng.random() < long_fraction:
                 length = rng.randint(3000, 30000)
             else:  # short general answers: log-uniform, 20 to 2000 tokens
                 length = int(round(20 * 100 ** rng.random()))
-            prompt = f"Write about {rng.choice(toy.topics())} in {min(length, 1000)} words ."
+            prompt = f"Write about {rng.choice(list(TOPIC_NOUNS))} in {min(length, 1000)} words ."
             answer = " ".join(rng.choices(words, k=length))
             f.write(json.dumps({"messages": [{"role": "user", "content": prompt},
                                              {"role": "assistant", "content": answer}]}) + "\n")

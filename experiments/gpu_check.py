@@ -55,15 +55,6 @@ def glm4_9b_config(smoke: bool, layers: int | None = None):
     return config
 
 
-def parameter_counts(config) -> tuple[int, int]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters()), model.get_input_embeddings().weight.numel()
-
-
 def layers_for_host(config, host_fraction: float) -> int:
     """The most layers whose offloaded states fit `host_fraction` of the available host RAM."""
     import copy
@@ -72,7 +63,9 @@ def layers_for_host(config, host_fraction: float) -> int:
 
     one, two = copy.deepcopy(config), copy.deepcopy(config)
     one.num_hidden_layers, two.num_hidden_layers = 1, 2
-    p1, p2 = parameter_counts(one)[0], parameter_counts(two)[0]
+    from lw.models import parameter_counts
+
+    p1, p2 = parameter_counts(one)["total"], parameter_counts(two)["total"]
     per_layer, rest = p2 - p1, 2 * p1 - p2
     budget = host_fraction * psutil.virtual_memory().available / BYTES_PER_PARAM_OFFLOADED
     return max(1, min(config.num_hidden_layers, math.floor((budget - rest) / per_layer)))
@@ -87,14 +80,6 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def single_process_env() -> None:
-    if "RANK" not in os.environ:  # DeepSpeed would look for MPI otherwise
-        from lw.launch.topology import free_port
-
-        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-
-
 def train(args) -> int:
     import deepspeed
     import psutil
@@ -102,19 +87,21 @@ def train(args) -> int:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from lw.launch.flops import train_flops_per_token
+    from lw.launch.topology import single_process_env
+    from lw.models import parameter_counts
+    from lw.train.worker import skip_cpu_shm_comm
 
     cuda = torch.cuda.is_available()
     single_process_env()
     if not cuda:  # as lw's worker: no compiled shared-memory all-reduce on CPU
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        skip_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     full = glm4_9b_config(args.smoke)
     layers = args.layers or layers_for_host(full, args.host_fraction)
     config = glm4_9b_config(args.smoke, layers)
-    params, embedding = parameter_counts(config)
-    full_params, _ = parameter_counts(full)
+    counts = parameter_counts(config)
+    params, embedding = counts["total"], counts["embedding"]
+    full_params = parameter_counts(full)["total"]
     seq_len = 128 if args.smoke else args.seq_len
     ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
     out_dir = tempfile.mkdtemp(prefix="gpu_check_")

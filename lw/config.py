@@ -16,10 +16,18 @@ from omegaconf import MISSING
 
 
 class Task(str, Enum):
+    """What a run does; each member maps to one function in lw.pipeline.TASKS."""
+
     train = "train"  # prepare data, train, evaluate the trained model
     prepare = "prepare"  # prepare (and pack) the training set only
     eval = "eval"  # evaluate model.path (checkpoint, hub id or API model) without training
     score = "score"  # score an existing predictions file
+
+
+class TrainerKind(str, Enum):
+    """Which trainer trains; each member maps to one module in lw.train.registry.TRAINERS."""
+
+    sft = "sft"  # supervised fine-tuning (TRL SFTTrainer)
 
 
 @dataclass
@@ -43,8 +51,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None
-    num_parameters: Optional[float] = None  # documented size, for planning
-    # GLM-4 needs its seq_length raised for 32k packs (see PAPER.md section 4).
+    # GLM-4 needs its seq_length raised for 32k packs (docs/science.md section 4).
     config_overrides: Dict[str, Any] = field(default_factory=dict)
     tiny: Optional[TinyModelConfig] = None
     # The hub config's architecture (model_type + transformers config fields), so a dry run or a
@@ -60,7 +67,7 @@ class ToyDataConfig:
     min_words: int = 10
     max_words: int = 400
     # Requested lengths are round numbers: a tiny model learns "write N words" from round N far
-    # better than from uniform N (MINIATURE.md).
+    # better than from uniform N (docs/miniature.md).
     round_lengths: bool = True
     topics: List[str] = field(default_factory=list)
 
@@ -129,7 +136,7 @@ class LossWeighting(str, Enum):
 @dataclass
 class BaseStageConfig:
     """A pretraining stage on documents of every length, trained once and cached, that every
-    capped SFT run starts from: the CPU analog of a pretrained base model (MINIATURE.md)."""
+    capped SFT run starts from: the CPU analog of a pretrained base model (docs/miniature.md)."""
 
     num_documents: int = 40000
     lengths: List[int] = field(default_factory=list)  # the documents' lengths in words
@@ -143,14 +150,15 @@ class BaseStageConfig:
 
 @dataclass
 class TrainerConfig:
-    name: str = MISSING
-    kind: str = "sft"  # sft
+    """The trainer and its options. Values live in conf/trainer/*.yaml (one default each, there)."""
+
+    kind: TrainerKind = MISSING
     init_from: Optional[str] = None  # start from this checkpoint instead of model.path
     base: Optional[BaseStageConfig] = None  # train (or reuse) a base stage first and start from it
     # Weight of the end-of-sequence token in the loss: a tiny model learns when to stop from it.
-    eos_loss_weight: float = 1.0
-    loss_weighting: LossWeighting = LossWeighting.token_mean
-    args: Dict[str, Any] = field(default_factory=dict)  # passed to trl.SFTConfig
+    eos_loss_weight: float = MISSING
+    loss_weighting: LossWeighting = MISSING
+    args: Dict[str, Any] = field(default_factory=dict)  # passed to the trainer's TRL config as they are
 
 
 @dataclass

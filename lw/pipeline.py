@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from lw.config import Task
-from lw.data import build_sft_dataset
 from lw.eval.benchmarks import load_items
 from lw.models import build_model, build_tokenizer
 from lw.tracking import Tracker, start_tracker
+from lw.train.registry import trainer_for
 
 log = logging.getLogger(__name__)
 
@@ -33,44 +33,33 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     set_seed(cfg.seed)
     if cfg.task == Task.train:
-        from lw.train.sft import sft_config
-
-        sft_config(cfg, run_dir / "checkpoints", "none")  # fail on a bad trainer option before any work
+        # A bad trainer option fails here, before any data or weights are touched.
+        trainer_for(cfg).training_args(cfg, run_dir / "checkpoints", "none")
     if cfg.dry_run:
-        from lw.launch.plan import dry_run
+        from lw.plan import dry_run
 
         return dry_run(cfg, run_dir)
 
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else cfg.run_name
-    config = OmegaConf.to_container(cfg, resolve=True)
     from lw.launch.driver import is_first_node
 
+    first_node = is_first_node(cfg.launcher)
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir) if cfg.task in (Task.prepare, Task.train) else None
+    metrics: dict = {}
+    if cfg.task == Task.train and cfg.trainer.base is not None:
+        # Before the W&B run starts, so that its config shows the init_from the run trains from.
+        metrics.update(resolve_base_stage(cfg, tokenizer))
+    config = OmegaConf.to_container(cfg, resolve=True)
     # Off node 0 of a multi-node job the driver only runs its node's workers: no W&B run.
-    tracker = start_tracker(cfg.logger, config, run_dir, cfg.run_name, group) if is_first_node(cfg.launcher) \
-        else Tracker()
+    tracker = start_tracker(cfg.logger, config, run_dir, cfg.run_name, group) if first_node else Tracker()
     exit_code = 1
     try:
         start = time.time()
-        metrics: dict = {}
-        tokenizer = build_tokenizer(cfg.model, cfg.cache_dir) if cfg.task in (Task.prepare, Task.train) else None
-        if cfg.task == Task.prepare:
-            _, stats = build_sft_dataset(cfg, tokenizer, run_dir)
-            metrics.update({f"data/{k}": v for k, v in stats.items()})
-        elif cfg.task == Task.train:
-            model_dir = train(cfg, tokenizer, run_dir, tracker, metrics)
-            if model_dir is None:  # another node's driver: node 0 evaluates and logs
-                exit_code = 0
-                return {}
-            metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker))
-        elif cfg.task == Task.eval:
-            if cfg.model.path is None and cfg.generation.backend != "openai":
-                raise ValueError("task=eval needs model.path (a checkpoint directory or hub id), "
-                                 "or generation=openai with generation.model")
-            metrics.update(evaluate(cfg, cfg.model.path, run_dir, tracker))
-        elif cfg.task == Task.score:
-            metrics.update(score(cfg, run_dir, tracker))
-        else:
-            raise ValueError(f"task={cfg.task.value} is not implemented yet")
+        task_metrics = TASKS[Task(cfg.task)](cfg, run_dir, tracker, tokenizer)
+        if task_metrics is None:  # another node's driver: node 0 evaluates and logs
+            exit_code = 0
+            return {}
+        metrics.update(task_metrics)
         metrics["time/total_seconds"] = round(time.time() - start, 1)
         tracker.summary(metrics)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -82,26 +71,47 @@ def run(cfg: DictConfig) -> dict:
         tracker.finish(exit_code)
 
 
-def train(cfg: DictConfig, tokenizer, run_dir: Path, tracker: Tracker, metrics: dict) -> Path | None:
-    """Train and return the final model's directory (None on nodes other than 0); facts about the
-    data and the base stage go into `metrics`."""
-    if cfg.trainer.base is not None:
-        from lw.train.base_stage import ensure_base_model
+def resolve_base_stage(cfg: DictConfig, tokenizer) -> dict:
+    """Train (or reuse) the cached base stage and start this run from it; the base's probe figures."""
+    from lw.train.base_stage import ensure_base_model
 
-        base = ensure_base_model(cfg, tokenizer)
-        probe = json.loads((base.parent / "probe.json").read_text())
-        metrics.update({f"base/median_output_words/{n}": words for n, words in probe.items()})
-        cfg.trainer.init_from = str(base)  # distributed workers read it from the saved config
+    base = ensure_base_model(cfg, tokenizer)
+    cfg.trainer.init_from = str(base)  # distributed workers read it from the saved config
+    probe = json.loads((base.parent / "probe.json").read_text())
+    return {f"base/median_output_words/{n}": words for n, words in probe.items()}
+
+
+def run_prepare(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> dict:
+    """task=prepare: the training set (tokenized, packed) and its statistics, no training."""
+    _, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
+    return {f"data/{k}": v for k, v in stats.items()}
+
+
+def run_train(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> dict | None:
+    """task=train: train, then evaluate the trained model (None on nodes other than 0)."""
+    metrics: dict = {}
     if cfg.launcher.kind != "local":  # workers in child processes
         from lw.launch.driver import launch_training
 
-        return launch_training(cfg, tokenizer, run_dir, tracker)
-    from lw.train.sft import train_sft
+        model_dir = launch_training(cfg, tokenizer, run_dir, tracker, metrics)
+        if model_dir is None:
+            return None
+    else:
+        trainer = trainer_for(cfg)
+        dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
+        metrics.update({f"data/{k}": v for k, v in stats.items()})
+        model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+        model_dir = trainer.train(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
+    metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker))
+    return metrics
 
-    dataset, stats = build_sft_dataset(cfg, tokenizer, run_dir)
-    metrics.update({f"data/{k}": v for k, v in stats.items()})
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
-    return train_sft(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
+
+def run_eval(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> dict:
+    """task=eval: evaluate model.path (or an API model) without training."""
+    if cfg.model.path is None and cfg.generation.backend != "openai":
+        raise ValueError("task=eval needs model.path (a checkpoint directory or hub id), "
+                         "or generation=openai with generation.model")
+    return evaluate(cfg, cfg.model.path, run_dir, tracker)
 
 
 def evaluate(cfg: DictConfig, model_path: str | None, run_dir: Path, tracker: Tracker) -> dict:
@@ -124,7 +134,7 @@ def evaluate(cfg: DictConfig, model_path: str | None, run_dir: Path, tracker: Tr
     return metrics
 
 
-def score(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
+def run_score(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer=None) -> dict:
     """task=score: score.predictions (a JSONL of prompt, type, length, response) without any model."""
     from lw.config import BenchmarkConfig
     from lw.eval.run import judge_for, read_predictions, score_benchmark
@@ -151,3 +161,13 @@ def _write_results(run_dir: Path, results: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         writer.writerows(results)
+
+
+# Every task is one function (cfg, run_dir, tracker, tokenizer) -> metrics, or None on a node
+# that only runs workers. An unknown task fails when the config is composed (Task is an enum).
+TASKS = {
+    Task.train: run_train,
+    Task.prepare: run_prepare,
+    Task.eval: run_eval,
+    Task.score: run_score,
+}

@@ -1,4 +1,4 @@
-"""Golden tests of the paper's chat formats (PAPER.md section 4): exact strings, exact loss masks."""
+"""Golden tests of the paper's chat formats (docs/science.md section 4): exact strings, exact loss masks."""
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lw.cli import CONFIG_DIR, run_name
-from lw.config import Task
-from lw.train.sft import sft_config
+from lw.config import Task, TrainerConfig, TrainerKind
+from lw.train.registry import TRAINERS, trainer_for
 
 from conftest import compose_lw, run_lw
 
@@ -30,13 +30,56 @@ def test_every_group_option_composes(group, option):
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(experiment):
     cfg = compose_lw(f"experiment={experiment}")
-    sft_config(cfg, Path("unused"), "none")
+    trainer_for(cfg).training_args(cfg, Path("unused"), "none")
 
 
 def test_default_trainer_args_are_valid_sft_config():
+    from trl import SFTConfig
+
     cfg = compose_lw()
-    args = sft_config(cfg, Path("unused"), "none")
+    args = trainer_for(cfg).training_args(cfg, Path("unused"), "none")
+    assert isinstance(args, SFTConfig)
     assert args.completion_only_loss and args.max_length == cfg.data.max_length
+
+
+def test_every_task_has_one_function():
+    from lw.pipeline import TASKS
+
+    assert set(TASKS) == set(Task)
+    assert len(set(TASKS.values())) == len(TASKS)
+
+
+@pytest.mark.parametrize("kind", list(TrainerKind))
+def test_every_trainer_kind_has_a_module_with_the_trainer_functions(kind):
+    module = trainer_for(OmegaConf.create({"trainer": {"kind": kind.value}}))
+    assert module.__name__ == TRAINERS[kind]
+    for name in ("training_args", "build_dataset", "train"):
+        assert callable(getattr(module, name)), f"{module.__name__} lacks {name}"
+
+
+@pytest.mark.parametrize("option", group_options("trainer"))
+def test_trainer_yaml_holds_every_option_a_researcher_sets(option):
+    """A trainer option's file names each of its settings (one default, in the YAML)."""
+    raw = OmegaConf.load(Path(CONFIG_DIR) / "trainer" / f"{option}.yaml")
+    required = [name for name, f in TrainerConfig.__dataclass_fields__.items() if name != "args"]
+    assert sorted(set(required) - set(raw)) == [], f"trainer/{option}.yaml lacks these settings"
+    assert raw.kind in {k.value for k in TrainerKind}
+
+
+def test_unknown_trainer_kind_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="kind"):
+        compose_lw("trainer.kind=ppo")
+
+
+def test_paper_experiments_differ_only_in_the_model():
+    glm = OmegaConf.to_container(compose_lw("experiment=longwriter_glm4_9b"), resolve=False)
+    llama = OmegaConf.to_container(compose_lw("experiment=longwriter_llama3_1_8b"), resolve=False)
+    differs = sorted(k for k in glm if k != "hydra" and glm[k] != llama[k])
+    assert differs == ["model"]
+    recipe = glm["trainer"]["args"]
+    assert (recipe["learning_rate"], recipe["num_train_epochs"], recipe["lr_scheduler_type"], recipe["warmup_steps"],
+            recipe["weight_decay"], recipe["adam_beta1"], recipe["adam_beta2"], recipe["bf16"],
+            recipe["activation_checkpointing"]) == (1e-5, 4, "cosine", 0.03, 0.1, 0.9, 0.95, True, True)
 
 
 def test_misspelt_key_fails_at_compose():

@@ -1,12 +1,12 @@
 """`dry_run=true`: every experiment through the entry point (one Hydra multirun), the paper plans
-against PAPER.md section 4, and the planner's arithmetic. Nothing may load weights."""
+against docs/science.md section 4, and the planner's arithmetic. Nothing may load weights."""
 
 import json
 import math
 
 import pytest
 
-from lw.launch.plan import build_plan
+from lw.plan import build_plan
 
 from conftest import run_lw
 from conftest import compose_lw

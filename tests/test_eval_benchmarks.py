@@ -1,4 +1,4 @@
-"""Benchmark files: the official ones as PAPER.md describes them, bad lines named, downloads checked."""
+"""Benchmark files: the official ones as docs/science.md describes them, bad lines named, downloads checked."""
 
 import hashlib
 import json

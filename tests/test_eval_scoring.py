@@ -1,4 +1,4 @@
-"""Scores exactly as PAPER.md section 2 defines them: S_l per item, per subset and overall, S_q, S."""
+"""Scores exactly as docs/science.md section 2 defines them: S_l per item, per subset and overall, S_q, S."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The benchmark's counter and S_l, on cases computed by hand from PAPER.md's definitions."""
+"""The benchmark's counter and S_l, on cases computed by hand from docs/science.md's definitions."""
 
 import pytest
 

@@ -18,6 +18,7 @@ from datasets import Dataset
 from lw.data import toy
 from lw.data.packing import pack, packing_summary
 from lw.data.sources import choose, clean_rows, mix_sizes, read_source
+from lw.jsonl import write_jsonl
 from lw.data.tokenization import row_lengths, row_sums, tokenize_messages
 from lw.models.chat_format import get_chat_format
 from lw.words import count_words
@@ -76,16 +77,6 @@ def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
             yield from choose(samples, sizes[name], seed, name)
     else:
         raise ValueError(f"unknown data.source {source!r}")
-
-
-def write_jsonl(rows: Iterable[dict], path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def check_lengths(data_cfg) -> None:

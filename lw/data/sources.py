@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from lw import jsonl
+
 # Invisible characters that real SFT answers carry (copy-paste, web text); they split words for
 # the word counter and cost tokens, so answers lose them before counting and tokenizing.
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -44,15 +46,10 @@ def remove_zero_width(text: str) -> str:
 # Readers: (where, row) pairs; a row that cannot even be parsed comes as a BadSample instance.
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # blank lines (a trailing newline) are not rows
-            where = f"{path}:{line_number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, BadSample("malformed_json", where, "<line>", f"not valid JSON ({e})")
+    for where, row in jsonl.read_lines(path):
+        if isinstance(row, json.JSONDecodeError):
+            row = BadSample("malformed_json", where, "<line>", f"not valid JSON ({row})")
+        yield where, row
 
 
 def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from lw.data import toy
-from lw.eval.jsonl import read_json_objects
+from lw.jsonl import read_json_objects
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ OFFICIAL_FILES = {  # name -> SHA-256 at OFFICIAL_COMMIT, under evaluation/
 DEFAULT_FILES = {"longbench_write": "longbench_write.jsonl", "longwrite_ruler": "longwrite_ruler.jsonl"}
 JUDGE_TEMPLATE = "judge.txt"
 
-# LongBench-Write's subsets by required length l (PAPER.md section 2); the last one is closed.
+# LongBench-Write's subsets by required length l (docs/science.md section 2); the last one is closed.
 SUBSETS = (("0-500", 0, 500), ("500-2000", 500, 2000), ("2000-4000", 2000, 4000), ("4000-20000", 4000, 20001))
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")

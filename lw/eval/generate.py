@@ -17,8 +17,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from lw.eval import api
-from lw.eval.jsonl import Appender, read_resumable
+from lw import llm
+from lw.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class OpenAIBackend:
             raise ValueError("generation=openai needs generation.model (the served model's name)")
         self.cfg = gen_cfg
         # A missing key or URL fails here, before any request.
-        self.endpoint = api.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
+        self.endpoint = llm.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
                                      "generation")
 
     def generate(self, items: list[dict], save: Save) -> list:
@@ -161,14 +161,14 @@ class OpenAIBackend:
         failed: list = []
 
         async def work(session, item):
-            return await api.chat(session, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
+            return await llm.chat(session, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
                                   top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
 
         def on_error(item, error):
             log.warning("generation failed for id %s: %s", item["id"], error)
             failed.append((item, error))
 
-        api.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error)
+        llm.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error)
         return failed
 
 

@@ -1,4 +1,4 @@
-"""The LLM judge of LongBench-Write's quality score S_q (PAPER.md section 2).
+"""The LLM judge of LongBench-Write's quality score S_q (docs/science.md section 2).
 
 The judge gets the benchmark's own judge.txt with the prompt and the response filled in, and must
 answer with integer scores 1-5 on six dimensions. A reply without them is asked again (the judge
@@ -19,8 +19,8 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm import tqdm
 
-from lw.eval import api
-from lw.eval.jsonl import Appender, read_resumable
+from lw import llm
+from lw.jsonl import Appender, read_resumable
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Judge:
         self.template = template
         self.cache_path = Path(cache_path) if cache_path else None
         # A missing key or URL fails here, before any request.
-        self.endpoint = api.Endpoint(judge_cfg.base_url, judge_cfg.api_key_env, judge_cfg.timeout, judge_cfg.retries,
+        self.endpoint = llm.Endpoint(judge_cfg.base_url, judge_cfg.api_key_env, judge_cfg.timeout, judge_cfg.retries,
                                      "judge")
 
     def judge(self, rows: list[dict]) -> list[dict]:
@@ -159,7 +159,7 @@ class Judge:
             async def work(session, row):
                 attempts, reply = 0, ""
                 for attempts in range(1, cfg.parse_retries + 2):
-                    reply = await api.chat(session, self.endpoint, cfg.model, filled[row["id"]],
+                    reply = await llm.chat(session, self.endpoint, cfg.model, filled[row["id"]],
                                            temperature=cfg.temperature, max_tokens=cfg.max_tokens)
                     try:
                         return {"status": OK, "scores": parse_judgement(reply), "reply": reply, "attempts": attempts}
@@ -183,7 +183,7 @@ class Judge:
                 bar.update()
 
             try:
-                api.run_bounded(todo, work, cfg.concurrency, on_result, on_error)
+                llm.run_bounded(todo, work, cfg.concurrency, on_result, on_error)
             finally:
                 bar.close()
                 if appender:

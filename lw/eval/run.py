@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lw.eval.benchmarks import judge_template, language_of, parse_length, subset_of
 from lw.eval.judge import DIMENSIONS, build_judge
-from lw.eval.jsonl import read_json_objects
+from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
 

@@ -1,4 +1,4 @@
-"""Scores of a set of predictions, as flat keys for W&B and metrics.json (PAPER.md section 2).
+"""Scores of a set of predictions, as flat keys for W&B and metrics.json (docs/science.md section 2).
 
 - S_l: per item, then the mean over all items (not of subset means) and per LongBench-Write subset.
 - S_q: each judge dimension's mean over the parseable judgements, mapped by (mean - 1) * 25; S_q

@@ -1,4 +1,4 @@
-"""The driver side of distributed training (DESIGN.md #4: Hydra is the driver, not the worker).
+"""The driver side of distributed training (Hydra is the driver, not the worker: docs/architecture.md).
 
 A Hydra job prepares the data, writes what the workers need into RUN_DIR/launch/, starts
 `python -m lw.train.worker RUN_DIR` under torchrun (or accelerate) as a child process group,
@@ -251,9 +251,10 @@ def _failure(returncode: int, output: str, tails: dict[int, deque], log_path: Pa
                          f"the last lines of the failed ranks' logs:\n{lines}all output: {log_path}", rank, code)
 
 
-def launch_training(cfg, tokenizer, run_dir: Path, tracker) -> Path | None:
-    """Train on nproc_per_node x nnodes workers; the saved model's directory (None off node 0)."""
-    from lw.data import build_sft_dataset
+def launch_training(cfg, tokenizer, run_dir: Path, tracker, metrics: dict) -> Path | None:
+    """Train on nproc_per_node x nnodes workers; the saved model's directory (None off node 0).
+    The training set's statistics go into `metrics` (as data/<key>), as in a local run."""
+    from lw.train.registry import trainer_for
 
     topo = topology(cfg.launcher)
     log.info("workers: %d node(s) x %d, this is node %d, rendezvous %s:%d", topo.nnodes, topo.nproc_per_node,
@@ -261,12 +262,12 @@ def launch_training(cfg, tokenizer, run_dir: Path, tracker) -> Path | None:
     if topo.node_rank == 0:
         # One process prepares the data; the workers on every node load it from the run directory
         # (on other nodes they start only once node 0's launcher is up, after this).
-        dataset, stats = build_sft_dataset(cfg, tokenizer, run_dir)
+        dataset, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
         tokenized = run_dir / "data" / "tokenized"
         if tokenized.exists():
             shutil.rmtree(tokenized)
         dataset.save_to_disk(str(tokenized))
-        tracker.summary({f"data/{k}": v for k, v in stats.items()})
+        metrics.update({f"data/{k}": v for k, v in stats.items()})
     command = worker_command(cfg.launcher, topo, run_dir)
     write_launch_files(cfg, run_dir, command)
     forwarder = TrainLogForwarder(run_dir / "launch" / "train_log.jsonl", tracker)

@@ -31,6 +31,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def single_process_env() -> None:
+    """Without a launcher, DeepSpeed looks for MPI; one process is rank 0 of a world of 1."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+
+
 def slurm_port(job_id: str) -> int:
     """A port every node of a job derives alike: distinct jobs sharing a node rarely collide."""
     digits = "".join(c for c in job_id if c.isdigit()) or "0"

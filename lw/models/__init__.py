@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from lw.models.chat_format import get_chat_format  # noqa: F401  (re-exported)
 from lw.models.tiny import tiny_model_config, tiny_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,8 +43,24 @@ def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0) ->
         torch.manual_seed(seed)
         config = tiny_model_config(model_cfg.tiny, tokenizer)
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
-    for key, value in model_cfg.config_overrides.items():
-        setattr(config, key, value)
+    config = apply_config_overrides(AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
+                                    model_cfg)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
                                                 trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+
+
+def apply_config_overrides(config, model_cfg):
+    """The transformers config with `model.config_overrides` set on it (GLM-4's seq_length for 32k packs)."""
+    for key, value in model_cfg.config_overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def parameter_counts(hf_config) -> dict:
+    """Parameters of the model built on the meta device: exact counts, no memory, no weights."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    embedding = model.get_input_embeddings().weight.numel()
+    return {"total": total, "largest_layer": largest, "embedding": embedding}

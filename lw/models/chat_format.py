@@ -1,4 +1,4 @@
-"""Chat formats of the paper (PAPER.md section 4), as token-level segments with a loss mask.
+"""Chat formats of the paper (docs/science.md section 4), as token-level segments with a loss mask.
 
 A conversation is rendered as a list of segments; each is plain text or a special token id, and
 is a training target or not. Tokenizing segment by segment keeps the boundary between prompt and

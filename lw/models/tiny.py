@@ -2,7 +2,7 @@
 
 The tokenizer gives every number from 0 to 1000 a token of its own, as real tokenizers group
 digits: a model that reads "150" digit by digit cannot learn what 150 words means from a few
-thousand examples (MINIATURE.md).
+thousand examples (docs/miniature.md).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from filelock import FileLock
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GlmConfig, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast
 
-from lw.data import toy
+from lw.toy_words import vocabulary
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>",
                   "[INST]", "[/INST]",  # llama3_1 chat format
@@ -24,7 +24,7 @@ MAX_NUMBER = 1001  # 0..1000
 
 
 def _training_corpus() -> list[str]:
-    lines = [" ".join(toy.vocabulary())]
+    lines = [" ".join(vocabulary())]
     lines += [" ".join(str(n) for n in range(start, min(start + 100, MAX_NUMBER)))
               for start in range(0, MAX_NUMBER, 100)]
     return lines

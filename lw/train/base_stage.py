@@ -2,7 +2,7 @@
 
 In the paper the model under SFT is a pretrained LLM that has read texts of every length; a tiny
 model trained from scratch has not, and cannot write 150 words when asked if it never saw 150
-(MINIATURE.md). The base stage gives it that ability once; every capped SFT run then starts from
+(docs/miniature.md). The base stage gives it that ability once; every capped SFT run then starts from
 the same cached base, so what differs between runs is only the SFT data, as in the paper.
 """
 

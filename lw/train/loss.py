@@ -13,7 +13,7 @@ whole global batch (all gradient-accumulation micro-batches and, with
 batch, not a mean of per-step means.
 
 A model writes long only if it learns *when* to stop; in a long answer the single EOS token is
-one target among thousands, so a small model learns it late or never (MINIATURE.md weights it x5).
+one target among thousands, so a small model learns it late or never (docs/miniature.md weights it x5).
 Its weight multiplies its token's loss inside whichever mean is chosen.
 """
 

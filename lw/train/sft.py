@@ -1,4 +1,7 @@
-"""Supervised fine-tuning with TRL's SFTTrainer on the project's own tokenized data."""
+"""Supervised fine-tuning with TRL's SFTTrainer on the project's own tokenized data.
+
+The `sft` trainer of lw.train.registry: training_args, build_dataset and train.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from lw.data import build_sft_dataset
 from lw.data.packing import PackCollator
 from lw.train.loss import count_items, lm_loss
 
@@ -85,17 +89,26 @@ def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, 
         raise ValueError(f"{where}: {e} (options are those of trl.SFTConfig)") from None
 
 
+def training_args(cfg, output_dir: Path, report_to: str) -> SFTConfig:
+    return sft_config(cfg, output_dir, report_to)
+
+
+def build_dataset(cfg, tokenizer, run_dir: Path):
+    """The tokenized (and, with data.pack_length, packed) SFT set and its statistics."""
+    return build_sft_dataset(cfg, tokenizer, run_dir)
+
+
 def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:
     """The trainer; a packed dataset (rows with seq_lengths) gets the padding-free pack collator."""
-    args = sft_config(cfg, output_dir / "checkpoints", report_to)
+    args = training_args(cfg, output_dir / "checkpoints", report_to)
     packed = "seq_lengths" in dataset.column_names
     collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
     return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                         data_collator=collator, eos_loss_weight=cfg.trainer.eos_loss_weight,
-                        loss_weighting=cfg.trainer.get("loss_weighting", "token_mean"), callbacks=callbacks)
+                        loss_weighting=cfg.trainer.loss_weighting, callbacks=callbacks)
 
 
-def train_sft(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
+def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
     trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to, callbacks)
     args = trainer.args

@@ -39,16 +39,6 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(LwConfig), OmegaConf.load(path))
 
 
-def single_process_env() -> None:
-    """Without a launcher, DeepSpeed looks for MPI; one process is rank 0 of a world of 1."""
-    if "RANK" in os.environ:
-        return
-    from lw.launch.topology import free_port
-
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-
-
 def skip_cpu_shm_comm() -> None:
     """Keep DeepSpeed from compiling its shared-memory all-reduce on CPU-only machines.
 
@@ -69,7 +59,7 @@ def distributed_cfg(cfg: DictConfig, run_dir: Path, backend: str) -> DictConfig:
     args.deepspeed = str(run_dir / "launch" / "deepspeed.json")
     args.setdefault("ddp_backend", backend)
     if not torch.cuda.is_available():
-        # Without it accelerate and DeepSpeed disagree on the world size (STACK.md).
+        # Without it accelerate and DeepSpeed disagree on the world size (docs/engineering.md).
         args.setdefault("use_cpu", True)
     return cfg
 
@@ -110,8 +100,9 @@ def train(run_dir: Path) -> Path:
     from datasets import load_from_disk
     from transformers import set_seed
 
+    from lw.launch.topology import single_process_env
     from lw.models import build_model, build_tokenizer
-    from lw.train.sft import sft_config, train_sft
+    from lw.train.registry import trainer_for
 
     cfg = load_run_config(run_dir)
     single_process_env()
@@ -121,20 +112,21 @@ def train(run_dir: Path) -> Path:
     else:
         skip_cpu_shm_comm()
     # The process group must exist before the model is built under ZeRO-3 (zero.Init partitions
-    # parameters as they are created); without it the world size is wrong (STACK.md).
+    # parameters as they are created); without it the world size is wrong (docs/engineering.md).
     deepspeed.init_distributed(dist_backend=backend)
     set_seed(cfg.seed)
     cfg = distributed_cfg(cfg, run_dir, backend)
+    trainer = trainer_for(cfg)
     # Arguments first, alive while the model is built: their DeepSpeed config is what makes
     # from_pretrained/from_config build the model under zero.Init.
-    args = sft_config(cfg, run_dir / "checkpoints", "none")
+    args = trainer.training_args(cfg, run_dir / "checkpoints", "none")
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     dataset = load_from_disk(str(run_dir / "data" / "tokenized"))
     model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
     # Workers report to nothing: the driver holds the W&B run and forwards rank 0's logs.
     log.info("ZeRO stage %s, world size %d", args.hf_deepspeed_config.get_value("zero_optimization.stage"),
              args.world_size)
-    return train_sft(cfg, model, tokenizer, dataset, run_dir, "none", callbacks=callbacks(run_dir))
+    return trainer.train(cfg, model, tokenizer, dataset, run_dir, "none", callbacks=callbacks(run_dir))
 
 
 @record  # a failing rank's traceback goes into torchrun's failure summary

@@ -37,6 +37,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lw.launch.flops import train_flops_per_token
+from lw.models import apply_config_overrides, parameter_counts
+from lw.train.registry import trainer_for
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,7 @@ def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
-    from lw.train.sft import sft_config
-
-    args = sft_config(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
+    args = trainer_for(cfg).training_args(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
     nproc, nnodes = _world(cfg.launcher)
     world = nproc * nnodes
     hf_config = model_config(cfg)
@@ -114,21 +114,7 @@ def model_config(cfg: DictConfig):
     else:
         raise ValueError(f"model.path={model_cfg.path!r} is not a local directory and model.arch is empty: add the "
                          f"hub config's architecture to conf/model/{model_cfg.name}.yaml (model.arch) to plan offline")
-    for key, value in model_cfg.config_overrides.items():
-        setattr(config, key, value)
-    return config
-
-
-def parameter_counts(hf_config) -> dict:
-    """Parameters of the model built on the meta device: exact counts, no memory, no weights."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
-    total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
-    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
-    embedding = model.get_input_embeddings().weight.numel()
-    return {"total": total, "largest_layer": largest, "embedding": embedding}
+    return apply_config_overrides(config, model_cfg)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -194,12 +180,11 @@ def _tokenizer_is_local(model_cfg) -> bool:
 
 
 def _prepared_stats(cfg: DictConfig) -> dict:
-    from lw.data import build_sft_dataset
     from lw.models import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        _, stats = build_sft_dataset(cfg, tokenizer, Path(tmp))
+        _, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, Path(tmp))
     return stats
 
 
@@ -276,7 +261,7 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
     activations["logits_and_loss"] = m * seq_len * vocab * (a + 8)
     eager = cfg.model.attn_implementation == "eager"
     activations["attention_scores"] = m * heads * seq_len**2 * a if eager else 0
-    assumptions = ["GPU and host memory are estimates (see lw/launch/plan.py); allow a few GiB for the CUDA "
+    assumptions = ["GPU and host memory are estimates (see lw/plan.py); allow a few GiB for the CUDA "
                    "context and fragmentation"]
     gpu: dict[str, float] = {}
     host_per_node: dict[str, float] = {}

@@ -1,4 +1,5 @@
-"""Append-only JSONL files that long jobs (generation, judging) resume from.
+"""JSON-lines files: reading them with every line named, writing them, and the append-only files
+that long jobs (generation, judging, preference pairs, AgentWrite) resume from.
 
 A killed job leaves at most one torn last line. Reading drops it and cuts it off the file, so the
 next append starts on a fresh line instead of gluing a new record onto the fragment.
@@ -10,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,36 @@ class Appender:
         self.close()
 
 
-def read_json_objects(path: Path) -> Iterator[tuple[str, dict]]:
-    """("FILE:LINE", object) for each non-blank line; a line that is not a JSON object fails, named."""
+def read_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """("FILE:LINE", the parsed value) for each non-blank line; a line that is not JSON comes as its
+    json.JSONDecodeError, for the caller to raise or count."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
-                continue
-            where = f"{path}:{number}"
+                continue  # blank lines (a trailing newline) are not records
             try:
-                row = json.loads(line)
+                yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+                yield f"{path}:{number}", err
+
+
+def read_json_objects(path: Path) -> Iterator[tuple[str, dict]]:
+    """("FILE:LINE", object) for each non-blank line; a line that is not a JSON object fails, named."""
+    for where, row in read_lines(path):
+        if isinstance(row, json.JSONDecodeError):
+            raise ValueError(f"{where}: not valid JSON ({row.msg})")
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
+def write_jsonl(rows: Iterable[dict], path: Path) -> int:
+    """Write `rows` as a new file, one JSON object per line; the number of rows written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n

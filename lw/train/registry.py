@@ -1,0 +1,41 @@
+"""Trainer kinds and the module that trains each: the one place that knows which trainers exist.
+
+The pipeline, the distributed worker and the dry-run planner ask this registry for the trainer
+of `trainer.kind` and call only what every trainer module provides:
+
+    training_args(cfg, output_dir, report_to) -> transformers.TrainingArguments
+        its TRL config, built from `trainer.args`; a bad option fails here, at start
+    build_dataset(cfg, tokenizer, run_dir) -> (datasets.Dataset, stats)
+        the training set, and flat statistics about it (logged as data/<key>)
+    train(cfg, model, tokenizer, dataset, run_dir, report_to, callbacks=None) -> Path
+        train (resuming from run_dir/checkpoints) and save the final model into run_dir/model
+
+Adding a trainer: a module in lw/train/ with these three functions, a `TrainerKind` member in
+lw/config.py, a `conf/trainer/<name>.yaml` and one line in TRAINERS (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+from lw.config import TrainerKind
+
+TRAINERS: dict[TrainerKind, str] = {
+    TrainerKind.sft: "lw.train.sft",
+}
+
+
+class Trainer(Protocol):
+    def training_args(self, cfg, output_dir: Path, report_to: str): ...
+
+    def build_dataset(self, cfg, tokenizer, run_dir: Path): ...
+
+    def train(self, cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path: ...
+
+
+def trainer_for(cfg) -> Trainer:
+    """The trainer module of `cfg.trainer.kind` (imported on first use: each pulls in its TRL trainer)."""
+    kind = TrainerKind(getattr(cfg.trainer.kind, "value", cfg.trainer.kind))
+    return importlib.import_module(TRAINERS[kind])  # type: ignore[return-value]
