@@ -28,6 +28,7 @@ class TrainerKind(str, Enum):
     """Which trainer trains; each member maps to one module in lw.train.registry.TRAINERS."""
 
     sft = "sft"  # supervised fine-tuning (TRL SFTTrainer)
+    dpo = "dpo"  # direct preference optimisation with an SFT term (TRL DPOTrainer)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class DataSource(str, Enum):
     toy = "toy"  # the generated toy set (data.toy)
     messages = "messages"  # one messages-format source (data.path or data.hub_id)
     mix = "mix"  # several sources (data.mix), by count or ratio
+    pairs = "pairs"  # one preference-pair source (data.path or data.hub_id): prompt, chosen, rejected
 
 
 class SampleFormat(str, Enum):

@@ -55,7 +55,8 @@ def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
-    args = trainer_for(cfg).training_args(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
+    trainer = trainer_for(cfg)
+    args = trainer.training_args(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
     nproc, nnodes = _world(cfg.launcher)
     world = nproc * nnodes
     hf_config = model_config(cfg)
@@ -63,7 +64,12 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
     data = plan_data(cfg, args, world)
     deepspeed = plan_deepspeed(cfg, args, hf_config, world, data["total_steps"]) \
         if cfg.launcher.kind != "local" else None
-    memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed)
+    # What the trainer adds to the plan: sequences per training example (a DPO pair is two), its
+    # reference pass, extra memory.
+    shape = trainer.plan(cfg, args, counts, nnodes) if hasattr(trainer, "plan") else {}
+    memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed,
+                         shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
+                         shape.get("host_per_node", {}), shape.get("full_logits", True))
     return {
         "run_name": cfg.run_name,
         "task": cfg.task.value if hasattr(cfg.task, "value") else str(cfg.task),
@@ -83,6 +89,9 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                       "adam_betas": [args.adam_beta1, args.adam_beta2], "bf16": args.bf16,
                       "activation_checkpointing": bool(args.activation_checkpointing)},
         "deepspeed": deepspeed,
+        "trainer": {"kind": str(getattr(cfg.trainer.kind, "value", cfg.trainer.kind)),
+                    "sequences_per_example": shape.get("sequences_per_example", 1),
+                    **({"reference": shape["reference"]} if "reference" in shape else {})},
         "memory": memory,
         "assumptions": data.pop("assumptions") + memory.pop("assumptions"),
     }
@@ -243,11 +252,12 @@ def _auto_keys(node, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------------------- memory
 
 def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, nproc: int, nnodes: int,
-                deepspeed: dict | None) -> dict:
+                deepspeed: dict | None, sequences_per_example: int = 1, trainer_gpu: dict | None = None,
+                trainer_host: dict | None = None, full_logits: bool = True) -> dict:
     params, largest = counts["total"], counts["largest_layer"]
     bf16 = bool(args.bf16) or cfg.model.dtype == "bfloat16"
     a = 2 if bf16 or cfg.model.dtype == "float16" else 4
-    m = args.per_device_train_batch_size
+    m = args.per_device_train_batch_size * sequences_per_example
     h, layers, ffn = hf_config.hidden_size, hf_config.num_hidden_layers, hf_config.intermediate_size
     heads = hf_config.num_attention_heads
     kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
@@ -258,11 +268,14 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
         activations = {"layer_inputs": layers * m * seq_len * h * a, "recomputed_layer": 2 * m * seq_len * layer_width * a}
     else:
         activations = {"all_layers": layers * m * seq_len * layer_width * a, "recomputed_layer": m * seq_len * layer_width * a}
-    activations["logits_and_loss"] = m * seq_len * vocab * (a + 8)
+    activations["logits_and_loss"] = m * seq_len * vocab * (a + 8) if full_logits else 0
     eager = cfg.model.attn_implementation == "eager"
     activations["attention_scores"] = m * heads * seq_len**2 * a if eager else 0
     assumptions = ["GPU and host memory are estimates (see lw/plan.py); allow a few GiB for the CUDA "
                    "context and fragmentation"]
+    if not full_logits:
+        assumptions.append("the trainer projects the LM head in tiles over answer positions only (TRL's fused LM "
+                           "head): no (tokens x vocabulary) logits are held")
     gpu: dict[str, float] = {}
     host_per_node: dict[str, float] = {}
     if deepspeed is not None and deepspeed["stage"] == 3:
@@ -287,6 +300,8 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
         gpu["model_states"] = 4 * params * (2 if cfg.model.dtype in ("bfloat16", "float16") else 4)
         assumptions.append("no DeepSpeed: weights, gradients and Adam moments all on the device")
     gpu.update({f"activations_{k}": v for k, v in activations.items()})
+    gpu.update(trainer_gpu or {})
+    host_per_node.update(trainer_host or {})
     total = sum(gpu.values())
     budget = cfg.plan.gpu_memory_gib
     return {
@@ -346,6 +361,8 @@ def format_plan(plan: dict) -> str:
         ds = plan["deepspeed"]
         lines.append(f"  deepspeed  ZeRO-{ds['stage']}, optimizer offload {ds['offload_optimizer']}, parameter "
                      f"offload {ds['offload_param']}, optimizer {ds['optimizer']} ({ds['file']})")
+    if plan["trainer"].get("reference"):
+        lines.append(f"  reference  {plan['trainer']['reference']}")
     lines.append(f"  GPU/rank   {memory['gpu_per_rank_total_gib']} GiB estimated of {memory['gpu_memory_gib']} GiB: "
                  + ", ".join(f"{k} {v}" for k, v in memory["gpu_per_rank_gib"].items()))
     if not memory["fits_gpu"]:

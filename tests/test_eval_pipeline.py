@@ -14,7 +14,7 @@ from conftest import compose_lw
 
 from lw.eval.benchmarks import SUBSETS, language_of
 from lw.eval.run import read_predictions, score_benchmark
-from lw.pipeline import score
+from lw.pipeline import run_score
 from lw.tracking import Tracker, read_offline_run
 from lw.words import length_score
 
@@ -91,7 +91,7 @@ def test_score_without_judge_or_eval_config(tmp_path):
     write_predictions(tmp_path / "preds.jsonl")
     cfg = compose_lw("task=score", f"score.predictions={tmp_path / 'preds.jsonl'}")
     assert "longbench_write" not in cfg.eval  # the benchmark kind is enough to score lengths
-    metrics = score(cfg, tmp_path / "out", Tracker())
+    metrics = run_score(cfg, tmp_path / "out", Tracker())
     assert {k for k in metrics if k.endswith("/S_l")} == {
         "longbench_write/S_l", "longbench_write/0-500/S_l", "longbench_write/500-2000/S_l",
         "longbench_write/2000-4000/S_l", "longbench_write/4000-20000/S_l"}

@@ -75,6 +75,9 @@ def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
             stats[f"mix_{name}_samples"] = sizes[name]
             stats["dropped_not_in_mix"] += len(samples) - sizes[name]
             yield from choose(samples, sizes[name], seed, name)
+    elif source == "pairs":
+        raise ValueError("data.source=pairs holds preference pairs (prompt, chosen, rejected): train them with "
+                         "trainer=dpo, or give SFT a messages source (data=jsonl data.path=FILE)")
     else:
         raise ValueError(f"unknown data.source {source!r}")
 

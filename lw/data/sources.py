@@ -26,7 +26,7 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistan
 
 # Reasons a row is bad; each is a key of the statistics as `dropped_<reason>`.
 BAD_SAMPLE_REASONS = ("malformed_json", "missing_messages", "unknown_role", "empty_content",
-                      "no_assistant_turn", "bad_turn_order")
+                      "no_assistant_turn", "bad_turn_order", "missing_field")
 
 
 class BadSample(ValueError):

@@ -24,6 +24,7 @@ from lw.config import TrainerKind
 
 TRAINERS: dict[TrainerKind, str] = {
     TrainerKind.sft: "lw.train.sft",
+    TrainerKind.dpo: "lw.train.dpo",
 }
 
 
@@ -33,6 +34,8 @@ class Trainer(Protocol):
     def build_dataset(self, cfg, tokenizer, run_dir: Path): ...
 
     def train(self, cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path: ...
+
+    # Optional: plan(cfg, args, counts, nnodes) -> dict, what the trainer adds to a dry run (lw/plan.py).
 
 
 def trainer_for(cfg) -> Trainer:

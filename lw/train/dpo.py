@@ -1,0 +1,93 @@
+"""DPO with an SFT term on the chosen answer (docs/science.md section 5), with TRL's DPOTrainer.
+
+The `dpo` trainer of lw.train.registry. The loss is `trainer.args.loss_type: [sigmoid, sft]`
+weighted by `loss_weights: [1.0, λ]`: the DPO loss plus λ times the token-mean NLL of the chosen
+answers. It starts from an SFT checkpoint (`trainer.init_from`, or `model.path`).
+
+The reference log-probabilities come, by default, from one pass of the starting model over the
+pairs before training (`precompute_ref_log_probs: true`): no second model is kept, and under
+ZeRO-3 the pass runs on the same sharded, offloaded parameters. With `false`, TRL loads a
+reference model from the same checkpoint and shards it like the policy (ZeRO-3 parameters stay
+partitioned and offloaded), so no rank ever holds a full second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+from trl import DPOConfig, DPOTrainer
+
+from lw.data.preference import build_preference_dataset
+
+log = logging.getLogger(__name__)
+
+TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
+
+
+class LwDPOTrainer(DPOTrainer):
+    """DPOTrainer on pairs lw has tokenized with the model's own chat format (lw/data/preference.py)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if TOKENIZED <= set(dataset.column_names):
+            return dataset  # already ids, rendered exactly as SFT renders the same conversation
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
+    """DPOConfig from `trainer.args`; a bad option or a setting DPO cannot honour fails here, at start."""
+    trainer = cfg.trainer
+    if str(getattr(trainer.loss_weighting, "value", trainer.loss_weighting)) != "token_mean" \
+            or trainer.eos_loss_weight != 1.0:
+        raise ValueError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
+                         "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")
+    args = dict(trainer.args)
+    if "max_length" in args:
+        raise ValueError("trainer.args.max_length: set data.max_length instead (a longer pair is dropped and "
+                         "counted, never truncated)")
+    args.setdefault("use_cpu", not torch.cuda.is_available())
+    try:
+        return DPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+                         run_name=cfg.run_name, max_length=cfg.data.max_length, **args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
+
+
+def plan(cfg, args, counts: dict, nnodes: int) -> dict:
+    """For the dry run: a pair is two sequences (chosen and rejected in one batch), and the reference."""
+    if args.precompute_ref_log_probs:
+        return {"sequences_per_example": 2, "full_logits": False,
+                "reference": "precomputed: one forward pass of the starting model over every pair before training "
+                             "(DeepSpeed inference engine on the same ZeRO-3 shards); no second model in memory"}
+    # A second ZeRO-3 model, parameters offloaded like the policy's: 16-bit weights on the host, and
+    # its largest layer gathered on the GPU during its forward pass.
+    return {"sequences_per_example": 2, "full_logits": False,
+            "reference": "a reference model loaded from the same checkpoint, ZeRO-3 sharded and offloaded "
+                         "like the policy (no full copy per rank)",
+            "gpu_per_rank": {"reference_largest_layer": 2 * counts["largest_layer"]},
+            "host_per_node": {"reference_bf16_params": 2 * counts["total"] / nnodes}}
+
+
+def build_dataset(cfg, tokenizer, run_dir: Path):
+    return build_preference_dataset(cfg, tokenizer, run_dir)
+
+
+def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
+    """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
+    if cfg.trainer.init_from is None and cfg.model.path is None:
+        raise ValueError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
+                         "(or model.path)")
+    args = training_args(cfg, output_dir / "checkpoints", report_to)
+    trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                           callbacks=callbacks)
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    final = output_dir / "model"
+    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final)
+    return final

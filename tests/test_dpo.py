@@ -1,0 +1,153 @@
+"""trainer=dpo: preference pairs rendered with the project's chat formats, TRL's DPOTrainer with an
+SFT term, bad pairs named, and a margin that rises on a toy preference set."""
+
+import json
+import random
+
+import pytest
+from transformers import TrainerCallback
+
+from lw.data.preference import build_preference_dataset, tokenize_pairs
+from lw.models import build_model
+from lw.models.chat_format import get_chat_format
+from lw.models.tiny import tiny_tokenizer
+from lw.toy_words import TOPIC_NOUNS
+
+from conftest import compose_lw
+
+PROMPT = "Write a 12-word note about rivers."
+CHOSEN = "the quiet river carries the bank . the old stream meets the delta ."
+REJECTED = "the river ."
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("cache"))
+
+
+def write_pairs(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def dpo_cfg(path, *overrides):
+    return compose_lw("trainer=dpo", "data=pairs", f"data.path={path}", *overrides)
+
+
+@pytest.mark.parametrize("name", ["glm4", "llama3_1"])
+def test_dpo_trains_on_the_sft_tokens_of_the_same_conversation(name, tokenizer, tmp_path):
+    """The ids (and loss mask) TRL's collator builds for prompt + chosen equal the SFT tokenization of
+    the same conversation: EOS after the answer, one BOS, loss on the answer only."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    sft_ids, sft_mask = get_chat_format(name).tokenize(
+        tokenizer, [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}])
+    (row,) = tokenize_pairs([{"prompt": [{"role": "user", "content": PROMPT}], "chosen": CHOSEN,
+                              "rejected": REJECTED}], name, tokenizer)
+    batch = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)([row])
+    chosen_ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    chosen_mask = batch["completion_mask"][0][batch["attention_mask"][0].bool()].tolist()
+    assert chosen_ids == sft_ids and chosen_mask == sft_mask
+    assert chosen_ids[-1] == tokenizer.eos_token_id and chosen_ids.count(tokenizer.bos_token_id) <= 1
+    assert chosen_ids.count(tokenizer.eos_token_id) == 1
+    rejected_ids, _ = get_chat_format(name).tokenize(
+        tokenizer, [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REJECTED}])
+    assert batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist() == rejected_ids
+
+
+def test_hub_style_conversations_are_read_as_their_last_answer(tokenizer, tmp_path):
+    path = write_pairs(tmp_path / "pairs.jsonl", [{
+        "prompt": PROMPT,
+        "chosen": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}],
+        "rejected": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REJECTED}]}])
+    dataset, stats = build_preference_dataset(dpo_cfg(path), tokenizer, tmp_path / "run")
+    assert stats["pairs"] == 1 and len(dataset) == 1
+    assert json.loads((tmp_path / "run" / "data" / "pairs.jsonl").read_text())["chosen"] == CHOSEN
+
+
+@pytest.mark.parametrize("row, field", [
+    ({"prompt": PROMPT, "chosen": CHOSEN}, "rejected"),
+    ({"prompt": PROMPT, "chosen": "  ", "rejected": REJECTED}, "chosen"),
+    ({"prompt": "", "chosen": CHOSEN, "rejected": REJECTED}, "prompt"),
+    ({"chosen": CHOSEN, "rejected": REJECTED}, "prompt"),
+])
+def test_a_bad_pair_is_named_by_file_line_and_field(row, field, tokenizer, tmp_path):
+    good = {"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED}
+    path = write_pairs(tmp_path / "pairs.jsonl", [good, row])
+    with pytest.raises(ValueError, match=rf"pairs.jsonl:2: field '{field}'"):
+        build_preference_dataset(dpo_cfg(path), tokenizer, tmp_path / "run")
+    _, stats = build_preference_dataset(dpo_cfg(path, "data.on_bad_sample=drop"), tokenizer, tmp_path / "run2")
+    assert stats["pairs"] == 1 and stats["pairs_in"] == 2
+    assert sum(v for k, v in stats.items() if k.startswith("dropped_")) == 1
+
+
+def test_a_pair_longer_than_max_length_is_dropped_and_counted_never_truncated(tokenizer, tmp_path):
+    long = " ".join(["the river"] * 40)
+    path = write_pairs(tmp_path / "pairs.jsonl", [{"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
+                                                  {"prompt": PROMPT, "chosen": long, "rejected": REJECTED}])
+    cfg = dpo_cfg(path, "data.max_length=40")
+    dataset, stats = build_preference_dataset(cfg, tokenizer, tmp_path / "run")
+    assert stats["dropped_over_max_length"] == 1 and len(dataset) == 1
+    assert max(len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in dataset) <= 40
+
+
+def test_dpo_options_are_validated_at_start(tmp_path):
+    from lw.train.registry import trainer_for
+
+    path = write_pairs(tmp_path / "pairs.jsonl", [])
+    args = trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path), tmp_path, "none")
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 1.0]
+    assert args.max_length == 1024 and args.precompute_ref_log_probs
+    with pytest.raises(ValueError, match="trl.DPOConfig"):
+        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "+trainer.args.betta=0.2"), tmp_path, "none")
+    with pytest.raises(ValueError, match="data.max_length"):
+        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "+trainer.args.max_length=99"), tmp_path, "none")
+    with pytest.raises(ValueError, match="loss_weighting"):
+        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "trainer.loss_weighting=sequence_mean"), tmp_path,
+                                                 "none")
+
+
+def toy_preferences(n: int, seed: int) -> list[dict]:
+    """Chosen answers have the asked length; rejected ones stop at a third of it."""
+    from lw.data import toy
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topic, words = rng.choice(sorted(TOPIC_NOUNS)), rng.choice([12, 15, 20, 25, 30])
+        rows.append({"prompt": toy.make_prompt(rng, topic, words), "chosen": toy.write_answer(rng, topic, words),
+                     "rejected": toy.write_answer(rng, topic, words // 3)})
+    return rows
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "model"])
+def test_reward_margin_rises_on_a_toy_preference_set(reference, tokenizer, tmp_path):
+    from lw.train.registry import trainer_for
+
+    path = write_pairs(tmp_path / "pairs.jsonl", toy_preferences(64, seed=0))
+    cfg = dpo_cfg(path, "trainer.args.max_steps=24", "trainer.args.per_device_train_batch_size=8",
+                  "trainer.args.logging_steps=4", "trainer.args.learning_rate=3e-3",
+                  f"trainer.args.precompute_ref_log_probs={reference == 'precomputed'}")
+    start = tmp_path / "start"
+    build_model(cfg.model, tokenizer, seed=0).save_pretrained(start)  # the "SFT" checkpoint DPO starts from
+    tokenizer.save_pretrained(start)
+    cfg.trainer.init_from = str(start)
+    trainer = trainer_for(cfg)
+    dataset, _ = trainer.build_dataset(cfg, tokenizer, tmp_path / "run")
+    model = build_model(cfg.model, tokenizer, path=str(start))
+    logged = LogRecorder()
+    final = trainer.train(cfg, model, tokenizer, dataset, tmp_path / "run", "none", callbacks=[logged])
+    logs = [h for h in logged.logs if "rewards/margins" in h]
+    assert len(logs) == 6
+    assert logs[-1]["rewards/margins"] > logs[0]["rewards/margins"] + 0.5
+    assert logs[-1]["rewards/accuracies"] >= 0.9
+    assert {"rewards/chosen", "rewards/rejected", "logps/chosen"} <= set(logs[-1])
+    assert (final / "model.safetensors").exists()
+
+
+class LogRecorder(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
