@@ -151,3 +151,21 @@ class LogRecorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.logs.append(dict(logs or {}))
+
+
+@pytest.mark.parametrize("name, parameters", [("longwriter_glm4_9b_dpo", 9.40e9), ("longwriter_llama3_1_8b_dpo", 8.03e9)])
+def test_paper_dpo_plans_offline(name, parameters, tmp_path):
+    from lw.plan import build_plan
+
+    plan = build_plan(compose_lw(f"experiment={name}"), tmp_path)
+    assert plan["model"]["parameters"] == pytest.approx(parameters, rel=0.01)
+    assert plan["trainer"]["kind"] == "dpo" and plan["trainer"]["sequences_per_example"] == 2
+    assert plan["trainer"]["reference"].startswith("precomputed")
+    assert plan["launcher"]["world_size"] == 8 and plan["deepspeed"]["offload_param"] == "cpu"
+    assert plan["data"]["sequences"] == 54000 and plan["data"]["total_steps"] > 0
+    assert plan["memory"]["gpu_per_rank_gib"]["activations_logits_and_loss"] == 0  # TRL's fused LM head
+    assert plan["memory"]["fits_gpu"]
+    loaded = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false"), tmp_path)
+    host = loaded["memory"]["host_per_node_gib"]
+    assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
+    assert loaded["memory"]["gpu_per_rank_total_gib"] > plan["memory"]["gpu_per_rank_total_gib"]
