@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 RULES = ("mean", "length", "quality")
 RULE_NAMES = {"mean": "mean(S_l,S_q)", "length": "S_l", "quality": "S_q"}
 FROM_FIELD, FROM_TEXT, UNKNOWN = "field", "text", "unknown"  # where a prompt's required length came from
+STAT_OF_SOURCE = {FROM_FIELD: "length_from_field", FROM_TEXT: "length_from_text", UNKNOWN: "length_unknown"}
 SOURCE_LABELS = {FROM_FIELD: "length given", FROM_TEXT: "length read from the prompt", UNKNOWN: "no length: S_q"}
 _TIE = 1e-9  # scores this close are equal (float noise of the means)
 
@@ -266,7 +267,7 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         else:
             prompt["length"] = required_length(prompt["prompt"])
             prompt["source"] = FROM_TEXT if prompt["length"] is not None else UNKNOWN
-        stats[f"length_from_{prompt['source']}" if prompt["source"] != UNKNOWN else "length_unknown"] += 1
+        stats[STAT_OF_SOURCE[prompt["source"]]] += 1
     judge = _judge(cfg, run_dir)  # a bad key, URL or template fails before the model loads
     scorable = prompts
     stats["dropped_no_length"] = 0

@@ -193,6 +193,18 @@ def test_length_rule_without_judge_on_an_api_model(tmp_path):
     assert metrics["pairs/mean_chosen_score"] == 100.0
 
 
+def test_prompts_default_to_the_first_eval_benchmark(tmp_path):
+    with OpenAIServer(lambda body, attempt: Reply(" ".join(["word"] * (len(user_text(body)) % 7 * 50 + 10)))) as server:
+        cfg = compose_lw("task=dpo_pairs", "eval=longbench_write", f"eval.longbench_write.data_dir={SHARED_DATA}",
+                         "eval.longbench_write.limit=3", "pairs.rule=length", "pairs.samples=2", "generation=openai",
+                         f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null")
+        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+    assert metrics["pairs/prompts"] == 3 and metrics["pairs/length_from_field"] == 3
+    samples = [json.loads(line)["id"] for line in (tmp_path / "run/pairs/samples.jsonl").open()]
+    assert sorted(samples) == [f"longbench_write-{i}#{k}" for i in range(3) for k in range(2)]
+    assert metrics["pairs/dropped_tie"] == 3  # every prompt's two answers are equally long
+
+
 # --- end to end through `python -m lw` on the tiny model, judged on loopback -----------------------
 
 @pytest.fixture(scope="module")
