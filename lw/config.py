@@ -22,6 +22,7 @@ class Task(str, Enum):
     prepare = "prepare"  # prepare (and pack) the training set only
     eval = "eval"  # evaluate model.path (checkpoint, hub id or API model) without training
     score = "score"  # score an existing predictions file
+    dpo_pairs = "dpo_pairs"  # sample answers per prompt, score them, write chosen/rejected pairs (lw/pairs.py)
 
 
 class TrainerKind(str, Enum):
@@ -220,6 +221,27 @@ class ScoreConfig:
 
 
 @dataclass
+class PairsConfig:
+    """task=dpo_pairs: DPO preference pairs from model.path's own samples (docs/science.md section 5).
+
+    Sampling settings (temperature, top_p, max_new_tokens, backend) come from `generation`, the
+    judge from `judge`, the draw of the rejected answer from `seed`.
+    """
+
+    # JSONL of {"prompt", "length" (optional), "id" (optional)}, or of messages/ShareGPT rows whose one
+    # user turn is the prompt. null: the prompts of the first `eval` benchmark.
+    prompts: Optional[str] = None
+    samples: int = 4  # answers sampled per prompt (the paper: 4); the best is chosen, one other rejected
+    # How a sample's score combines S_l and S_q: mean = (S_l + S_q) / 2 (LongBench-Write's S, the
+    # paper's); length = S_l only (works with judge=none); quality = S_q only. A prompt without a
+    # required length (no `length` field, none found in its text) is ranked by S_q.
+    rule: str = "mean"
+    # A pair whose chosen and rejected scores differ by no more than this is dropped (dropped_margin);
+    # a best score shared by two samples is always dropped (dropped_tie).
+    min_margin: float = 0.0
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "wandb"  # wandb | none
     project: str = "lw"
@@ -280,6 +302,7 @@ class LwConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     logger: LoggerConfig = MISSING
     launcher: LauncherConfig = MISSING
     plan: PlanConfig = field(default_factory=PlanConfig)

@@ -20,6 +20,7 @@ from transformers import set_seed
 from lw.config import Task
 from lw.eval.benchmarks import load_items
 from lw.models import build_model, build_tokenizer
+from lw.pairs import run_dpo_pairs
 from lw.tracking import Tracker, start_tracker
 from lw.train.registry import trainer_for
 
@@ -170,4 +171,5 @@ TASKS = {
     Task.prepare: run_prepare,
     Task.eval: run_eval,
     Task.score: run_score,
+    Task.dpo_pairs: run_dpo_pairs,
 }

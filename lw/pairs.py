@@ -1,0 +1,371 @@
+"""task=dpo_pairs: preference pairs for DPO, as LongWriter made them (docs/science.md section 5).
+
+For every prompt, `pairs.samples` answers are sampled from the model (model.path, or an API model
+with generation=openai), each is scored with the length score S_l against the prompt's required
+length and the quality judge's S_q, and the best becomes *chosen*, one of the others drawn at
+random (seeded by the run's seed and the prompt's id) *rejected*.
+
+Files under the run directory (all resumable: a rerun samples and judges only what is missing):
+- pairs/samples.jsonl      every sample, id "<prompt id>#<k>" (appended as generated)
+- pairs/judgements.jsonl   the judge's replies, keyed by (judge model, filled judge prompt)
+- pairs.jsonl              one line per pair (fields in `pair_record`)
+- pairs_stats.json         counts (prompts, samples, pairs, drops by reason, length sources) and means
+- pairs_scores.png         chosen vs rejected score per pair
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import statistics
+import unicodedata
+from pathlib import Path
+
+from lw.jsonl import read_json_objects, read_resumable, write_jsonl
+from lw.words import count_words, length_score
+
+log = logging.getLogger(__name__)
+
+RULES = ("mean", "length", "quality")
+RULE_NAMES = {"mean": "mean(S_l,S_q)", "length": "S_l", "quality": "S_q"}
+FROM_FIELD, FROM_TEXT, UNKNOWN = "field", "text", "unknown"  # where a prompt's required length came from
+STAT_OF_SOURCE = {FROM_FIELD: "length_from_field", FROM_TEXT: "length_from_text", UNKNOWN: "length_unknown"}
+SOURCE_LABELS = {FROM_FIELD: "length given", FROM_TEXT: "length read from the prompt", UNKNOWN: "no length: S_q"}
+_TIE = 1e-9  # scores this close are equal (float noise of the means)
+
+
+# --- the required length, from the instruction's own words ----------------------------------------
+
+_NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+_EN_RANGE = re.compile(rf"({_NUMBER})\s*(?:-|–|to|and)\s*({_NUMBER})\s*(k)?\s*-?\s*words?\b", re.IGNORECASE)
+_EN = re.compile(rf"({_NUMBER})\s*(k|thousand)?\s*-?\s*words?\b", re.IGNORECASE)
+_EN_COUNT = re.compile(rf"word\s*(?:count|limit)\s*(?:of|:|is|=)?\s*(?:about|around|at least|at most)?\s*({_NUMBER})\b",
+                       re.IGNORECASE)
+_ZH_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_ZH_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10000}
+_ZH_NUMERAL = rf"[{''.join(_ZH_DIGITS)}十百千万]+"
+_ZH_NUMERAL_MIN = 50  # below this a numeral before 字 is an idiom, not a length (十字路口, 一字一句)
+_ZH_RANGE = re.compile(rf"({_NUMBER})\s*(万|千)?\s*[-~～到至]\s*({_NUMBER})\s*(万|千)?\s*个?(?:汉)?[字词]")
+_ZH = re.compile(rf"({_NUMBER}|{_ZH_NUMERAL})\s*(万|千)?\s*个?(?:汉)?[字词]")
+_ZH_COUNT = re.compile(rf"字数\s*(?:要求)?\s*[:：]?\s*(?:为|是|在|应|需|要)?\s*"
+                       rf"(?:不少于|不低于|不超过|至少|大约|大概|约|控制在|达到|超过)?\s*({_NUMBER}|{_ZH_NUMERAL})\s*(万|千)?")
+
+
+def _zh_numeral(text: str) -> int | None:
+    """一千五百 -> 1500, 两万 -> 20000, 三千 -> 3000; None for what is not a Chinese numeral."""
+    total, section, digit = 0, 0, None
+    for char in text:
+        if char in _ZH_DIGITS:
+            digit = _ZH_DIGITS[char]
+        elif char in ("十", "百", "千"):
+            section += (1 if digit is None else digit) * _ZH_UNITS[char]
+            digit = None
+        elif char == "万":
+            total += (section + (digit or 0)) * 10000
+            section, digit = 0, None
+        else:
+            return None
+    value = total + section + (digit or 0)
+    return value or None
+
+
+def _number(text: str, unit: str | None = None) -> int | None:
+    if re.fullmatch(_ZH_NUMERAL, text):
+        value = _zh_numeral(text)
+        if value is None or value < _ZH_NUMERAL_MIN:
+            return None
+    else:
+        value = float(text.replace(",", ""))
+    scale = {"k": 1000, "thousand": 1000, "千": 1000, "万": 10000}.get((unit or "").lower(), 1)
+    value = round(value * scale)
+    return value if value > 0 else None
+
+
+def required_length(text: str) -> int | None:
+    """The length (words, or Chinese characters) an instruction asks for, or None when it names none.
+
+    English: "a 5000-word essay", "about 800 words", "in 1,200 words", "at least 300 words",
+    "1.5k words", "a word count of 500"; Chinese: "不少于3000字", "5000字的文章", "字数不少于2000",
+    "约800字", "三千字", "1.5万字", "300词的英语作文". A range ("800-1000 words", "3000到5000字") gives its upper end, as LongBench-Write states them. The
+    first mention wins ("a 2000-word essay with a 200-word summary" asks for 2000).
+    """
+    text = unicodedata.normalize("NFKC", text)  # full-width digits and commas
+    found: list[tuple[int, int]] = []  # (position, length)
+    ranges: list[tuple[int, int]] = []  # spans of the ranges found: no single number inside one counts
+    bounds = [(m, (m.group(1), m.group(3)), (m.group(2), m.group(3))) for m in _EN_RANGE.finditer(text)]
+    bounds += [(m, (m.group(1), m.group(2) or m.group(4)), (m.group(3), m.group(4))) for m in _ZH_RANGE.finditer(text)]
+    for m, low, high in bounds:  # (match, (low, its unit), (high, its unit))
+        low, high = _number(*low), _number(*high)
+        if low and high and low < high:
+            found.append((m.start(), high))
+            ranges.append(m.span())
+    for pattern in (_EN, _EN_COUNT, _ZH, _ZH_COUNT):
+        for m in pattern.finditer(text):
+            if any(m.start() < end and m.end() > start for start, end in ranges):
+                continue
+            value = _number(m.group(1), m.group(2) if pattern.groups > 1 else None)
+            if value:
+                found.append((m.start(), value))
+    return min(found)[1] if found else None
+
+
+# --- prompts --------------------------------------------------------------------------------------
+
+def _user_turn(row: dict, where: str) -> str:
+    """The single user turn of a messages (role/content) or ShareGPT (from/value) row."""
+    if "messages" in row:
+        turns, role, content, user = row["messages"], "role", "content", ("user",)
+    else:
+        turns, role, content, user = row["conversations"], "from", "value", ("human", "user")
+    if not isinstance(turns, list):
+        raise ValueError(f"{where}: field 'messages' must be a list of turns")
+    users = [t for t in turns if isinstance(t, dict) and t.get(role) in user]
+    if len(users) != 1:
+        raise ValueError(f"{where}: field 'messages' must hold exactly one user turn for a pair's prompt, "
+                         f"found {len(users)}")
+    return users[0].get(content)
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """{"id", "prompt", "length" (or None)} per line of a prompts JSONL: `prompt` (optional `id`,
+    `length`), or a messages/ShareGPT row whose one user turn is the prompt. Bad lines fail named."""
+    from lw.eval.benchmarks import parse_length
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"pairs.prompts: {path} does not exist")
+    prompts: list[dict] = []
+    first_line: dict[str, str] = {}
+    for where, row in read_json_objects(path):
+        if "prompt" in row:
+            prompt = row["prompt"]
+        elif "messages" in row or "conversations" in row:
+            prompt = _user_turn(row, where)
+        else:
+            raise ValueError(f"{where}: missing field 'prompt' (or 'messages' with a user turn)")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+        length = row.get("length")
+        if length is not None:
+            length = parse_length(length, where)
+        pid = str(row.get("id", len(prompts)))
+        if "#" in pid:
+            raise ValueError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {pid!r}")
+        if pid in first_line:
+            raise ValueError(f"{where}: duplicate id {pid!r} (first at line {first_line[pid]})")
+        first_line[pid] = where.rsplit(":", 1)[1]
+        prompts.append({"id": pid, "prompt": prompt, "length": length})
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def benchmark_prompts(cfg) -> list[dict]:
+    """The first configured eval benchmark's prompts (each once), when pairs.prompts is null."""
+    from lw.eval.benchmarks import load_items
+
+    if not cfg.eval:
+        raise ValueError("task=dpo_pairs needs pairs.prompts=FILE (a JSONL of prompt and optional length), "
+                         "or an eval benchmark whose prompts it samples")
+    name = next(iter(cfg.eval))
+    prompts, seen = [], set()
+    for item in load_items(cfg.eval[name], cfg.cache_dir):
+        if item["prompt"] not in seen:
+            seen.add(item["prompt"])
+            prompts.append({"id": f"{name}-{len(prompts)}", "prompt": item["prompt"], "length": item.get("length")})
+    log.info("pairs: %d prompts of eval benchmark %s", len(prompts), name)
+    return prompts
+
+
+# --- scoring and selection ------------------------------------------------------------------------
+
+def combine(rule: str, s_l: float | None, s_q: float | None) -> float | None:
+    """One sample's score under `rule`; None when a score the rule needs is missing. Without a
+    required length S_l is None and every rule falls back to S_q."""
+    if s_l is None or rule == "quality":
+        return s_q
+    if rule == "length":
+        return s_l
+    return None if s_q is None else (s_l + s_q) / 2
+
+
+def select_pair(scores: list[float | None], seed: int, prompt_id: str, min_margin: float = 0.0):
+    """(chosen index, rejected index, None) or (None, None, drop reason) for one prompt's samples.
+
+    chosen: the best score; rejected: drawn among the other scored samples with
+    random.Random(f"{seed}:{prompt_id}"). Dropped: fewer than two scored samples ("failed"), the best
+    shared by two samples ("tie"), or chosen and rejected no more than min_margin apart ("margin").
+    """
+    scored = [i for i, s in enumerate(scores) if s is not None]
+    if len(scored) < 2:
+        return None, None, "failed"
+    best = max(scored, key=lambda i: scores[i])
+    if sum(1 for i in scored if abs(scores[i] - scores[best]) <= _TIE) > 1:
+        return None, None, "tie"
+    others = [i for i in scored if i != best]
+    rejected = random.Random(f"{seed}:{prompt_id}").choice(others)
+    if scores[best] - scores[rejected] <= max(min_margin, _TIE):
+        return None, None, "margin"
+    return best, rejected, None
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def _check(cfg) -> None:
+    p = cfg.pairs
+    if p.rule not in RULES:
+        raise ValueError(f"pairs.rule must be one of {', '.join(RULES)}, got {p.rule!r}")
+    if p.samples < 2:
+        raise ValueError(f"pairs.samples must be at least 2 (a pair needs two answers), got {p.samples}")
+    if p.min_margin < 0:
+        raise ValueError(f"pairs.min_margin must be >= 0, got {p.min_margin}")
+    if cfg.judge.kind == "none" and p.rule != "length":
+        raise ValueError(f"pairs.rule={p.rule} needs the quality judge S_q: set judge=openai (any "
+                         f"OpenAI-compatible endpoint), or pairs.rule=length to rank by S_l alone")
+    if cfg.generation.temperature <= 0:
+        raise ValueError("task=dpo_pairs samples several answers per prompt: generation.temperature must be > 0 "
+                         f"(got {cfg.generation.temperature}), else every sample is the same")
+    if cfg.model.path is None and cfg.generation.backend != "openai":
+        raise ValueError("task=dpo_pairs needs model.path (the SFT checkpoint, e.g. runs/NAME/model, or a hub "
+                         "id), or generation=openai with generation.model")
+
+
+def _judge(cfg, run_dir: Path):
+    """The quality judge (None with judge=none), its judgements appended to the run's own
+    pairs/judgements.jsonl (so the run resumes whatever judge.cache says). Its template is
+    LongBench-Write's judge.txt: from the first longbench_write eval entry's data_dir, else the official file."""
+    from lw.config import BenchmarkConfig
+    from lw.eval.benchmarks import judge_template
+    from lw.eval.judge import Judge
+
+    if cfg.judge.kind == "none":
+        return None
+    bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
+                     BenchmarkConfig(kind="longbench_write"))
+    if cfg.judge.kind != "openai":
+        raise ValueError(f"unknown judge.kind {cfg.judge.kind!r}; choose none or openai")
+    return Judge(cfg.judge, judge_template(bench_cfg, cfg.cache_dir), run_dir / "pairs" / "judgements.jsonl")
+
+
+def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
+    """task=dpo_pairs: sample, score, choose and reject; pairs.jsonl, pairs_stats.json, the plot."""
+    from lw.eval.generate import build_backend, generate
+    from lw.eval.judge import OK
+    from lw.eval.scoring import quality_scores
+
+    _check(cfg)
+    p = cfg.pairs
+    prompts = read_prompts(p.prompts) if p.prompts else benchmark_prompts(cfg)
+    stats = {"prompts": len(prompts), "length_from_field": 0, "length_from_text": 0, "length_unknown": 0}
+    for prompt in prompts:
+        if prompt["length"] is not None:
+            prompt["source"] = FROM_FIELD
+        else:
+            prompt["length"] = required_length(prompt["prompt"])
+            prompt["source"] = FROM_TEXT if prompt["length"] is not None else UNKNOWN
+        stats[STAT_OF_SOURCE[prompt["source"]]] += 1
+    judge = _judge(cfg, run_dir)  # a bad key, URL or template fails before the model loads
+    scorable = prompts
+    stats["dropped_no_length"] = 0
+    if judge is None:  # rule=length: a prompt without a required length cannot be ranked
+        scorable = [q for q in prompts if q["length"] is not None]
+        stats["dropped_no_length"] = len(prompts) - len(scorable)
+        if stats["dropped_no_length"]:
+            log.warning("pairs: %d prompts name no required length and there is no judge: not sampled",
+                        stats["dropped_no_length"])
+
+    items = [{"id": f"{q['id']}#{k}", "prompt": q["prompt"]} for q in scorable for k in range(p.samples)]
+    pairs_dir = run_dir / "pairs"
+    samples_path = pairs_dir / "samples.jsonl"
+    done = read_resumable(samples_path)
+    # The model loads only when something is left to sample.
+    backend = build_backend(cfg, cfg.model.path) if any(i["id"] not in done for i in items) else None
+    rows = generate(backend, items, samples_path)
+    by_id = {row["id"]: row for row in rows}
+
+    nonempty = [row for row in rows if row["response"].strip()]
+    judgements = {}
+    if judge is not None and nonempty:
+        judgements = {j["id"]: j for j in judge.judge(nonempty)}
+
+    records, chosen_scores, rejected_scores, plot_points = [], [], [], []
+    drops = {"failed": 0, "tie": 0, "margin": 0}
+    samples_failed = 0
+    for q in scorable:
+        sample_scores = []
+        for k in range(p.samples):
+            row = by_id[f"{q['id']}#{k}"]
+            produced = count_words(row["response"])
+            s_l = length_score(q["length"], produced) if q["length"] is not None else None
+            j = judgements.get(row["id"])
+            s_q = quality_scores([j])["S_q"] if j is not None and j["status"] == OK else None
+            score = combine(p.rule, s_l, s_q) if row["response"].strip() else None
+            samples_failed += score is None
+            sample_scores.append({"k": k, "produced": produced, "S_l": _round(s_l), "S_q": _round(s_q),
+                                  "score": _round(score), "judge_status": j["status"] if j else None})
+        chosen, rejected, reason = select_pair([s["score"] for s in sample_scores], cfg.seed, q["id"], p.min_margin)
+        if reason:
+            drops[reason] += 1
+            continue
+        rule = RULE_NAMES[p.rule] if q["length"] is not None else "S_q (no required length)"
+        best, worse = sample_scores[chosen]["score"], sample_scores[rejected]["score"]
+        scored = sum(1 for s in sample_scores if s["score"] is not None)
+        records.append({
+            "id": q["id"], "prompt": q["prompt"],
+            "chosen": by_id[f"{q['id']}#{chosen}"]["response"],
+            "rejected": by_id[f"{q['id']}#{rejected}"]["response"],
+            "required_length": q["length"], "length_source": q["source"],
+            "scores": sample_scores, "chosen_index": chosen, "rejected_index": rejected,
+            "reason": f"best of {scored} by {rule}={best:.1f}; rejected ({worse:.1f}) drawn among "
+                      f"{scored - 1} others",
+        })
+        chosen_scores.append(best)
+        rejected_scores.append(worse)
+        plot_points.append((best, worse, q["source"]))
+
+    write_jsonl(records, run_dir / "pairs.jsonl")
+    stats.update({"samples": len(rows), "samples_failed": samples_failed, "pairs": len(records),
+                  **{f"dropped_{k}": v for k, v in drops.items()}})
+    if records:
+        stats["mean_chosen_score"] = statistics.fmean(chosen_scores)
+        stats["mean_rejected_score"] = statistics.fmean(rejected_scores)
+        stats["mean_margin"] = stats["mean_chosen_score"] - stats["mean_rejected_score"]
+    (run_dir / "pairs_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    log.info("pairs: %d pairs from %d prompts (%s)", len(records), len(prompts),
+             ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v))
+    plot = score_scatter(plot_points, run_dir / "pairs_scores.png",
+                         f"{cfg.run_name}: chosen vs rejected ({RULE_NAMES[p.rule]})")
+    metrics = {f"pairs/{k}": v for k, v in stats.items()}
+    tracker.log(metrics)
+    tracker.image("pairs/scores_scatter", plot)
+    return metrics
+
+
+def score_scatter(points: list[tuple[float, float, str]], path: Path, title: str) -> Path:
+    """Chosen (x) vs rejected (y) score per pair, with y = x: every point lies below the line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for source in sorted({s for _, _, s in points}):
+        xy = [(x, y) for x, y, s in points if s == source]
+        ax.scatter(*zip(*xy), s=14, alpha=0.6, label=SOURCE_LABELS[source])
+    ax.plot([0, 100], [0, 100], "k--", lw=1, label="y = x")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("chosen score")
+    ax.set_ylabel("rejected score")
+    ax.set_title(title if points else f"{title}: no pairs")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
