@@ -169,6 +169,70 @@ def train(args) -> int:
     return 0
 
 
+def dpo(args) -> int:
+    """A few DPO steps of the GLM-4-9B architecture under ZeRO-3 offload, through lw's DPO trainer:
+    the reference pass (precomputed on the same sharded model) and the policy steps, timed."""
+    import deepspeed
+    import torch
+    from datasets import Dataset
+
+    from lw.launch.topology import single_process_env
+    from lw.models.tiny import tiny_tokenizer
+    from lw.train.dpo import LwDPOTrainer
+    from lw.train.worker import skip_cpu_shm_comm
+    from trl import DPOConfig
+
+    cuda = torch.cuda.is_available()
+    single_process_env()
+    if not cuda:
+        skip_cpu_shm_comm()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    full = glm4_9b_config(args.smoke)
+    layers = args.layers or layers_for_host(full, args.host_fraction)
+    config = glm4_9b_config(args.smoke, layers)
+    seq_len = 128 if args.smoke else args.seq_len
+    prompt_len = min(args.prompt_len, seq_len // 4)
+    pairs = args.warmup + args.steps
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(n):
+        return torch.randint(0, config.vocab_size, (n,), generator=generator).tolist()
+
+    data = Dataset.from_dict({"prompt_ids": [ids(prompt_len) for _ in range(pairs)],
+                              "chosen_ids": [ids(seq_len - prompt_len) for _ in range(pairs)],
+                              "rejected_ids": [ids((seq_len - prompt_len) // 2) for _ in range(pairs)]})
+    ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
+    dpo_args = DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="gpu_check_dpo_"), deepspeed=ds_config, bf16=cuda, use_cpu=not cuda,
+        ddp_backend=None if cuda else "gloo", per_device_train_batch_size=1, max_steps=pairs, learning_rate=1e-6,
+        beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], precompute_ref_log_probs=True,
+        max_length=seq_len, gradient_checkpointing=True, logging_steps=1, save_strategy="no", report_to="none",
+        dataloader_num_workers=0, disable_tqdm=True)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)  # zero.Init
+    started = time.time()
+    try:
+        trainer = LwDPOTrainer(model=model, args=dpo_args, train_dataset=data,
+                               processing_class=tiny_tokenizer(tempfile.mkdtemp()))
+        reference_seconds = time.time() - started  # the precomputed reference pass runs in __init__
+        started = time.time()
+        trainer.train()
+    except torch.cuda.OutOfMemoryError as e:
+        record(args.out, f"dpo_{seq_len}", {"oom": True, "layers": layers, "error": str(e)[:300]})
+        return 2
+    record(args.out, f"dpo_{seq_len}", {
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds, "layers": layers,
+        "full_depth_layers": full.num_hidden_layers, "pair_tokens": [seq_len, prompt_len + (seq_len - prompt_len) // 2],
+        "reference_pass_seconds_per_pair": round(reference_seconds / pairs, 2),
+        "train_seconds_per_pair": round((time.time() - started) / pairs, 2),
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "rewards_margins": [round(r["rewards/margins"], 4) for r in trainer.state.log_history
+                            if "rewards/margins" in r],
+    })
+    return 0
+
+
 def generate(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM
@@ -233,7 +297,7 @@ def _vllm(config, prompts, new_tokens) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "generate", "record"])
+    parser.add_argument("stage", choices=["train", "dpo", "generate", "record"])
     parser.add_argument("--out", type=Path, required=True, help="JSON file the figures are merged into")
     parser.add_argument("--smoke", action="store_true", help="a tiny GLM on CPU: checks this script")
     parser.add_argument("--ds", default="zero3_offload", help="conf/deepspeed/<name>.json")
@@ -250,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "record":
         record(args.out, args.key, json.loads(args.value))
         return 0
-    return train(args) if args.stage == "train" else generate(args)
+    return {"train": train, "dpo": dpo, "generate": generate}[args.stage](args)
 
 
 if __name__ == "__main__":

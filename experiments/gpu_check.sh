@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 5's GPU check: one call, one H100/H200, no network, under 8 minutes (10 if 32k packs run out
-# of GPU memory and 16k packs are measured instead). Figures go to
+# The project's GPU check: one call, one H100/H200, no network, under 10 minutes (12 if 32k packs run
+# out of GPU memory and 16k packs are measured instead). Figures go to
 # $OUT/gpu_check.json (or runs/gpu_check/), each stage's log beside it; a failing or timed-out stage
 # is recorded and the next one still runs.
 #   1. setup            install the packages the device image lacks from .whl/ (made here by
@@ -10,7 +10,9 @@
 #                       32k packs, bf16, activation checkpointing: tokens/s, MFU, peak GPU memory
 #                       (16k packs if 32k runs out of GPU memory)
 #   3. generate         hf generate vs vLLM (skipped with a message where vLLM is not installed)
-#   4. train_cpuadam    the paper configs' DeepSpeed CPU Adam (zero3_offload_cpuadam.json; compiles
+#   4. dpo              lw's DPO trainer on the same architecture and offload, pairs of 16k tokens:
+#                       the precomputed reference pass and the policy steps, timed
+#   5. train_cpuadam    the paper configs' DeepSpeed CPU Adam (zero3_offload_cpuadam.json; compiles
 #                       cpu_adam first, into $TORCH_EXTENSIONS_DIR)
 # CPU check of the script itself: SMOKE=1 bash experiments/gpu_check.sh
 set -euo pipefail
@@ -64,6 +66,7 @@ if [ "$rc" = 2 ]; then  # out of GPU memory at 32k tokens: measure 16k packs ins
     $SMOKE_FLAG || true
 fi
 stage generate 90 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true
+stage dpo 120 "$PY" experiments/gpu_check.py dpo --out "$RESULT" --ds zero3_offload --seq-len 16384 $SMOKE_FLAG || true
 stage train_cpuadam 150 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload_cpuadam $SMOKE_FLAG || true
 echo "=== figures: $RESULT"
 cat "$RESULT"
