@@ -32,10 +32,13 @@ def dpo_overrides(model_dir, pairs):
 
 
 def test_dpo_runs_through_lw_and_logs_its_reward_metrics(start):
+    """Locally, with a reference model loaded from the starting checkpoint (the distributed run
+    below precomputes the reference instead)."""
     root, model_dir, pairs = start
     cwd = root / "local"
     cwd.mkdir()
-    run_lw(*dpo_overrides(model_dir, pairs), cwd=cwd)
+    result = run_lw(*dpo_overrides(model_dir, pairs), "trainer.args.precompute_ref_log_probs=false", cwd=cwd)
+    assert "Computing reference log probs" not in result.stdout + result.stderr
     (run_dir,) = (cwd / "runs").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data/pairs"] == 32 and metrics["ruler/n"] == 4
