@@ -1,7 +1,8 @@
 """Length-vs-data analysis of a sweep: the tables and figures of the length-bound ablation.
 
 A sweep directory holds one run directory per job, each with `results.csv` (one row per prompt:
-run, benchmark, id, cap, seed, required, produced, S_l). Used by `lw-compare`, the notebook and
+run, trainer, benchmark, id, cap, seed, required, produced, S_l). A DPO run reports the cap of the
+SFT data its starting model saw, so SFT and DPO at one cap sit side by side. Used by `lw-compare`, the notebook and
 experiments/length_bound/.
 """
 
@@ -26,6 +27,9 @@ def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFr
     if benchmark is not None:
         frame = frame[frame["benchmark"] == benchmark]
     frame["cap"] = frame["cap"].fillna(-1).astype(int)  # -1: uncapped
+    if "trainer" not in frame:
+        frame["trainer"] = UNNAMED_TRAINER
+    frame["trainer"] = frame["trainer"].fillna(UNNAMED_TRAINER)
     return frame
 
 
@@ -33,20 +37,35 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its cap and seed, the maximum output length, the plateau (the largest
     median output over requested lengths) and how closely outputs track requests within the cap."""
     rows = []
-    for (run, cap, seed), group in frame.groupby(["run", "cap", "seed"]):
+    for (run, trainer, cap, seed), group in frame.groupby(["run", "trainer", "cap", "seed"]):
         medians = group.groupby("required")["produced"].median()
         within = group[group["required"] <= cap] if cap > 0 else group
         error = ((within["produced"] - within["required"]).abs() / within["required"]).median()
-        rows.append({"run": run, "cap": cap, "seed": seed, "max_output_words": int(group["produced"].max()),
+        rows.append({"run": run, "trainer": trainer, "cap": cap, "seed": seed, "max_output_words": int(group["produced"].max()),
                      "plateau_words": float(medians.max()), "tracking_error_within_cap": float(error),
                      "S_l": float(group["S_l"].mean())})
-    return pd.DataFrame(rows).sort_values(["cap", "seed"]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["cap", "trainer", "seed"], key=_trainer_order).reset_index(drop=True)
+
+
+def _trainer_order(column: pd.Series) -> pd.Series:
+    """Trainers in the order a study chains them (SFT, then DPO), others after."""
+    from lw.config import TrainerKind
+
+    order = {kind.value: i for i, kind in enumerate(TrainerKind)}
+    return column.map(order).fillna(len(order)) if column.name == "trainer" else column
+
+
+# results.csv files written before runs named their trainer came from SFT runs.
+UNNAMED_TRAINER = "sft"
+LINE_STYLES = ("o-", "s--", "^-.", "d:")
+MARKERS = (("o", "x"), ("s", "+"), ("^", "1"), ("d", "2"))
 
 
 def median_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Median produced words: one row per (cap, seed), one column per requested length."""
-    table = frame.pivot_table(index=["cap", "seed"], columns="required", values="produced", aggfunc="median")
-    table["max"] = frame.groupby(["cap", "seed"])["produced"].max()
+    """Median produced words: one row per (cap, trainer, seed), one column per requested length."""
+    index = ["cap", "trainer", "seed"]
+    table = frame.pivot_table(index=index, columns="required", values="produced", aggfunc="median")
+    table["max"] = frame.groupby(index)["produced"].max()
     return table
 
 
@@ -55,13 +74,16 @@ def plot_length_vs_data(frame: pd.DataFrame, path: str | Path, title: str = "len
     length vs cap, each seed a point, with y = x."""
     summary = summarize(frame)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    trainers = sorted(frame["trainer"].unique(), key=lambda t: _trainer_order(pd.Series([t], name="trainer"))[0])
+    style = {t: i % len(LINE_STYLES) for i, t in enumerate(trainers)}
     caps = sorted(frame["cap"].unique())
     colors = plt.cm.viridis([i / max(len(caps) - 1, 1) for i in range(len(caps))])
     for cap, color in zip(caps, colors):
-        for seed, group in frame[frame["cap"] == cap].groupby("seed"):
+        for (trainer, seed), group in frame[frame["cap"] == cap].groupby(["trainer", "seed"]):
             medians = group.groupby("required")["produced"].median().clip(lower=1)
-            left.plot(medians.index, medians.values, "o-", color=color, alpha=0.8,
-                      label=f"cap {cap if cap > 0 else 'none'}" if seed == frame["seed"].min() else None)
+            name = f"cap {cap if cap > 0 else 'none'}" + (f" {trainer}" if frame["trainer"].nunique() > 1 else "")
+            left.plot(medians.index, medians.values, LINE_STYLES[style[trainer]], color=color, alpha=0.8,
+                      label=name if seed == frame["seed"].min() else None)
     required = sorted(frame["required"].unique())
     left.plot(required, required, "k--", lw=1, label="y = x")
     left.set(xscale="log", yscale="log", xlabel="required length (words)", ylabel="median produced length (words)")
@@ -71,8 +93,12 @@ def plot_length_vs_data(frame: pd.DataFrame, path: str | Path, title: str = "len
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.legend(fontsize=8)
     capped = summary[summary["cap"] > 0]
-    right.scatter(capped["cap"], capped["max_output_words"], label="max output length", marker="o")
-    right.scatter(capped["cap"], capped["plateau_words"], label="plateau (max median)", marker="x")
+    for trainer, runs in capped.groupby("trainer"):
+        suffix = f" ({trainer})" if capped["trainer"].nunique() > 1 else ""
+        right.scatter(runs["cap"], runs["max_output_words"], label="max output length" + suffix,
+                      marker=MARKERS[style[trainer]][0])
+        right.scatter(runs["cap"], runs["plateau_words"], label="plateau (max median)" + suffix,
+                      marker=MARKERS[style[trainer]][1])
     if len(capped):
         ends = [capped["cap"].min(), capped["cap"].max()]
         right.plot(ends, ends, "k--", lw=1, label="y = cap")
@@ -111,7 +137,8 @@ def load_wandb_group(project: str, group: str, entity: str | None = None, benchm
             data = json.loads(Path(run.file(table["path"]).download(root=tmp).name).read_text())
         rows = pd.DataFrame(data["data"], columns=data["columns"])
         frames.append(pd.DataFrame({
-            "run": run.name, "benchmark": benchmark, "id": rows["id"],
+            "run": run.name, "trainer": run.config.get("trainer", {}).get("kind", "sft"), "benchmark": benchmark,
+            "id": rows["id"],
             "cap": run.config.get("data", {}).get("max_output_words"), "seed": run.config.get("seed"),
             "required": rows["length"], "produced": rows["produced"], "S_l": rows["S_l"]}))
     if not frames:

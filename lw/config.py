@@ -200,6 +200,8 @@ class JudgeConfig:
     """The LLM judge of LongBench-Write's quality score S_q (none: S_l only)."""
 
     kind: str = "none"  # none | openai (any OpenAI-compatible endpoint)
+    # A prompt file with $INST$ and $RESPONSE$; null: LongBench-Write's own judge.txt (the paper's).
+    template: Optional[str] = None
     base_url: Optional[str] = None
     model: Optional[str] = None
     temperature: float = 0.5

@@ -237,10 +237,11 @@ def _check(cfg) -> None:
 def _judge(cfg, run_dir: Path):
     """The quality judge (None with judge=none), its judgements appended to the run's own
     pairs/judgements.jsonl (so the run resumes whatever judge.cache says). Its template is
-    LongBench-Write's judge.txt: from the first longbench_write eval entry's data_dir, else the official file."""
+    judge.template, else LongBench-Write's judge.txt (from the first longbench_write eval entry's data_dir, else the
+    official file)."""
     from lw.config import BenchmarkConfig
-    from lw.eval.benchmarks import judge_template
     from lw.eval.judge import Judge
+    from lw.eval.run import judge_prompt_template
 
     if cfg.judge.kind == "none":
         return None
@@ -248,7 +249,7 @@ def _judge(cfg, run_dir: Path):
                      BenchmarkConfig(kind="longbench_write"))
     if cfg.judge.kind != "openai":
         raise ValueError(f"unknown judge.kind {cfg.judge.kind!r}; choose none or openai")
-    return Judge(cfg.judge, judge_template(bench_cfg, cfg.cache_dir), run_dir / "pairs" / "judgements.jsonl")
+    return Judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), run_dir / "pairs" / "judgements.jsonl")
 
 
 def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:

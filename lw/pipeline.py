@@ -26,7 +26,7 @@ from lw.train.registry import trainer_for
 
 log = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ["run", "benchmark", "id", "cap", "seed", "required", "produced", "S_l"]
+RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l"]
 
 
 def run(cfg: DictConfig) -> dict:
@@ -152,7 +152,8 @@ def run_score(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer=None) 
 
 
 def _result_rows(cfg: DictConfig, name: str, rows: list[dict]) -> list[dict]:
-    return [{"run": cfg.run_name, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
+    trainer = str(getattr(cfg.trainer.kind, "value", cfg.trainer.kind)) if cfg.task == Task.train else "none"
+    return [{"run": cfg.run_name, "trainer": trainer, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
              "seed": cfg.seed, "required": r["length"], "produced": r["produced"], "S_l": round(r["S_l"], 4)}
             for r in rows]
 

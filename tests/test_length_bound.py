@@ -71,7 +71,7 @@ def test_compare_writes_markdown_and_figure(sweep):
     sweep_dir, _ = sweep
     compare_main([str(sweep_dir)])
     markdown = (sweep_dir / "comparison.md").read_text()
-    assert "plateau_words" in markdown and "(20, 0)" in markdown and "(40, 0)" in markdown
+    assert "plateau_words" in markdown and "(20, 'sft', 0)" in markdown and "(40, 'sft', 0)" in markdown
     assert (sweep_dir / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     summary = summarize(load_sweep(sweep_dir))
     assert list(summary["cap"]) == [20, 40]

@@ -30,7 +30,21 @@ def judge_for(cfg, bench_cfg):
     """
     if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
         return None
-    return build_judge(cfg.judge, judge_template(bench_cfg, cfg.cache_dir), cfg.cache_dir)
+    return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir)
+
+
+def judge_prompt_template(cfg, bench_cfg) -> str:
+    """judge.template if set, else the benchmark's own judge.txt."""
+    if cfg.judge.template:
+        path = Path(cfg.judge.template).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"judge.template: no such file: {path}")
+        text = path.read_text(encoding="utf-8")
+        missing = [p for p in ("$INST$", "$RESPONSE$") if p not in text]
+        if missing:
+            raise ValueError(f"judge.template: {path} lacks the placeholders {missing}")
+        return text
+    return judge_template(bench_cfg, cfg.cache_dir)
 
 
 def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tracker, judge=None,

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The DPO miniature on 2 CPU cores, 2 seeds: the cap-50 SFT model of the length-bound miniature ->
+# preference pairs (4 samples per toy request, judged on a loopback judge) -> DPO -> the toy ruler,
+# then one lw-compare table and figure of SFT and DPO. Results in experiments/dpo/results/cpu/.
+#   experiments/dpo/run_cpu.sh            (LW=lw, OUT=... to change the command or the folder)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LW="${LW:-lw}"
+OUT="${OUT:-experiments/dpo/results/cpu}"
+WORK="${WORK:-runs/dpo_mini}"
+PY="${PYTHON:-python}"
+mkdir -p "$OUT" "$WORK"
+
+# Toy requests of 10-200 words on topics the probe does not use (it asks about rivers and music).
+"$PY" - "$WORK/prompts.jsonl" <<'PY'
+import json, random, sys
+from lw.data import toy
+rng = random.Random(0)
+with open(sys.argv[1], "w") as f:
+    for n in (10, 25, 50, 75, 100, 150, 200):
+        for topic in ("mountains", "cities", "forests", "oceans", "gardens", "trains"):
+            f.write(json.dumps({"prompt": toy.make_prompt(rng, topic, n), "length": n}) + "\n")
+PY
+
+# The SFT starting points (not timed with the miniature: the length-bound sweep makes the same runs).
+for seed in 0 1; do
+  [ -f "$WORK/sft-seed-$seed/model/config.json" ] || \
+    $LW experiment=length_bound_mini data.max_output_words=50 seed=$seed logger.group=dpo_mini \
+        hydra.run.dir="$WORK/sft-seed-$seed"
+done
+
+"$PY" experiments/dpo/judge_server.py "$WORK/judge_url" &
+JUDGE=$!
+trap 'kill $JUDGE 2>/dev/null || true' EXIT
+for _ in $(seq 50); do [ -s "$WORK/judge_url" ] && break; sleep 0.2; done
+URL=$(cat "$WORK/judge_url")
+
+start=$SECONDS
+for seed in 0 1; do
+  $LW experiment=dpo_mini task=dpo_pairs seed=$seed model.path="$WORK/sft-seed-$seed/model" \
+      pairs.prompts="$WORK/prompts.jsonl" judge.base_url="$URL" generation.temperature=1.0 \
+      logger.group=dpo_mini hydra.run.dir="$WORK/pairs-seed-$seed"
+  $LW experiment=dpo_mini seed=$seed trainer.init_from="$WORK/sft-seed-$seed/model" judge=none \
+      data.path="$WORK/pairs-seed-$seed/pairs.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/dpo-seed-$seed"
+done
+echo "pairs, DPO and probes for 2 seeds: $((SECONDS - start)) s" | tee "$OUT/time.txt"
+
+for run in sft-seed-0 sft-seed-1 dpo-seed-0 dpo-seed-1; do
+  mkdir -p "$OUT/$run" && cp "$WORK/$run/results.csv" "$WORK/$run/metrics.json" "$OUT/$run/"
+done
+cp "$WORK/pairs-seed-0/pairs_stats.json" "$OUT/pairs_stats-seed-0.json"
+cp "$WORK/pairs-seed-1/pairs_stats.json" "$OUT/pairs_stats-seed-1.json"
+"${LW_COMPARE:-lw-compare}" "$OUT"
