@@ -1,7 +1,11 @@
 """Judging 120 responses against a loopback OpenAI-compatible server that answers after 200 ms:
-wall time at judge.concurrency 16 vs 1 (issue 4's target: >= 10x).
+wall time at judge.concurrency 16 vs 1 (the judge's target: >= 10x faster at 16).
 
-    PYTHONPATH=.:tests python benchmarks/judge_concurrency.py [--delay 0.2] [--concurrency 1 16]
+    python benchmarks/judge_concurrency.py [--delay 0.2] [--concurrency 1 16] [--data-dir DIR]
+
+The prompts and the judge template come from --data-dir (default $LW_BENCH_DIR: a folder with the
+official longbench_write.jsonl and judge.txt); without one, benchmark-shaped ones are generated
+(lw.testing.benchmark_files: 120 prompts, the same counts and lengths, the same placeholders).
 
 Writes benchmarks/results/judge_concurrency.json. The cache is off, so every run sends all requests.
 The server runs in its own process (as a remote server would), so it does not share the client's GIL;
@@ -20,15 +24,14 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]
 
 from omegaconf import OmegaConf  # noqa: E402
-from openai_server import OpenAIServer, Reply, judge_json  # noqa: E402
 
 from lw.config import JudgeConfig  # noqa: E402
 from lw.eval.judge import Judge  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data" / "longwriter"
+from lw.testing.benchmark_files import JUDGE_TEMPLATE, longbench_write_rows  # noqa: E402
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json  # noqa: E402
 
 
 def fixed_reply(delay: float, body: dict, attempt: int) -> Reply:
@@ -45,11 +48,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=float, default=0.2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("LW_BENCH_DIR") or None,
+                        help="folder with longbench_write.jsonl and judge.txt (default: $LW_BENCH_DIR, "
+                             "else benchmark-shaped prompts generated here)")
     args = parser.parse_args()
-    items = [json.loads(line) for line in (DATA / "longbench_write.jsonl").open()]
+    if args.data_dir:
+        items = [json.loads(line) for line in (args.data_dir / "longbench_write.jsonl").open()]
+        template = (args.data_dir / "judge.txt").read_text()
+    else:
+        items, template = longbench_write_rows(), JUDGE_TEMPLATE
     rows = [{"id": str(i), "prompt": r["prompt"], "response": f"response {i} " + "word " * 50} for i, r in enumerate(items)]
-    template = (DATA / "judge.txt").read_text()
-    results = {"n": len(rows), "server_delay_s": args.delay, "cpus": os.cpu_count(), "runs": []}
+    results = {"n": len(rows), "server_delay_s": args.delay, "cpus": os.cpu_count(), "prompts": str(args.data_dir
+               or "generated (lw.testing.benchmark_files)"), "runs": []}
     context = multiprocessing.get_context("spawn")
     urls, stop = context.Queue(), context.Event()
     server = context.Process(target=serve, args=(args.delay, urls, stop), daemon=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's GPU check: one call, one H100/H200, no network, under 10 minutes (12 if 32k packs run
-# out of GPU memory and 16k packs are measured instead). Figures go to
+# The GPU check of the paper-scale path (GLM-4-9B training under ZeRO-3 offload, DPO, hf vs vLLM
+# generation): one call, one H100/H200, no network, under 10 minutes (12 if 32k packs run out of GPU
+# memory and 16k packs are measured instead). Figures go to
 # $OUT/gpu_check.json (or runs/gpu_check/), each stage's log beside it; a failing or timed-out stage
 # is recorded and the next one still runs.
 #   1. setup            install the packages the device image lacks from .whl/ (made here by

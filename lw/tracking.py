@@ -101,7 +101,7 @@ def start_tracker(logger_cfg, config: dict, run_dir: Path, name: str, group: str
 
 
 def read_offline_run(run_path: Path) -> dict[str, Any]:
-    """Config, summary and history of an offline W&B run, read from its transaction log.
+    """Config, summary, history and group of an offline W&B run, read from its transaction log.
 
     wandb keeps an offline run only in `run-*.wandb` (a LevelDB-style log of protobuf records)
     until `wandb sync`; this lets tests and notebooks read one without a server.
@@ -125,11 +125,13 @@ def read_offline_run(run_path: Path) -> dict[str, Any]:
             chunks = []
         elif kind == 0:
             break
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history": []}
+    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "group": None}
     for payload in payloads:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
         kind = record.WhichOneof("record_type")
+        if kind == "run":  # the group the run was logged under, as wandb.init got it
+            out["group"] = record.run.run_group or None
         if kind in ("run", "config"):  # the run record holds the config given to wandb.init
             for item in (record.run.config if kind == "run" else record.config).update:
                 out["config"][item.key] = json.loads(item.value_json)

@@ -5,8 +5,22 @@ from pathlib import Path
 
 import pytest
 
+# A light module: nothing that reads HF_HOME or the W&B settings is imported before the fixture sets them.
+from lw.testing.benchmark_files import write_benchmark_files
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "longwriter"
+# Where the official benchmark files may be, in order, read before the session fixture below
+# replaces LW_CACHE: $LW_BENCH_DIR, ../shared beside the repository (developers and CI), and the
+# user's own download cache (where `lw` puts them on first use, lw.eval.benchmarks.benchmark_file).
+_USER_BENCH_DIR = os.environ.get("LW_BENCH_DIR") or None
+_USER_CACHE = Path(os.environ.get("LW_CACHE") or Path.home() / ".cache" / "lw").expanduser()
+
+
+def official_dirs() -> list[Path]:
+    from lw.eval.benchmarks import OFFICIAL_COMMIT
+
+    dirs = [REPO.parent / "shared" / "data" / "longwriter", _USER_CACHE / "benchmarks" / f"longwriter-{OFFICIAL_COMMIT[:10]}"]
+    return ([Path(_USER_BENCH_DIR).expanduser()] if _USER_BENCH_DIR else []) + dirs
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,6 +37,31 @@ def _offline_environment(tmp_path_factory):
     for key in ("WANDB_API_KEY", "WANDB_MODE", "OPENAI_API_KEY"):
         os.environ.pop(key, None)
     yield
+
+
+def find_official_dir() -> Path | None:
+    """The first of official_dirs() holding every official file, or None."""
+    from lw.eval.benchmarks import OFFICIAL_FILES
+
+    return next((d for d in official_dirs() if all((d / n).is_file() for n in OFFICIAL_FILES)), None)
+
+
+@pytest.fixture(scope="session")
+def official_bench_dir() -> Path:
+    """The folder of the official LongWriter benchmark files, for the checks meaningful only on them
+    (their pinned SHA-256, their own prompts); the test is skipped when no folder has them."""
+    found = find_official_dir()
+    if found is None:
+        pytest.skip("official LongWriter benchmark files not found (set LW_BENCH_DIR, or put them in "
+                    + " or ".join(str(d) for d in official_dirs()) + ")")
+    return found
+
+
+@pytest.fixture(scope="session")
+def bench_data_dir(tmp_path_factory) -> Path:
+    """Benchmark-shaped files (lw.testing.benchmark_files) for `eval.<benchmark>.data_dir`: the
+    official schema and counts, written by the test session itself."""
+    return write_benchmark_files(tmp_path_factory.mktemp("benchmarks"))
 
 
 def compose_lw(*overrides: str):

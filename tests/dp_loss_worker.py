@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+import lw
 from lw.data import build_sft_dataset
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
@@ -35,7 +36,8 @@ def main(data: str, cache: str, out: str, *settings: str) -> None:
         batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, torch.device("cpu"))
         losses = [trainer.training_step(wrapped, batch, num_items).item() for batch in batches]
         grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
-        torch.save({"batches": batches, "num_items": int(num_items), "losses": losses, "grads": grads},
+        torch.save({"batches": batches, "num_items": int(num_items), "losses": losses, "grads": grads,
+                    "lw": str(Path(lw.__file__).resolve())},  # the lw under test, not another installed one
                    Path(out) / f"{setting}-rank{rank}.pt")
 
 

@@ -115,3 +115,15 @@ def test_fast_batch_encoding_equals_the_tokenizer_call(word_tokenizer, bpe_token
     texts = [GOLDEN_TEXT["glm4"], "the quiet river", "Write about trains, 12 words."]
     for tokenizer in (word_tokenizer, bpe_tokenizer):
         assert encode_texts(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_plain_puts_one_space_between_a_documents_head_and_body(bpe_tokenizer):
+    """The base stage's documents: BOS{head} {body}EOS, every token a target; the head alone is the probe's
+    prompt, so a model continues it with the space first."""
+    plain = get_chat_format("plain")
+    document = [{"role": "user", "content": "Write about rivers"}, {"role": "assistant", "content": "the quiet river ."}]
+    assert plain.text(bpe_tokenizer, document) == "<s>Write about rivers the quiet river .</s>"
+    ids, mask = plain.tokenize(bpe_tokenizer, document)
+    assert bpe_tokenizer.decode(ids) == "<s>Write about rivers the quiet river .</s>" and all(mask)
+    prompt = plain.prompt_ids(bpe_tokenizer, "Write about rivers")
+    assert ids[: len(prompt)] == prompt and bpe_tokenizer.decode(ids[len(prompt):]) == " the quiet river .</s>"

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import run_lw
 
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig
-from lw.data import build_sft_dataset, load_samples, toy
+from lw.data import build_sft_dataset, filter_by_output_words, load_samples, toy
 from lw.data.sources import BadSample, mix_sizes
 from lw.data.tokenization import tokenize_messages
 from lw.models.chat_format import get_chat_format
@@ -90,6 +90,30 @@ def test_output_word_caps_use_the_benchmark_counter(tmp_path):
                                             min_output_words=2))
     assert [s["messages"][1]["content"] for s in samples] == ["one two three", "一二三四五"]
     assert stats["dropped_over_max_output_words"] == 1 and stats["dropped_under_min_output_words"] == 1
+
+
+def answers(*words_per_turn):
+    """A conversation with one assistant turn of n words per argument."""
+    messages = []
+    for n in words_per_turn:
+        messages += [{"role": "user", "content": "Write."}, {"role": "assistant", "content": " ".join(["word"] * n)}]
+    return {"messages": messages}
+
+
+def test_output_word_caps_keep_their_boundary_and_drop_one_word_past_it():
+    kept = Counter()
+    samples = [answers(n) for n in (2, 3, 5, 6)]  # min 3, max 5: 2 under, 3 and 5 on the boundaries, 6 over
+    out = list(filter_by_output_words(samples, 3, 5, kept))
+    assert [count_words(s["messages"][1]["content"]) for s in out] == [3, 5]
+    assert kept == {"dropped_under_min_output_words": 1, "dropped_over_max_output_words": 1}
+
+
+def test_output_word_caps_apply_to_every_assistant_turn():
+    stats = Counter()
+    samples = [answers(9, 4), answers(4, 9), answers(1, 4), answers(4, 4, 1), answers(3, 5, 4)]
+    out = list(filter_by_output_words(samples, 3, 5, stats))
+    assert out == [answers(3, 5, 4)]  # an earlier turn over the cap (or under the floor) drops the sample too
+    assert stats == {"dropped_over_max_output_words": 2, "dropped_under_min_output_words": 2}
 
 
 def test_multi_turn_sharegpt_and_a_trailing_question(tmp_path):

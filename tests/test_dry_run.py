@@ -93,3 +93,32 @@ def test_plan_without_a_local_tokenizer_needs_stated_data_sizes(tmp_path):
     cfg = compose_lw("model=glm4_9b")
     with pytest.raises(ValueError, match="plan.sources"):
         build_plan(cfg, tmp_path)
+
+
+def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tmp_path):
+    """The HF Trainer's rule: each rank takes ceil(units / world) units in ceil(. / micro) micro-batches, and an
+    epoch's optimizer steps are ceil(micro-batches / accumulation) (its last step takes the remainder).
+    96 sequences, micro-batches of 5, accumulation 3: 20 micro-batches, 7 steps an epoch (6 by floor);
+    on 2 ranks 48 each, 10 micro-batches, 4 steps (3 by floor)."""
+    from lw.data import build_sft_dataset
+    from lw.models import build_model, build_tokenizer
+    from lw.train.sft import build_trainer
+
+    overrides = ("experiment=smoke", "trainer.args.per_device_train_batch_size=5",
+                 "trainer.args.gradient_accumulation_steps=3", "trainer.args.max_steps=-1",
+                 "+trainer.args.num_train_epochs=2", f"cache_dir={tmp_path / 'cache'}")
+    cfg = compose_lw(*overrides)
+    data = build_plan(cfg, tmp_path / "one")["data"]
+    assert (data["sequences"], data["packs"], data["global_batch"]) == (96, None, 15)
+    assert (data["steps_per_epoch"], data["total_steps"]) == (7, 14)
+    two = build_plan(compose_lw(*overrides, "launcher=deepspeed", "launcher.nproc_per_node=2"), tmp_path / "two")
+    assert (two["data"]["steps_per_epoch"], two["data"]["total_steps"]) == (4, 8)
+
+    # The real Trainer on the same data in one process counts the same (nothing is trained).
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+    dataset, stats = build_sft_dataset(cfg, tokenizer, tmp_path / "run")
+    assert stats["sequences_packed"] == 96
+    trainer = build_trainer(cfg, build_model(cfg.model, tokenizer, seed=0), tokenizer, dataset, tmp_path / "run", "none")
+    values = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())
+    per_epoch, max_steps = values[1], values[-1]
+    assert (len(trainer.get_train_dataloader()), per_epoch, max_steps) == (20, 7, 14)

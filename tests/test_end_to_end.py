@@ -2,13 +2,14 @@
 
 import csv
 import json
+from statistics import median
 
 import pytest
 
 from conftest import run_lw
 
 from lw.tracking import read_offline_run
-from lw.words import count_words
+from lw.words import count_words, length_score
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,10 @@ def test_writes_metrics_predictions_and_scatter(smoke_run):
     run_dir, result = smoke_run
     assert f"results in {run_dir.resolve()}" in result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0 <= metrics["ruler/S_l"] <= 100
     assert metrics["ruler/n"] == 4
+    # Six steps of SFT teach the tiny model to answer at about the asked length: on this machine S_l is 34.1
+    # (answers of 8 and 27 words to 12, of 13 and 17 to 50); the same run at learning rate 0 scores 0.0.
+    assert metrics["ruler/S_l"] >= 20
     assert 0 <= metrics["ruler/max_output_words"] <= 64  # max_new_tokens bounds the words
     predictions = [json.loads(line) for line in (run_dir / "eval/toy_ruler/predictions.jsonl").open()]
     assert sorted(p["length"] for p in predictions) == [12, 12, 50, 50]
@@ -31,6 +34,15 @@ def test_writes_metrics_predictions_and_scatter(smoke_run):
     assert (run_dir / "eval/toy_ruler/length_scatter.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader((run_dir / "results.csv").open()))
     assert [r["required"] for r in rows] == [str(p["length"]) for p in predictions]
+    # results.csv and metrics.json agree with the benchmark's counter and S_l, item by item.
+    produced = [count_words(p["response"]) for p in predictions]
+    assert [int(r["produced"]) for r in rows] == produced and min(produced) > 0
+    scores = [length_score(p["length"], n) for p, n in zip(predictions, produced)]
+    assert [float(r["S_l"]) for r in rows] == pytest.approx(scores, abs=1e-4)
+    assert metrics["ruler/S_l"] == pytest.approx(sum(scores) / 4)
+    for length in (12, 50):
+        assert metrics[f"ruler/median_output_words/{length}"] == median(
+            n for p, n in zip(predictions, produced) if p["length"] == length)
     assert (run_dir / "model" / "config.json").exists()
     assert (run_dir / ".hydra" / "config.yaml").exists()
 

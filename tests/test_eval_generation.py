@@ -6,11 +6,10 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from openai_server import OpenAIServer, Reply, user_text
-
 from lw.config import GenerationConfig, ModelConfig, TinyModelConfig
 from lw.eval.generate import GenerationFailed, HfBackend, OpenAIBackend, VllmBackend, generate
 from lw.models import build_model, build_tokenizer
+from lw.testing.openai_server import OpenAIServer, Reply, user_text
 from lw.words import count_words
 
 

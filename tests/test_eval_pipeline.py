@@ -1,4 +1,4 @@
-"""task=score and task=eval through the real entry point (`python -m lw`), on the real benchmark files."""
+"""task=score and task=eval through the real entry point (`python -m lw`), on benchmark-shaped files."""
 
 import csv
 import json
@@ -7,24 +7,21 @@ import re
 
 import pytest
 
-from conftest import SHARED_DATA, run_lw
-from openai_server import OpenAIServer, Reply, judge_json, user_text
-
-from conftest import compose_lw
+from conftest import compose_lw, run_lw
 
 from lw.eval.benchmarks import SUBSETS, language_of
 from lw.eval.run import read_predictions, score_benchmark
 from lw.pipeline import run_score
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import Tracker, read_offline_run
 from lw.words import length_score
 
 KEY = "sk-test-judge-key-never-on-disk"
-DATA = f"eval.longbench_write.data_dir={SHARED_DATA}"
 
 
-def write_predictions(path):
-    """Predictions for the real 120 prompts: every third exact, every third twice too long, every third empty."""
-    rows = [json.loads(line) for line in (SHARED_DATA / "longbench_write.jsonl").open()]
+def write_predictions(path, data_dir):
+    """Predictions for the benchmark's 120 prompts: every third exact, every third twice too long, every third empty."""
+    rows = [json.loads(line) for line in (data_dir / "longbench_write.jsonl").open()]
     for i, row in enumerate(rows):
         produced = [row["length"], 2 * row["length"], 0][i % 3]
         word = "字" if language_of(row["prompt"]) == "zh" else "word "
@@ -41,13 +38,13 @@ def judge_script(body, attempt):
     return Reply("```json\n" + judge_json(5 if "word" in response else 3) + "\n```")
 
 
-def test_score_task_writes_the_papers_metrics(tmp_path, monkeypatch):
-    predictions = write_predictions(tmp_path / "preds.jsonl")
+def test_score_task_writes_the_papers_metrics(tmp_path, monkeypatch, bench_data_dir):
+    predictions = write_predictions(tmp_path / "preds.jsonl", bench_data_dir)
     run_dir = tmp_path / "scored"
     monkeypatch.setenv("LW_TEST_JUDGE_KEY", KEY)
     with OpenAIServer(judge_script) as server:
         overrides = ("task=score", f"score.predictions={tmp_path / 'preds.jsonl'}", f"hydra.run.dir={run_dir}",
-                     "eval=longbench_write", DATA, "judge=openai", f"judge.base_url={server.base_url}",
+                     "eval=longbench_write", f"eval.longbench_write.data_dir={bench_data_dir}", "judge=openai", f"judge.base_url={server.base_url}",
                      "judge.model=loopback-judge", "judge.api_key_env=LW_TEST_JUDGE_KEY", "logger=wandb")
         run_lw(*overrides, cwd=tmp_path)
         sent = server.count()
@@ -87,8 +84,8 @@ def test_score_task_writes_the_papers_metrics(tmp_path, monkeypatch):
             assert KEY.encode() not in path.read_bytes(), path
 
 
-def test_score_without_judge_or_eval_config(tmp_path):
-    write_predictions(tmp_path / "preds.jsonl")
+def test_score_without_judge_or_eval_config(tmp_path, bench_data_dir):
+    write_predictions(tmp_path / "preds.jsonl", bench_data_dir)
     cfg = compose_lw("task=score", f"score.predictions={tmp_path / 'preds.jsonl'}")
     assert "longbench_write" not in cfg.eval  # the benchmark kind is enough to score lengths
     metrics = run_score(cfg, tmp_path / "out", Tracker())
@@ -125,18 +122,21 @@ def test_empty_responses_score_zero(tmp_path):
     assert metrics["b/S_l"] == 0 and metrics["b/n"] == 2
 
 
-def test_eval_task_on_an_api_model_both_benchmarks(tmp_path):
+def test_eval_task_on_an_api_model_both_benchmarks(tmp_path, bench_data_dir, monkeypatch):
     def writer(body, attempt):
         text = user_text(body)
         n = int(re.search(r"(\d+)", text).group(1)) if re.search(r"\d+", text) else 300
         return Reply(" ".join(["word"] * min(n, 2000)), status=500 if attempt == 1 and "Roman" in text else 200)
 
+    api_key = "sk-test-api-model-key-kept-off-disk"
+    monkeypatch.setenv("LW_TEST_API_KEY", api_key)
     with OpenAIServer(writer) as server:
-        run_lw("task=eval", "eval=[longbench_write,longwrite_ruler]", DATA,
-               f"eval.longwrite_ruler.data_dir={SHARED_DATA}", "eval.longbench_write.limit=10",
+        run_lw("task=eval", "eval=[longbench_write,longwrite_ruler]", f"eval.longbench_write.data_dir={bench_data_dir}",
+               f"eval.longwrite_ruler.data_dir={bench_data_dir}", "eval.longbench_write.limit=10",
                "generation=openai", f"generation.base_url={server.base_url}", "generation.model=api-model",
-               "generation.api_key_env=null", "hydra.run.dir=out", "logger=none", cwd=tmp_path)
+               "generation.api_key_env=LW_TEST_API_KEY", "hydra.run.dir=out", "logger=wandb", cwd=tmp_path)
         assert server.count() == 10 + 48 + 6  # six Roman Empire prompts answered 500 once
+        assert {r["headers"]["authorization"] for r in server.requests} == {f"Bearer {api_key}"}
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
     assert metrics["ruler/max_output_words"] == 2000
     assert metrics["ruler/en/n"] == 24 and metrics["ruler/zh/n"] == 24
@@ -145,4 +145,11 @@ def test_eval_task_on_an_api_model_both_benchmarks(tmp_path):
     assert len(predictions) == 48
     assert {r["benchmark"] for r in csv.DictReader((tmp_path / "out/results.csv").open())} == {
         "longbench_write", "longwrite_ruler"}
-    assert os.environ.get("OPENAI_API_KEY") is None
+    # The key the run used is in no file of the run (saved config, logs, predictions, the W&B run's files).
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".wandb") for p in files) and any(p.name == "config.yaml" for p in files)
+    for path in files:
+        assert api_key.encode() not in path.read_bytes(), path
+    logged = read_offline_run(next((tmp_path / "out/wandb").glob("offline-run-*")))
+    assert logged["config"]["generation"]["api_key_env"] == "LW_TEST_API_KEY"
+    assert api_key not in json.dumps(logged)

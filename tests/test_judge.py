@@ -8,14 +8,19 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA
-from openai_server import OpenAIServer, Reply, judge_json, user_text
 from conftest import compose_lw
 
 from lw.config import JudgeConfig
 from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, judge_prompt, parse_judgement
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 
-TEMPLATE = (SHARED_DATA / "judge.txt").read_text()
+
+@pytest.fixture(scope="module")
+def template(bench_data_dir):
+    """A judge template of the benchmark's shape: $INST$ and $RESPONSE$ once each, six JSON scores asked for."""
+    return (bench_data_dir / "judge.txt").read_text()
+
+
 KEY = "sk-test-not-a-real-key-0123456789"
 
 
@@ -52,10 +57,19 @@ def test_unparseable_replies_are_rejected_with_a_reason(reply, problem):
         parse_judgement(reply)
 
 
-def test_template_is_filled_in_one_pass():
-    filled = judge_prompt(TEMPLATE, "Write $RESPONSE$ now", "I wrote $INST$")
+def test_template_is_filled_in_one_pass(template):
+    filled = judge_prompt(template, "Write $RESPONSE$ now", "I wrote $INST$")
     assert "Write $RESPONSE$ now" in filled and "I wrote $INST$" in filled
     assert filled.count("$INST$") == 1 and filled.count("$RESPONSE$") == 1
+
+
+def test_the_official_template_asks_for_the_six_scores_around_the_response(official_bench_dir):
+    official = (official_bench_dir / "judge.txt").read_text()
+    filled = judge_prompt(official, "Write a poem", "Roses are red")
+    assert "<User Request>\n\nWrite a poem\n\n</User Request>" in filled
+    assert "<Response>\n\nRoses are red\n\n</Response>" in filled
+    asked = filled.rsplit("JSON format:", 1)[1]
+    assert all(f'"{d}": ...' in asked for d in DIMENSIONS)
 
 
 # --- end to end against the server ------------------------------------------------------------------
@@ -95,12 +109,12 @@ def key(monkeypatch):
     monkeypatch.setenv("LW_TEST_JUDGE_KEY", KEY)
 
 
-def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, key):
+def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, key, template):
     rows = rows_with("ok", "MARK-429", "MARK-500", "MARK-SLOW", "MARK-GARBLED", "MARK-SECOND", "MARK-FENCED",
                      "MARK-DOWN")
     cache = tmp_path / "judge.jsonl"
     with OpenAIServer(scripted) as server:
-        judgements = Judge(judge_cfg(server), TEMPLATE, cache).judge(rows)
+        judgements = Judge(judge_cfg(server), template, cache).judge(rows)
         by_marker = {row["response"].split()[-1]: j for row, j in zip(rows, judgements)}
         assert [j["id"] for j in judgements] == [r["id"] for r in rows]
         for marker in ("ok", "MARK-429", "MARK-500", "MARK-SLOW"):
@@ -117,19 +131,19 @@ def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, ke
         assert {r["body"]["model"] for r in sent} == {"judge-x"}
         assert {r["body"]["temperature"] for r in sent} == {0.5}
         first = next(r for r in sent if "answer ok" in user_text(r["body"]))
-        assert user_text(first["body"]) == judge_prompt(TEMPLATE, "Write 0", "answer ok")
+        assert user_text(first["body"]) == judge_prompt(template, "Write 0", "answer ok")
         down = [r for r in sent if "MARK-DOWN" in user_text(r["body"])]
         assert len(down) == 3  # the first try and judge.retries=2 retries
 
         # A rerun sends only what failed in transport; parsed and unparseable judgements come from the cache.
         before = server.count()
-        again = Judge(judge_cfg(server), TEMPLATE, cache).judge(rows)
+        again = Judge(judge_cfg(server), template, cache).judge(rows)
         assert server.count() - before == 3
         assert [j["status"] for j in again] == [j["status"] for j in judgements]
     assert KEY not in cache.read_text()
 
 
-def test_concurrency_is_bounded_and_used(tmp_path, key):
+def test_concurrency_is_bounded_and_used(tmp_path, key, template):
     in_flight, peak, lock = [0], [0], threading.Lock()
 
     def slow(body, attempt):
@@ -142,34 +156,34 @@ def test_concurrency_is_bounded_and_used(tmp_path, key):
         return Reply(judge_json(3))
 
     with OpenAIServer(slow) as server:
-        judgements = Judge(judge_cfg(server, concurrency=3), TEMPLATE, None).judge(rows_with(*range(12)))
+        judgements = Judge(judge_cfg(server, concurrency=3), template, None).judge(rows_with(*range(12)))
     assert [j["status"] for j in judgements] == ["ok"] * 12
     assert peak[0] == 3
 
 
-def test_resumes_from_a_cache_with_a_torn_last_line(tmp_path, key):
+def test_resumes_from_a_cache_with_a_torn_last_line(tmp_path, key, template):
     rows = rows_with(*range(6))
     cache = tmp_path / "judge.jsonl"
     with OpenAIServer(scripted) as server:
-        Judge(judge_cfg(server), TEMPLATE, cache).judge(rows[:4])
+        Judge(judge_cfg(server), template, cache).judge(rows[:4])
         lines = cache.read_text().splitlines(keepends=True)
         assert len(lines) == 4
         cache.write_text("".join(lines[:3]) + lines[3][:40])  # killed while writing the 4th
-        keys = {cache_key("judge-x", judge_prompt(TEMPLATE, r["prompt"], r["response"])): r["id"] for r in rows}
+        keys = {cache_key("judge-x", judge_prompt(template, r["prompt"], r["response"])): r["id"] for r in rows}
         torn = keys[json.loads(lines[3])["key"]]
         before = server.count()
-        judgements = Judge(judge_cfg(server), TEMPLATE, cache).judge(rows)
+        judgements = Judge(judge_cfg(server), template, cache).judge(rows)
         judged = [re.search(r"answer (\d+)", user_text(r["body"])).group(1) for r in server.requests[before:]]
         assert sorted(judged) == sorted([torn, "4", "5"])  # the torn one and the two new ones
     assert [j["status"] for j in judgements] == ["ok"] * 6
     assert [json.loads(line)["status"] for line in cache.read_text().splitlines()] == ["ok"] * 6
 
 
-def test_missing_key_fails_before_any_request(monkeypatch):
+def test_missing_key_fails_before_any_request(monkeypatch, template):
     monkeypatch.delenv("LW_TEST_JUDGE_KEY", raising=False)
     with OpenAIServer(scripted) as server:
         with pytest.raises(ValueError, match="judge.api_key_env names LW_TEST_JUDGE_KEY, which is not set"):
-            Judge(judge_cfg(server), TEMPLATE, None)
+            Judge(judge_cfg(server), template, None)
         assert server.count() == 0
 
 

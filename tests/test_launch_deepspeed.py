@@ -102,5 +102,9 @@ def test_the_driver_evaluates_and_holds_the_only_wandb_run(runs):
     assert [h["train/global_step"] for h in logged] == [4, 6]
     assert logged[-1]["train/loss"] == pytest.approx(_train_log(run_dir)[-2]["loss"])
     assert resumed["summary"]["ruler/S_l"] == pytest.approx(metrics["ruler/S_l"])
+    # The training set's figures are in metrics.json too, as in a local run, and agree with W&B.
+    data = {k: v for k, v in metrics.items() if k.startswith("data/")}
+    assert {"data/packs", "data/sequences_packed"} <= set(data)
+    assert data == {k: v for k, v in resumed["summary"].items() if k.startswith("data/")}
     assert resumed["config"]["launcher"]["runner"] == "accelerate"
     assert not list(run_dir.glob("checkpoints/**/wandb"))

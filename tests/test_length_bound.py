@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -58,13 +59,28 @@ def test_the_training_data_respects_each_cap(sweep):
 
 
 def test_one_wandb_group_per_sweep(sweep):
+    """Every run of the sweep is logged under one W&B group, the sweep directory's name."""
     sweep_dir, _ = sweep
-    groups = set()
-    for run_dir in sweep_dir.glob("data.max_output_words-*"):
+    groups = []
+    for run_dir in sorted(sweep_dir.glob("data.max_output_words-*")):
         logged = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
-        groups.add(logged["config"]["logger"]["group"] or "")
+        groups.append(logged["group"])
         assert "ruler/max_output_words" in logged["summary"]
-    assert len(groups) == 1
+    assert groups == [sweep_dir.name] * 2
+
+
+def test_each_wandb_run_shows_the_base_model_it_trains_from(sweep):
+    """The base stage runs before the W&B run starts, so the logged config names the model trained from."""
+    sweep_dir, result = sweep
+    output = (result.stdout + result.stderr).splitlines()
+    (trained,) = [line.split("base stage: trained ", 1)[1].split(";")[0] for line in output if "base stage: trained " in line]
+    (reused,) = [line.split("base stage: reusing ", 1)[1].strip() for line in output if "base stage: reusing " in line]
+    assert reused == trained
+    model = Path(trained) / "model"  # the base stage's model, in its cache directory
+    assert (model / "config.json").exists()
+    for run_dir in sorted(sweep_dir.glob("data.max_output_words-*")):
+        logged = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
+        assert logged["config"]["trainer"]["init_from"] == str(model), run_dir.name
 
 
 def test_compare_writes_markdown_and_figure(sweep):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_lw
+from conftest import REPO, compose_lw
 
 from lw.data import build_sft_dataset, toy
 from lw.launch.topology import free_port
@@ -179,7 +179,8 @@ def two_ranks(tmp_path_factory):
     path = tmp / "train.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in toy.generate(24, 10, 40, ["rivers", "music"], seed=5)))
     tiny_tokenizer(tmp / "cache")  # before the ranks start: they would both train it
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    # The repository first, so the ranks import this checkout's lw (not an installed one), then tests/.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(free_port()), str(Path(__file__).parent / "dp_loss_worker.py"),
                              str(path), str(tmp / "cache"), str(tmp / "out"), *DP_SETTINGS],
@@ -195,6 +196,7 @@ def test_two_ranks_step_on_the_global_mean_by_hand(two_ranks, setting):
     ranks = [torch.load(out / f"{setting}-rank{r}.pt", weights_only=False) for r in (0, 1)]
     batches = ranks[0]["batches"] + ranks[1]["batches"]  # the global step: 2 ranks x 2 micro-batches
     assert not torch.equal(ranks[0]["batches"][0]["input_ids"], ranks[1]["batches"][0]["input_ids"])
+    assert [r["lw"] for r in ranks] == [str(REPO / "lw" / "__init__.py")] * 2  # this checkout's code ran
 
     cfg = compose_lw(f"cache_dir={out}")
     model = build_model(cfg.model, tokenizer, seed=0)  # the ranks' initial weights

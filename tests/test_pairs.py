@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from conftest import SHARED_DATA, compose_lw, run_lw
-from openai_server import OpenAIServer, Reply, judge_json, user_text
+from conftest import compose_lw, run_lw
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 
 from lw.eval.judge import DIMENSIONS
 from lw.pairs import combine, read_prompts, required_length, run_dpo_pairs, select_pair
@@ -48,9 +48,9 @@ def test_required_length(text, length):
     assert required_length(text) == length
 
 
-def test_required_length_agrees_with_longbench_write():
+def test_required_length_agrees_with_longbench_write(official_bench_dir):
     """The benchmark states each prompt's length: the parser finds it in the text for almost all."""
-    rows = [json.loads(line) for line in (SHARED_DATA / "longbench_write.jsonl").open()]
+    rows = [json.loads(line) for line in (official_bench_dir / "longbench_write.jsonl").open()]
     found = [required_length(r["prompt"]) for r in rows]
     assert sum(f == r["length"] for f, r in zip(found, rows)) >= 110
     assert sum(f is None for f in found) <= 6
@@ -193,9 +193,9 @@ def test_length_rule_without_judge_on_an_api_model(tmp_path):
     assert metrics["pairs/mean_chosen_score"] == 100.0
 
 
-def test_prompts_default_to_the_first_eval_benchmark(tmp_path):
+def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
     with OpenAIServer(lambda body, attempt: Reply(" ".join(["word"] * (len(user_text(body)) % 7 * 50 + 10)))) as server:
-        cfg = compose_lw("task=dpo_pairs", "eval=longbench_write", f"eval.longbench_write.data_dir={SHARED_DATA}",
+        cfg = compose_lw("task=dpo_pairs", "eval=longbench_write", f"eval.longbench_write.data_dir={bench_data_dir}",
                          "eval.longbench_write.limit=3", "pairs.rule=length", "pairs.samples=2", "generation=openai",
                          f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null")
         metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
@@ -231,7 +231,7 @@ def judge_by_hash(body, attempt):
     return Reply(judge_json({d: 1 + digest[i] % 5 for i, d in enumerate(DIMENSIONS)}))
 
 
-def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model):
+def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model, bench_data_dir):
     path = prompts_file(tmp_path, [
         {"id": "field", "prompt": "Write about rivers and lakes", "length": 20},
         {"id": "en", "prompt": "Write about mountains in 25 words"},
@@ -244,7 +244,7 @@ def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model):
         overrides = ("task=dpo_pairs", f"model.path={tiny_model}", f"pairs.prompts={path}", "pairs.samples=3",
                      "judge=openai", f"judge.base_url={server.base_url}", "judge.api_key_env=null",
                      "judge.model=loopback-judge", "judge.parse_retries=0", "eval=longbench_write",
-                     f"eval.longbench_write.data_dir={SHARED_DATA}", "generation.max_new_tokens=32",
+                     f"eval.longbench_write.data_dir={bench_data_dir}", "generation.max_new_tokens=32",
                      f"hydra.run.dir={run_dir}", "logger=none")
         run_lw(*overrides, cwd=tmp_path)
         sent = server.count()

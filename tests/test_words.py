@@ -27,6 +27,15 @@ def test_count_words(text, expected):
     assert count_words(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("\u4e00", 1), ("\u9fff", 1),  # both ends of the CJK Unified Ideographs block count
+    ("\u4dff", 0), ("\ua000", 0),  # the characters just outside it (a hexagram, a Yi syllable) do not
+    ("\u9fff\ua000\u9ffe", 2),
+])
+def test_count_words_cjk_range_ends(text, expected):
+    assert count_words(text) == expected
+
+
 def test_count_words_accented_letters_hide_words():
     # "naïve": n,a are letters but ï is a \w non-ASCII letter, so [a-zA-Z]+ "na" has no \b after it.
     assert count_words("naïve") == 0

@@ -1,7 +1,7 @@
 """A real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions, with scripted replies.
 
-Tests (and benchmarks/judge_concurrency.py) give it a function from (request body, attempt number
-for that same request) to a Reply; it records every request it receives.
+The project's tests and benchmarks/judge_concurrency.py give it a function from (request body,
+attempt number for that same request) to a Reply; it records every request it receives.
 """
 
 from __future__ import annotations
