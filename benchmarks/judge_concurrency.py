@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -31,17 +30,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from lw.config import JudgeConfig  # noqa: E402
 from lw.eval.judge import Judge  # noqa: E402
 from lw.testing.benchmark_files import JUDGE_TEMPLATE, longbench_write_rows  # noqa: E402
-from lw.testing.openai_server import OpenAIServer, Reply, judge_json  # noqa: E402
+from lw.testing.openai_server import Reply, judge_json, spawned_server  # noqa: E402
 
 
 def fixed_reply(delay: float, body: dict, attempt: int) -> Reply:
     return Reply(judge_json(4), delay=delay)
-
-
-def serve(delay: float, urls, stop) -> None:
-    with OpenAIServer(partial(fixed_reply, delay)) as server:
-        urls.put(server.base_url)
-        stop.wait()
 
 
 def main() -> None:
@@ -60,12 +53,7 @@ def main() -> None:
     rows = [{"id": str(i), "prompt": r["prompt"], "response": f"response {i} " + "word " * 50} for i, r in enumerate(items)]
     results = {"n": len(rows), "server_delay_s": args.delay, "cpus": os.cpu_count(), "prompts": str(args.data_dir
                or "generated (lw.testing.benchmark_files)"), "runs": []}
-    context = multiprocessing.get_context("spawn")
-    urls, stop = context.Queue(), context.Event()
-    server = context.Process(target=serve, args=(args.delay, urls, stop), daemon=True)
-    server.start()
-    try:
-        base_url = urls.get(timeout=120)
+    with spawned_server(partial(fixed_reply, args.delay)) as base_url:
         warm = OmegaConf.structured(JudgeConfig(kind="openai", base_url=base_url, model="bench", cache=False))
         Judge(warm, template, None).judge(rows[:1])
         for concurrency in args.concurrency:
@@ -78,9 +66,6 @@ def main() -> None:
             results["runs"].append({"concurrency": concurrency, "wall_s": round(wall, 2),
                                     "requests_per_s": round(len(rows) / wall, 2)})
             print(f"concurrency {concurrency:3d}: {wall:6.2f} s  ({len(rows) / wall:.1f} judgements/s)")
-    finally:
-        stop.set()
-        server.join(timeout=10)
     base = results["runs"][0]["wall_s"]
     for run in results["runs"]:
         run["speedup_vs_first"] = round(base / run["wall_s"], 1)

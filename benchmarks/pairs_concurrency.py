@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lw.eval.judge import DIMENSIONS  # noqa: E402
-from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text  # noqa: E402
+from lw.testing.openai_server import Reply, judge_json, spawned_server, user_text  # noqa: E402
 
 JUDGE_TEMPLATE = "Judge this answer.\n[Instruction]\n$INST$\n[Answer]\n$RESPONSE$\nReply with JSON scores.\n"
 
@@ -33,13 +32,8 @@ def answer(delay: float, body: dict, attempt: int) -> Reply:
     digest = hashlib.sha256(text.encode()).digest()
     if text.startswith("Judge this answer."):
         return Reply(judge_json({d: 1 + digest[i] % 5 for i, d in enumerate(DIMENSIONS)}), delay=delay)
-    return Reply(" ".join(["word"] * (20 + digest[0] % 200)), delay=delay)
-
-
-def serve(delay: float, urls, stop) -> None:
-    with OpenAIServer(partial(answer, delay)) as server:
-        urls.put(server.base_url)
-        stop.wait()
+    # The k samples of one prompt are identical requests: the server's attempt count tells them apart.
+    return Reply(" ".join(["word"] * (20 + (digest[0] + 37 * attempt) % 200)), delay=delay)
 
 
 def run(base_url: str, concurrency: int, work: Path, prompts: Path, data_dir: Path) -> dict:
@@ -66,26 +60,18 @@ def main() -> None:
     args = parser.parse_args()
     results = {"server_delay_s": args.delay, "prompts": args.prompts, "samples_per_prompt": 4,
                "cpus": os.cpu_count(), "runs": []}
-    context = multiprocessing.get_context("spawn")
-    urls, stop = context.Queue(), context.Event()
-    server = context.Process(target=serve, args=(args.delay, urls, stop), daemon=True)
-    server.start()
-    try:
-        base_url = urls.get(timeout=120)
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            prompts = work / "prompts.jsonl"
-            prompts.write_text("".join(json.dumps({"prompt": f"Write a {100 + 50 * i}-word story about river {i}."})
-                                       + "\n" for i in range(args.prompts)))
-            data_dir = work / "bench"
-            data_dir.mkdir()
-            (data_dir / "judge.txt").write_text(JUDGE_TEMPLATE)
-            for concurrency in args.concurrency:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        prompts = work / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Write a {100 + 50 * i}-word story about river {i}."})
+                                   + "\n" for i in range(args.prompts)))
+        data_dir = work / "bench"
+        data_dir.mkdir()
+        (data_dir / "judge.txt").write_text(JUDGE_TEMPLATE)
+        for concurrency in args.concurrency:
+            with spawned_server(partial(answer, args.delay)) as base_url:  # a fresh server: every run gets the same answers
                 results["runs"].append(run(base_url, concurrency, work, prompts, data_dir))
-                print(results["runs"][-1], flush=True)
-    finally:
-        stop.set()
-        server.join(timeout=10)
+            print(results["runs"][-1], flush=True)
     base = results["runs"][0]["pairs_per_minute"]
     for r in results["runs"]:
         r["speedup_vs_first"] = round(r["pairs_per_minute"] / base, 1)

@@ -132,8 +132,15 @@ def plan_data(cfg: DictConfig, args, world: int) -> dict:
     """Sequences, tokens, packs and optimizer steps; tokenized when the tokenizer is local."""
     pack_length = cfg.data.pack_length
     assumptions: list[str] = []
+    stats = None
     if _tokenizer_is_local(cfg.model):
-        stats = _prepared_stats(cfg)  # lw.data packs exactly as training will
+        try:
+            stats = _prepared_stats(cfg)  # lw.data packs exactly as training will
+        except FileNotFoundError as e:
+            if not cfg.plan.sources:
+                raise
+            assumptions.append(f"the training data is not there yet ({e})")
+    if stats is not None:
         sequences, tokens, how = stats["sequences_packed"], stats["real_tokens"], "tokenized"
         sources = [{"name": cfg.data.name, "sequences": sequences, "tokens": tokens, "filter": stats}]
         packs = stats["packs"] if pack_length else None

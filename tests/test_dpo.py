@@ -31,7 +31,7 @@ def write_pairs(path, rows):
 
 
 def dpo_cfg(path, *overrides):
-    return compose_lw("trainer=dpo", "data=pairs", f"data.path={path}", *overrides)
+    return compose_lw("trainer=dpo", "data=pairs", f"data.path={path}", "trainer.init_from=unused", *overrides)
 
 
 @pytest.mark.parametrize("name", ["glm4", "llama3_1"])
@@ -102,6 +102,8 @@ def test_dpo_options_are_validated_at_start(tmp_path):
         trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "+trainer.args.betta=0.2"), tmp_path, "none")
     with pytest.raises(ValueError, match="data.max_length"):
         trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "+trainer.args.max_length=99"), tmp_path, "none")
+    with pytest.raises(ValueError, match="trainer.init_from"):
+        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "trainer.init_from=null"), tmp_path, "none")
     with pytest.raises(ValueError, match="loss_weighting"):
         trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "trainer.loss_weighting=sequence_mean"), tmp_path,
                                                  "none")
@@ -167,3 +169,16 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
     host = loaded["memory"]["host_per_node_gib"]
     assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
     assert loaded["memory"]["gpu_per_rank_total_gib"] > plan["memory"]["gpu_per_rank_total_gib"]
+
+
+def test_committed_dpo_miniature_results_say_what_its_readme_says():
+    """experiments/dpo/README.md reports these S_l values; the committed results must give them."""
+    from conftest import REPO
+    from lw.analysis import load_sweep, summarize
+
+    summary = summarize(load_sweep(REPO / "experiments" / "dpo" / "results" / "cpu"))
+    s_l = {(r.trainer, r.seed): round(r.S_l, 2) for r in summary.itertuples()}
+    assert s_l == {("sft", 0): 89.26, ("sft", 1): 88.38, ("dpo", 0): 92.09, ("dpo", 1): 85.21}
+    readme = (REPO / "experiments" / "dpo" / "README.md").read_text()
+    for value in s_l.values():
+        assert f"{value:.2f}" in readme

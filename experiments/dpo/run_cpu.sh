@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The DPO miniature on 2 CPU cores, 2 seeds: the cap-50 SFT model of the length-bound miniature ->
+# The DPO miniature on 2 CPU cores, 2 seeds: the cap-100 SFT model of the length-bound miniature ->
 # preference pairs (4 samples per toy request, judged on a loopback judge) -> DPO -> the toy ruler,
 # then one lw-compare table and figure of SFT and DPO. Results in experiments/dpo/results/cpu/.
 #   experiments/dpo/run_cpu.sh            (LW=lw, OUT=... to change the command or the folder)
@@ -17,7 +17,7 @@ import json, random, sys
 from lw.data import toy
 rng = random.Random(0)
 with open(sys.argv[1], "w") as f:
-    for n in (10, 25, 50, 75, 100, 150, 200):
+    for n in (10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 120, 150, 200):
         for topic in ("mountains", "cities", "forests", "oceans", "gardens", "trains"):
             f.write(json.dumps({"prompt": toy.make_prompt(rng, topic, n), "length": n}) + "\n")
 PY
@@ -25,7 +25,7 @@ PY
 # The SFT starting points (not timed with the miniature: the length-bound sweep makes the same runs).
 for seed in 0 1; do
   [ -f "$WORK/sft-seed-$seed/model/config.json" ] || \
-    $LW experiment=length_bound_mini data.max_output_words=50 seed=$seed logger.group=dpo_mini \
+    $LW experiment=length_bound_mini data.max_output_words=100 seed=$seed logger.group=dpo_mini \
         hydra.run.dir="$WORK/sft-seed-$seed"
 done
 

@@ -7,8 +7,10 @@ attempt number for that same request) to a Reply; it records every request it re
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -80,6 +82,28 @@ class OpenAIServer:
     def count(self) -> int:
         with self._lock:
             return len(self.requests)
+
+
+def _serve(script, urls, stop) -> None:
+    with OpenAIServer(script) as server:
+        urls.put(server.base_url)
+        stop.wait()
+
+
+@contextmanager
+def spawned_server(script: Callable[[dict, int], Reply]):
+    """`with spawned_server(script) as base_url:` the server in a process of its own, as a remote
+    server would be, so its threads take no time from the client's interpreter (benchmarks). The
+    script must be picklable: a module-level function, or a functools.partial of one."""
+    context = multiprocessing.get_context("spawn")
+    urls, stop = context.Queue(), context.Event()
+    process = context.Process(target=_serve, args=(script, urls, stop), daemon=True)
+    process.start()
+    try:
+        yield urls.get(timeout=120)
+    finally:
+        stop.set()
+        process.join(timeout=10)
 
 
 def completion(model: str, content: str) -> dict:

@@ -1,1 +1,25 @@
-"""Training: TRL trainers configured from the Hydra config."""
+"""Training: TRL trainers configured from the Hydra config, one module per trainer kind (registry.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def fit_and_save(trainer, tokenizer, output_dir: Path) -> Path:
+    """Train (resuming from the last checkpoint in the trainer's output_dir) and save the final model
+    and tokenizer into output_dir/model."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoints = trainer.args.output_dir
+    last = get_last_checkpoint(checkpoints) if Path(checkpoints).is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    final = Path(output_dir) / "model"
+    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final)
+    return final

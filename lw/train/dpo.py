@@ -13,16 +13,13 @@ partitioned and offloaded), so no rank ever holds a full second copy.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer
 
 from lw.data.preference import build_preference_dataset
-
-log = logging.getLogger(__name__)
+from lw.train import fit_and_save
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 
@@ -39,6 +36,9 @@ class LwDPOTrainer(DPOTrainer):
 def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
     """DPOConfig from `trainer.args`; a bad option or a setting DPO cannot honour fails here, at start."""
     trainer = cfg.trainer
+    if trainer.init_from is None and cfg.model.path is None:
+        raise ValueError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
+                         "(or model.path)")
     if str(getattr(trainer.loss_weighting, "value", trainer.loss_weighting)) != "token_mean" \
             or trainer.eos_loss_weight != 1.0:
         raise ValueError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
@@ -76,18 +76,7 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
 
 def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
-    if cfg.trainer.init_from is None and cfg.model.path is None:
-        raise ValueError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
-                         "(or model.path)")
     args = training_args(cfg, output_dir / "checkpoints", report_to)
     trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            callbacks=callbacks)
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if last:
-        log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
-    final = output_dir / "model"
-    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(final)
-    return final
+    return fit_and_save(trainer, tokenizer, output_dir)

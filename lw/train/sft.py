@@ -9,11 +9,11 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from lw.data import build_sft_dataset
 from lw.data.packing import PackCollator
+from lw.train import fit_and_save
 from lw.train.loss import count_items, lm_loss
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,4 @@ def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: s
 def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
     trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to, callbacks)
-    args = trainer.args
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if last:
-        log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
-    final = output_dir / "model"
-    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(final)
-    return final
+    return fit_and_save(trainer, tokenizer, output_dir)
