@@ -182,3 +182,19 @@ def test_committed_dpo_miniature_results_say_what_its_readme_says():
     readme = (REPO / "experiments" / "dpo" / "README.md").read_text()
     for value in s_l.values():
         assert f"{value:.2f}" in readme
+
+
+def test_long_pairs_mix_with_a_general_set_by_count(tokenizer, tmp_path):
+    """The paper mixed its long-writing pairs with general chat pairs: here a local stand-in for a
+    binarized hub set (conversations as answers), taken by count, the long pairs whole."""
+    long = write_pairs(tmp_path / "long.jsonl", toy_preferences(6, seed=2))
+    general = write_pairs(tmp_path / "general.jsonl", [
+        {"prompt": f"Write about trains in {n} words.",
+         "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "the old train ."}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "the train ."}]}
+        for n in range(10, 30)])
+    cfg = compose_lw("trainer=dpo", "data=pairs_mix", f"data.mix.long.path={long}", "data.mix.general.hub_id=null",
+                     f"data.mix.general.path={general}", "data.mix.general.count=5", "trainer.init_from=unused")
+    dataset, stats = build_preference_dataset(cfg, tokenizer, tmp_path / "run")
+    assert (stats["mix_long_pairs"], stats["mix_general_pairs"], stats["dropped_not_in_mix"]) == (6, 5, 15)
+    assert len(dataset) == 11 == stats["pairs"]
