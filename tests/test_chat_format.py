@@ -127,3 +127,18 @@ def test_plain_puts_one_space_between_a_documents_head_and_body(bpe_tokenizer):
     assert bpe_tokenizer.decode(ids) == "<s>Write about rivers the quiet river .</s>" and all(mask)
     prompt = plain.prompt_ids(bpe_tokenizer, "Write about rivers")
     assert ids[: len(prompt)] == prompt and bpe_tokenizer.decode(ids[len(prompt):]) == " the quiet river .</s>"
+
+
+@pytest.mark.parametrize("name", ["glm4", "llama3_1"])
+def test_the_saved_chat_template_renders_the_training_format(name, word_tokenizer, bpe_tokenizer):
+    """A served checkpoint (vllm serve, transformers serve) renders prompts with the chat template
+    saved beside it: it must equal the format the model was trained on, generation prompt included."""
+    chat_format = get_chat_format(name)
+    for tokenizer in (word_tokenizer, bpe_tokenizer):
+        tokenizer.chat_template = chat_format.jinja
+        assert tokenizer.apply_chat_template(CONVERSATION, tokenize=False) == chat_format.text(tokenizer, CONVERSATION)
+        prompt = CONVERSATION[:3]
+        assert tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) == \
+            chat_format.text(tokenizer, prompt, add_generation_prompt=True)
+        assert tokenizer.apply_chat_template(prompt, add_generation_prompt=True)["input_ids"] == \
+            chat_format.tokenize(tokenizer, prompt, add_generation_prompt=True)[0]

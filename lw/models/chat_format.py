@@ -71,6 +71,10 @@ class ChatFormat:
         return "".join(s.content if isinstance(s.content, str) else special[id(s.content)]
                        for s in self.render(messages, add_generation_prompt))
 
+    # The same format as a Jinja chat template, saved with every trained model so that a server
+    # (`vllm serve`, `transformers serve`) renders prompts exactly as training did. None: no template.
+    jinja: str | None = None
+
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
         ids, _ = self.tokenize(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return ids
@@ -101,6 +105,8 @@ def _check_turns(messages: Sequence[dict], add_generation_prompt: bool) -> None:
 
 class Glm4(ChatFormat):
     name = "glm4"
+    jinja = ("[gMASK]<sop>{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}"
+             "<|assistant|>\n{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
 
     def render(self, messages, add_generation_prompt=False):
         _check_turns(messages, add_generation_prompt)
@@ -115,6 +121,8 @@ class Glm4(ChatFormat):
 
 class Llama31(ChatFormat):
     name = "llama3_1"
+    jinja = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST]{{ m['content'] }}[/INST]"
+             "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
 
     def render(self, messages, add_generation_prompt=False):
         _check_turns(messages, add_generation_prompt)

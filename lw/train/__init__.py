@@ -8,9 +8,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def fit_and_save(trainer, tokenizer, output_dir: Path) -> Path:
+def fit_and_save(trainer, tokenizer, output_dir: Path, chat_format: str) -> Path:
     """Train (resuming from the last checkpoint in the trainer's output_dir) and save the final model
-    and tokenizer into output_dir/model."""
+    and tokenizer into output_dir/model, the tokenizer with the chat format as its chat template."""
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoints = trainer.args.output_dir
@@ -21,5 +21,10 @@ def fit_and_save(trainer, tokenizer, output_dir: Path) -> Path:
     final = Path(output_dir) / "model"
     trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
     if trainer.is_world_process_zero():
+        from lw.models.chat_format import get_chat_format
+
+        template = get_chat_format(chat_format).jinja
+        if template:
+            tokenizer.chat_template = template
         tokenizer.save_pretrained(final)
     return final
