@@ -168,6 +168,12 @@ def test_agentwrite_end_to_end(tmp_path):
     assert rivers[0] == {"role": "user", "content": "Write about rivers. STEPS=3"} and rivers[1]["role"] == "assistant"
     assert rivers[1]["content"] == "\n\n".join([" ".join(["word"] * 20)] * 3)  # labels stripped
     assert "字数" in user_text(next(r["body"] for r in requests if "长城" in user_text(r["body"])))  # Chinese prompt
+    from collections import Counter
+
+    from lw.data.sources import clean_rows, read_jsonl as read_training_rows
+
+    trainable = list(clean_rows(read_training_rows(run_dir / "agentwrite/data.jsonl"), "auto", "error", Counter()))
+    assert len(trainable) == 3  # what `data=jsonl data.path=...` reads, every row accepted
 
     steps = read_jsonl(run_dir / "agentwrite/steps.jsonl")
     assert len(steps) == 10 and {s["key"] for s in steps} >= {"rivers:0", "rivers:3", "2:2"}

@@ -1,7 +1,9 @@
 """A real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions, with scripted replies.
 
 The project's tests and benchmarks/judge_concurrency.py give it a function from (request body,
-attempt number for that same request) to a Reply; it records every request it receives.
+attempt number for that same request) to a Reply; it records every request it receives. A Reply
+may add response headers (Retry-After on a 429) or drop the connection unanswered; completions carry
+a `usage` that counts whitespace-separated words of the prompt and of the answer as tokens.
 """
 
 from __future__ import annotations
