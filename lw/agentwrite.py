@@ -168,14 +168,15 @@ def parse_plan(text: str) -> list[Step]:
     "第1段 - 主要内容：... - 字数：400字", bullets, "1)", "(1)", "Step 1:", counts written "1,200 words",
     "400字", "约400字" or "300-400 words" (the upper end), and a label on its own line followed by
     "Main Point:" / "Word Count:" lines. Blank lines never make steps; a "Total: ..." line is no step.
-    A line with no label, bullet or count (a preamble such as "Here is the plan:", or a refusal) is
-    no step, so a reply without any plan line gives []. A step without a count has words=None.
+    In a plan with numbered or bulleted lines only those are steps (not a preamble such as "Here is
+    the plan:" or a title "Plan (2000 words)"); without any, the lines that carry a count are. So a
+    reply without any plan line (a refusal) gives []. A step without a count has words=None.
     """
     text = unicodedata.normalize("NFKC", text or "")
     lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
     lines = [line.strip("*").strip() if line.startswith("**") and line.endswith("**") else line for line in lines]
     lines = [line for line in lines if line and not re.fullmatch(r"[-=*_#`~]+", line)]
-    entries: list[tuple[str, bool]] = []  # (text, labelled)
+    entries: list[tuple[str, bool]] = []  # (text, numbered or bulleted)
     for line in lines:
         labelled = bool(_LABEL.match(line) or _BULLET_ONLY.match(line))
         bare = _BULLET_ONLY.sub("", line)
@@ -184,8 +185,11 @@ def parse_plan(text: str) -> list[Step]:
             continue
         if _TOTAL.match(_LABEL.sub("", bare, count=1) if labelled else bare) and not _LABEL.match(line):
             continue
-        entries.append((line, labelled or _count(line) is not None))
-    entries = [(t, labelled) for t, labelled in entries if labelled]
+        entries.append((line, labelled))
+    if any(labelled for _, labelled in entries):  # a numbered plan: a title with a count is no step
+        entries = [(t, labelled) for t, labelled in entries if labelled]
+    else:  # unnumbered lines are steps only when they carry a count
+        entries = [(t, labelled) for t, labelled in entries if _count(t) is not None]
     steps = []
     for line, _ in entries:
         point = _point(line)

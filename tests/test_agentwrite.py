@@ -15,6 +15,7 @@ from conftest import compose_lw, run_lw
 from lw.agentwrite import (Step, clean_paragraph, language, parse_plan, plan_prompt, read_instructions,
                            run_agentwrite, sha256, write_prompt)
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
+from lw.jsonl import read_resumable
 from lw.tracking import Tracker
 from lw.words import count_words
 
@@ -48,6 +49,10 @@ PLANS = [
      [(None, "Intro"), (500, "Body")]),
     ("bold labels and a range (upper end)",
      "**Paragraph 1** - Main Point: Intro - Word Count: 300-400 words", [(400, "Intro")]),
+    ("a titled plan: the title's count is no step",
+     "Plan for the essay (900 words):\n1. Rivers - 400 words\n2. Lakes - 500 words", [(400, "Rivers"), (500, "Lakes")]),
+    ("unnumbered lines with counts", "Intro: why tea matters, 300 words\nHistory of tea, 500 words\nThanks for asking!",
+     [(300, "Intro: why tea matters"), (500, "History of tea")]),
     ("a refusal: no plan line", "I cannot help with that.", []),
     ("empty", "\n\n\n", []),
     ("broken: a separator row and markdown",
@@ -383,3 +388,22 @@ def test_bad_settings_fail_before_any_call(tmp_path):
                     "generation.base_url=http://127.0.0.1:9/v1", "generation.api_key_env=null", "logger=none",
                     f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, check=False)
     assert result.returncode != 0 and "bad.jsonl:2: field 'prompt' must hold a non-empty instruction" in result.stderr
+
+
+def test_a_changed_prompt_is_asked_again_and_an_unchanged_one_is_reused(tmp_path):
+    path = instructions_file(tmp_path, [{"id": "a", "prompt": "Write SHORT. STEPS=2"}])
+    run_dir = tmp_path / "run"
+    with OpenAIServer(filtering_writer) as server:
+        first = run_agentwrite(cfg_for(server, path), run_dir, Tracker())
+        assert server.count() == 3 and first["agentwrite/dropped_too_short"] == 1
+        again = run_agentwrite(cfg_for(server, path), run_dir, Tracker())  # the same prompts: every call reused
+        assert server.count() == 3 and again["agentwrite/calls_reused"] == 3 and again["agentwrite/dropped_too_short"] == 1
+    custom = tmp_path / "write.txt"
+    custom.write_text("Instruction: $INST$\nPlan:\n$PLAN$\nSo far:\n$TEXT$\nWrite the next paragraph only, this step:\n$STEP$\n")
+    with OpenAIServer(writer) as server:
+        metrics = run_agentwrite(cfg_for(server, path, f"agentwrite.write_prompt={custom}"), run_dir, Tracker())
+        asked = [user_text(r["body"]) for r in server.requests]
+    assert len(asked) == 2 and all(a.startswith("Instruction: Write SHORT.") for a in asked)  # the plan reused
+    assert metrics["agentwrite/written"] == 1 and metrics["agentwrite/calls_reused"] == 1
+    steps = read_jsonl(run_dir / "agentwrite/steps.jsonl")
+    assert len(steps) == 5 and len(read_resumable(run_dir / "agentwrite/steps.jsonl", key="key")) == 3  # the last wins
