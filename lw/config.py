@@ -23,6 +23,7 @@ class Task(str, Enum):
     eval = "eval"  # evaluate model.path (checkpoint, hub id or API model) without training
     score = "score"  # score an existing predictions file
     dpo_pairs = "dpo_pairs"  # sample answers per prompt, score them, write chosen/rejected pairs (lw/pairs.py)
+    agentwrite = "agentwrite"  # plan-then-write long answers with an API model (lw/agentwrite.py)
 
 
 class TrainerKind(str, Enum):
@@ -244,6 +245,26 @@ class PairsConfig:
 
 
 @dataclass
+class AgentWriteConfig:
+    """task=agentwrite: long answers by plan-then-write with an OpenAI-compatible model
+    (docs/science.md section 3). The server, model, key, concurrency, timeout and retries come from
+    `generation` (generation=openai); the sampling settings of the calls are here."""
+
+    # JSONL of {"prompt": ...} (optional "id"), or messages/ShareGPT rows whose one user turn is the instruction
+    instructions: Optional[str] = None
+    plan_prompt: Optional[str] = None  # a file with $INST$; null: the built-in prompt (English or Chinese)
+    write_prompt: Optional[str] = None  # a file with $INST$ $PLAN$ $TEXT$ $STEP$; null: the built-in prompt
+    max_steps: int = 50  # a plan with more paragraphs is dropped (dropped_too_many_steps)
+    min_length_ratio: float = 0.5  # an answer under this share of its plan's word counts is dropped
+    missing_count: str = "keep"  # keep | drop: a plan line without a word count (always counted)
+    empty_paragraph: str = "drop"  # drop (the instruction) | skip (the empty paragraph)
+    max_tokens: int = 4096  # per call (the paper's GPT-4o settings)
+    temperature: float = 1.0
+    price_input_per_million: float = 0.0  # USD per million prompt tokens, for the running cost estimate
+    price_output_per_million: float = 0.0  # USD per million completion tokens
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "wandb"  # wandb | none
     project: str = "lw"
@@ -305,6 +326,7 @@ class LwConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    agentwrite: AgentWriteConfig = field(default_factory=AgentWriteConfig)
     logger: LoggerConfig = MISSING
     launcher: LauncherConfig = MISSING
     plan: PlanConfig = field(default_factory=PlanConfig)

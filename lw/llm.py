@@ -72,6 +72,19 @@ def _retry_after(headers) -> float | None:
 
 async def chat(session, endpoint: Endpoint, model: str, prompt: str, **sampling) -> str:
     """One user turn -> the assistant's text ("" when the server returns no content)."""
+    text, _ = await chat_with_usage(session, endpoint, model, prompt, **sampling)
+    return text
+
+
+def usage_of(data: dict) -> dict:
+    """{"prompt_tokens", "completion_tokens"} from a completion's `usage` (0 where the server gives none)."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    return {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+
+
+async def chat_with_usage(session, endpoint: Endpoint, model: str, prompt: str, **sampling) -> tuple[str, dict]:
+    """As `chat`, and the token usage the server reported: (text, {"prompt_tokens", "completion_tokens"})."""
     import aiohttp
 
     payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
@@ -84,7 +97,7 @@ async def chat(session, endpoint: Endpoint, model: str, prompt: str, **sampling)
                 if response.status == 200:
                     data = await response.json(content_type=None)
                     try:
-                        return data["choices"][0]["message"].get("content") or ""
+                        return data["choices"][0]["message"].get("content") or "", usage_of(data)
                     except (KeyError, IndexError, TypeError):
                         raise ApiError(f"not a chat completion: {str(data)[:300]}", 200) from None
                 body = (await response.text())[:300]

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from lw.agentwrite import run_agentwrite
 from lw.config import Task
 from lw.eval.benchmarks import load_items
 from lw.models import build_model, build_tokenizer
@@ -173,4 +174,5 @@ TASKS = {
     Task.eval: run_eval,
     Task.score: run_score,
     Task.dpo_pairs: run_dpo_pairs,
+    Task.agentwrite: run_agentwrite,
 }

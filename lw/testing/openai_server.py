@@ -1,17 +1,20 @@
 """A real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions, with scripted replies.
 
 The project's tests and benchmarks/judge_concurrency.py give it a function from (request body,
-attempt number for that same request) to a Reply; it records every request it receives.
+attempt number for that same request) to a Reply; it records every request it receives. A Reply
+may add response headers (Retry-After on a 429) or drop the connection unanswered; completions carry
+a `usage` that counts whitespace-separated words of the prompt and of the answer as tokens.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -22,6 +25,8 @@ class Reply:
     status: int = 200
     delay: float = 0.0  # seconds before answering
     body: str | None = None  # raw body instead of a completion (e.g. an error message)
+    headers: dict = field(default_factory=dict)  # extra response headers (e.g. {"Retry-After": "1"} on a 429)
+    drop: bool = False  # close the connection without answering (a dropped connection)
 
 
 class OpenAIServer:
@@ -45,18 +50,27 @@ class OpenAIServer:
                     server.requests.append({"body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "attempt": attempt})
                 reply = server.script(body, attempt)
                 time.sleep(reply.delay)
+                if reply.drop:
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
                 if reply.body is not None or reply.status != 200:
                     text = reply.body if reply.body is not None else json.dumps(
                         {"error": {"message": f"scripted {reply.status}", "type": "scripted"}})
-                    return self._send(reply.status, text)
-                self._send(200, json.dumps(completion(body["model"], reply.content)))
+                    return self._send(reply.status, text, reply.headers)
+                self._send(200, json.dumps(completion(body["model"], reply.content, user_text(body))), reply.headers)
 
-            def _send(self, status, text):
+            def _send(self, status, text, headers=None):
                 data = text.encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, str(value))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -106,11 +120,14 @@ def spawned_server(script: Callable[[dict, int], Reply]):
         process.join(timeout=10)
 
 
-def completion(model: str, content: str) -> dict:
+def completion(model: str, content: str, prompt: str = "") -> dict:
+    """A chat completion whose usage counts whitespace-separated words as tokens (at least 1)."""
+    prompt_tokens, completion_tokens = max(1, len(prompt.split())), max(1, len(content.split()))
     return {
         "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
     }
 
 

@@ -1,0 +1,459 @@
+"""task=agentwrite: long answers by plan-then-write (AgentWrite, docs/science.md section 3).
+
+For every instruction an OpenAI-compatible model (generation=openai) is asked first for a plan, one
+line per paragraph with its main point and its word count, then for each paragraph in order, given
+the instruction, the whole plan, the text written so far and the current step. The paragraphs,
+their step labels removed, joined by blank lines, become the answer.
+
+Files under RUN_DIR/agentwrite/ (a rerun of the same command asks only for what is missing):
+- steps.jsonl  one line per finished call, appended and fsynced before the instruction's next call:
+               {"key": "<id>:<step>", "instruction_id", "step" (0 = the plan), "prompt_sha256", "text"
+               (the reply as received), "usage": {"prompt_tokens", "completion_tokens"}, "seconds"}.
+               A rerun reuses a call whose prompt hash still matches; a failed call is never written.
+- data.jsonl   {"id", "messages": [user: instruction, assistant: answer]}, what `data=jsonl
+               data.path=...` trains on; an instruction already there is never written again.
+- stats.json   instructions, finished, written, dropped by reason, plan lines without a count,
+               tokens in/out and the estimated cost (over every call in steps.jsonl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from lw.jsonl import Appender, read_json_objects, read_resumable
+from lw.words import count_words
+
+log = logging.getLogger(__name__)
+
+PLAN_FIELDS = ("$INST$",)
+WRITE_FIELDS = ("$INST$", "$PLAN$", "$TEXT$", "$STEP$")
+DROP_REASONS = ("failed_step", "too_many_steps", "too_short", "empty_paragraph", "missing_count", "unparseable_plan")
+
+# The project's own wording (not the official LongWriter prompts).
+PLAN_PROMPT_EN = """Before a long answer to the instruction below is written, it needs a plan.
+
+Instruction:
+$INST$
+
+Split the answer into paragraphs and describe each in one line, in order, in exactly this form:
+Paragraph N - Main Point: [what this paragraph covers, concretely] - Word Count: [a number from 200 to 1000] words
+
+Choose the word counts so that together they match the length the instruction asks for (or, when it
+names none, the length its task calls for). Reply with the plan lines only: no title, no
+introduction and no remarks after the plan."""
+
+PLAN_PROMPT_ZH = """在为下面的写作指令撰写长篇回答之前，需要先做一份写作计划。
+
+指令：
+$INST$
+
+请把回答分成若干段落，按顺序每段写一行，格式严格如下：
+第N段 - 主要内容：[这一段具体写什么] - 字数：[200到1000之间的数字]字
+
+各段字数之和应符合指令要求的长度（指令没有说明长度时，按任务本身需要的长度）。只输出计划的各行：不要标题、不要开场白、计划之后也不要任何说明。"""
+
+WRITE_PROMPT_EN = """A long answer to the instruction below is being written one paragraph at a time, following a plan.
+
+Instruction:
+$INST$
+
+Plan:
+$PLAN$
+
+Text written so far:
+$TEXT$
+
+Write the next paragraph only, the one this step of the plan describes:
+$STEP$
+
+Keep to its main point and its word count and continue smoothly from the text so far. Reply with
+the paragraph alone: no "Paragraph N" label, no repetition of the plan line, no comments before or
+after it."""
+
+WRITE_PROMPT_ZH = """下面这条指令的长篇回答正按照计划逐段撰写。
+
+指令：
+$INST$
+
+写作计划：
+$PLAN$
+
+已经写好的内容：
+$TEXT$
+
+现在只写下一段，即计划中的这一步：
+$STEP$
+
+紧扣这一段的主要内容和字数要求，并与已写内容自然衔接。只输出这一段正文：不要"第N段"之类的标签，不要重复计划内容，前后都不要加任何说明。"""
+
+NOTHING_YET = {"en": "(nothing yet: this is the first paragraph)", "zh": "（尚无内容：这是第一段）"}
+
+
+# --- the language of an instruction -----------------------------------------------------------------
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def language(text: str) -> str:
+    """"zh" when CJK characters outnumber Latin letters, else "en"."""
+    return "zh" if len(_CJK.findall(text)) > len(_LATIN.findall(text)) else "en"
+
+
+# --- the plan ---------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    text: str  # the plan line(s) as given, for the write prompt's $STEP$
+    point: str  # the main point, labels and count removed
+    words: int | None  # the word count (English words or Chinese characters); None when the line has none
+
+
+_NUM = r"\d{1,3}(?:,\d{3})+|\d+"
+_ZH_NUM = "0-9一二三四五六七八九十百零两"
+_BULLET = r"(?:[-*•·●▪‣–—]+|#+)\s*"
+# "Paragraph 1", "Para. 2", "Section 3", "Step 4", "Part 5", "第1段", "第三部分", "1.", "1)", "(1)", "1、", "1:"
+_LABEL = re.compile(
+    rf"^(?:{_BULLET})?(?:\*\*)?\s*(?:"
+    rf"(?:paragraph|para\.?|section|step|part)\s*(?:{_NUM})\b"
+    rf"|第\s*[{_ZH_NUM}]+\s*(?:段落?|部分|节|步)"
+    rf"|\(\s*\d+\s*\)|（\s*\d+\s*）"
+    rf"|\d+\s*(?:[.)、]|[:：](?!\d))"
+    rf")\s*(?:\*\*)?\s*[-–—:：.、)|]*\s*", re.IGNORECASE)
+_BULLET_ONLY = re.compile(rf"^[-*•·●▪‣]+\s+")
+_COUNT_UNIT = re.compile(
+    rf"(?:约|大约|大概|左右)?\s*(?:about|around|approximately|approx\.?|roughly|~|≈)?\s*"
+    rf"({_NUM})(?:\s*(?:-|–|~|～|to|到|至)\s*({_NUM}))?\s*-?\s*(?:words?\b|个?(?:汉)?字|词)", re.IGNORECASE)
+_COUNT_FIELD = re.compile(rf"(?:word\s*count|length|字数|篇幅)\s*[:：]?\s*(?:约|大约|about|around|approximately|~)?\s*"
+                          rf"({_NUM})(?:\s*(?:-|–|~|～|to|到|至)\s*({_NUM}))?", re.IGNORECASE)
+_COUNT_TRAIL = re.compile(rf"\s*[-–—|,，;；(（\[]*\s*(?:(?:word\s*count|length|字数|篇幅)\s*[:：]?\s*)?"
+                          rf"(?:约|大约|大概|about|around|approximately|approx\.?|roughly|~|≈)?\s*"
+                          rf"(?:{_NUM})(?:\s*(?:-|–|~|～|to|到|至)\s*(?:{_NUM}))?\s*-?\s*(?:words?\b|个?(?:汉)?字|词)?"
+                          rf"\s*(?:左右)?\s*[)）\]]*\s*[.。]?\s*$", re.IGNORECASE)
+_POINT_FIELD = re.compile(r"^(?:main\s*point|point|content|主要内容|内容|要点)\s*[:：]\s*", re.IGNORECASE)
+_CONTINUATION = re.compile(r"^(?:main\s*point|word\s*count|主要内容|字数)\s*[:：]", re.IGNORECASE)
+_TOTAL = re.compile(r"^(?:\*\*)?\s*(?:total|in total|overall|总计|合计|总字数|全文)", re.IGNORECASE)
+
+
+def _count(line: str) -> int | None:
+    match = _COUNT_FIELD.search(line)
+    matches = [match] if match else list(_COUNT_UNIT.finditer(line))
+    if not matches:
+        return None
+    match = matches[-1]  # the count comes last ("... the 1990s ... - Word Count: 400 words")
+    value = int((match.group(2) or match.group(1)).replace(",", ""))  # a range: its upper end
+    return value or None
+
+
+def _point(line: str) -> str:
+    body = _LABEL.sub("", _BULLET_ONLY.sub("", line, count=1) if not _LABEL.match(line) else line, count=1)
+    body = _COUNT_TRAIL.sub("", body) if _count(body) is not None else body
+    body = re.sub(r"\s*[-–—|]*\s*(?:word\s*count|字数)\s*[:：]?\s*$", "", body, flags=re.IGNORECASE)
+    body = _POINT_FIELD.sub("", body.strip(" -–—|*")).strip(" -–—|*")
+    return body
+
+
+def parse_plan(text: str) -> list[Step]:
+    """The steps of a plan: one per non-blank line that carries a label, a bullet or a count.
+
+    Accepts "Paragraph 1 - Main Point: ... - Word Count: 400 words", "1. ... (400 words)",
+    "第1段 - 主要内容：... - 字数：400字", bullets, "1)", "(1)", "Step 1:", counts written "1,200 words",
+    "400字", "约400字" or "300-400 words" (the upper end), and a label on its own line followed by
+    "Main Point:" / "Word Count:" lines. Blank lines never make steps; a "Total: ..." line is no step.
+    In a plan with numbered or bulleted lines only those are steps (not a preamble such as "Here is
+    the plan:" or a title "Plan (2000 words)"); without any, the lines that carry a count are. So a
+    reply without any plan line (a refusal) gives []. A step without a count has words=None.
+    """
+    text = unicodedata.normalize("NFKC", text or "")
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
+    lines = [line.strip("*").strip() if line.startswith("**") and line.endswith("**") else line for line in lines]
+    lines = [line for line in lines if line and not re.fullmatch(r"[-=*_#`~]+", line)]
+    entries: list[tuple[str, bool]] = []  # (text, numbered or bulleted)
+    for line in lines:
+        labelled = bool(_LABEL.match(line) or _BULLET_ONLY.match(line))
+        bare = _BULLET_ONLY.sub("", line)
+        if entries and _CONTINUATION.match(bare):
+            entries[-1] = (entries[-1][0] + " - " + bare, entries[-1][1])
+            continue
+        if _TOTAL.match(_LABEL.sub("", bare, count=1) if labelled else bare) and not _LABEL.match(line):
+            continue
+        entries.append((line, labelled))
+    if any(labelled for _, labelled in entries):  # a numbered plan: a title with a count is no step
+        entries = [(t, labelled) for t, labelled in entries if labelled]
+    else:  # unnumbered lines are steps only when they carry a count
+        entries = [(t, labelled) for t, labelled in entries if _count(t) is not None]
+    steps = []
+    for line, _ in entries:
+        point = _point(line)
+        steps.append(Step(text=line, point=point, words=_count(line)))
+    return [s for s in steps if s.point or s.words is not None]
+
+
+# --- the paragraphs ---------------------------------------------------------------------------------
+
+_PARAGRAPH_LABEL = re.compile(
+    rf"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:(?:paragraph|para\.?)\s*\d+|第\s*[{_ZH_NUM}]+\s*段落?)"
+    rf"\s*(?:\*\*)?\s*(?:[-–—:：.、)]\s*|\n|$)(?:\*\*)?\s*", re.IGNORECASE)
+_ECHOED_PLAN = re.compile(r"^(?:main\s*point|word\s*count|主要内容|字数)\s*[:：]", re.IGNORECASE)
+
+
+def clean_paragraph(text: str) -> str:
+    """The paragraph without a leading step label ("Paragraph 3:", "Paragraph 3 -", "第三段", "第3段：")
+    or an echoed plan line ("Main Point: ... - Word Count: ..." before the text)."""
+    text = (text or "").strip()
+    for _ in range(2):
+        text = _PARAGRAPH_LABEL.sub("", text, count=1).strip()
+        first, _, rest = text.partition("\n")
+        if _ECHOED_PLAN.match(first.strip(" *-")) and rest.strip():
+            text = rest.strip()
+    return text
+
+
+# --- prompts ----------------------------------------------------------------------------------------
+
+def _template(path: str | None, fields: tuple[str, ...], what: str) -> str | None:
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"agentwrite.{what}: {file} does not exist")
+    text = file.read_text(encoding="utf-8")
+    missing = [f for f in fields if f not in text]
+    if missing:
+        raise ValueError(f"agentwrite.{what}: {file} lacks the placeholder(s) {' '.join(missing)} "
+                         f"(a {what.split('_')[0]} prompt needs {' '.join(fields)})")
+    return text
+
+
+def plan_prompt(instruction: str, template: str | None = None) -> str:
+    template = template or (PLAN_PROMPT_ZH if language(instruction) == "zh" else PLAN_PROMPT_EN)
+    return template.replace("$INST$", instruction.strip())
+
+
+def write_prompt(instruction: str, plan: str, paragraphs: list[str], step: Step, template: str | None = None) -> str:
+    lang = language(instruction)
+    template = template or (WRITE_PROMPT_ZH if lang == "zh" else WRITE_PROMPT_EN)
+    so_far = "\n\n".join(paragraphs) if paragraphs else NOTHING_YET[lang]
+    # One pass over the placeholders, so a plan or text holding "$STEP$" is not filled again.
+    values = {"$INST$": instruction.strip(), "$PLAN$": plan.strip(), "$TEXT$": so_far, "$STEP$": step.text}
+    return re.sub(r"\$(?:INST|PLAN|TEXT|STEP)\$", lambda m: values[m.group(0)], template)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- instructions -----------------------------------------------------------------------------------
+
+def read_instructions(path: str | Path) -> list[dict]:
+    """{"id", "prompt"} per line: {"prompt": ...} (optional "id"), or a messages/ShareGPT row whose one
+    user turn is the instruction. A bad line fails naming file, line and field."""
+    from lw.pairs import _user_turn
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"agentwrite.instructions: {path} does not exist")
+    rows: list[dict] = []
+    first_line: dict[str, str] = {}
+    for where, row in read_json_objects(path):
+        if "prompt" in row:
+            prompt, field = row["prompt"], "prompt"
+        elif "messages" in row or "conversations" in row:
+            prompt, field = _user_turn(row, where), "messages"
+        else:
+            raise ValueError(f"{where}: missing field 'prompt' (or 'messages' with one user turn)")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: field '{field}' must hold a non-empty instruction")
+        iid = row.get("id", len(rows))
+        if not isinstance(iid, (str, int)) or isinstance(iid, bool) or not str(iid).strip() or ":" in str(iid):
+            raise ValueError(f"{where}: field 'id' must be a non-empty string or integer without ':', got {iid!r}")
+        iid = str(iid)
+        if iid in first_line:
+            raise ValueError(f"{where}: duplicate id {iid!r} (first at line {first_line[iid]})")
+        first_line[iid] = where.rsplit(":", 1)[1]
+        rows.append({"id": iid, "prompt": prompt})
+    if not rows:
+        raise ValueError(f"{path}: no instructions")
+    return rows
+
+
+# --- the task ---------------------------------------------------------------------------------------
+
+class _Dropped(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _check(cfg) -> None:
+    a, g = cfg.agentwrite, cfg.generation
+    if not a.instructions:
+        raise ValueError("task=agentwrite needs agentwrite.instructions=FILE (a JSONL of {\"prompt\": ...})")
+    if g.backend != "openai":
+        raise ValueError("task=agentwrite calls an OpenAI-compatible server: set generation=openai with "
+                         "generation.base_url and generation.model")
+    if not g.model:
+        raise ValueError("task=agentwrite needs generation.model (the served model's name)")
+    if a.missing_count not in ("keep", "drop"):
+        raise ValueError(f"agentwrite.missing_count must be keep or drop, got {a.missing_count!r}")
+    if a.empty_paragraph not in ("drop", "skip"):
+        raise ValueError(f"agentwrite.empty_paragraph must be drop or skip, got {a.empty_paragraph!r}")
+    if a.max_steps < 1:
+        raise ValueError(f"agentwrite.max_steps must be at least 1, got {a.max_steps}")
+    if a.min_length_ratio < 0:
+        raise ValueError(f"agentwrite.min_length_ratio must be >= 0, got {a.min_length_ratio}")
+    if a.max_tokens < 1:
+        raise ValueError(f"agentwrite.max_tokens must be at least 1, got {a.max_tokens}")
+
+
+def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
+    """task=agentwrite: plan, write paragraph by paragraph, filter; data.jsonl, steps.jsonl, stats.json."""
+    from tqdm import tqdm
+
+    from lw import llm
+
+    _check(cfg)
+    a, g = cfg.agentwrite, cfg.generation
+    plan_template = _template(a.plan_prompt, PLAN_FIELDS, "plan_prompt")
+    write_template = _template(a.write_prompt, WRITE_FIELDS, "write_prompt")
+    instructions = read_instructions(a.instructions)
+    endpoint = llm.Endpoint(g.base_url, g.api_key_env, g.timeout, g.retries, "generation")
+
+    out_dir = Path(run_dir) / "agentwrite"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps_path, data_path = out_dir / "steps.jsonl", out_dir / "data.jsonl"
+    cache = read_resumable(steps_path, key="key")
+    written = read_resumable(data_path, key="id")
+    by_id = {q["id"]: q for q in instructions}
+    for iid, row in written.items():
+        user = row.get("messages", [{}])[0].get("content") if row.get("messages") else None
+        if iid in by_id and user != by_id[iid]["prompt"]:
+            raise ValueError(f"{data_path}: id {iid} holds a different instruction than {a.instructions}; "
+                             f"use a new run directory for a changed instructions file")
+
+    tokens = {"in": sum(r.get("usage", {}).get("prompt_tokens", 0) for r in cache.values()),
+              "out": sum(r.get("usage", {}).get("completion_tokens", 0) for r in cache.values())}
+
+    def cost() -> float:
+        return tokens["in"] / 1e6 * a.price_input_per_million + tokens["out"] / 1e6 * a.price_output_per_million
+
+    stats = {"instructions": len(instructions), "finished": 0, "written": 0,
+             **{f"dropped_{r}": 0 for r in DROP_REASONS}, "plan_lines_without_count": 0,
+             "calls": 0, "calls_reused": 0, "paragraph_steps": 0}
+    failures: list[dict] = []
+    todo = [q for q in instructions if q["id"] not in written]
+    for q in instructions:  # already written: count their plans' lines without a count all the same
+        if q["id"] in written:
+            stats["written"] += 1
+            stats["finished"] += 1
+            plan = cache.get(f"{q['id']}:0")
+            if plan:
+                stats["plan_lines_without_count"] += sum(s.words is None for s in parse_plan(plan["text"]))
+    sampling = {"max_tokens": a.max_tokens, "temperature": a.temperature}
+    bar = tqdm(total=len(instructions), initial=len(instructions) - len(todo), desc=f"agentwrite ({g.model})",
+               unit="instr")
+
+    def postfix() -> None:
+        bar.set_postfix_str(f"steps {stats['paragraph_steps']}, tok in {tokens['in']} out {tokens['out']}, "
+                            f"~${cost():.4f}", refresh=False)
+
+    with Appender(steps_path) as steps_out, Appender(data_path) as data_out:
+
+        async def call(session, iid: str, step: int, prompt: str) -> str:
+            key = f"{iid}:{step}"
+            done = cache.get(key)
+            if done is not None and done.get("prompt_sha256") == sha256(prompt):
+                stats["calls_reused"] += 1
+                return done["text"]
+            start = time.time()
+            try:
+                text, usage = await llm.chat_with_usage(session, endpoint, g.model, prompt, **sampling)
+            except llm.ApiError as err:
+                raise _Dropped("failed_step", f"step {step}: {err}") from None
+            record = {"key": key, "instruction_id": iid, "step": step, "prompt_sha256": sha256(prompt),
+                      "text": text, "usage": usage, "seconds": round(time.time() - start, 3)}
+            steps_out.write(record)  # on disk before the next call of this instruction is sent
+            cache[key] = record
+            stats["calls"] += 1
+            tokens["in"] += usage["prompt_tokens"]
+            tokens["out"] += usage["completion_tokens"]
+            postfix()
+            bar.refresh()
+            return text
+
+        async def work(session, q: dict) -> dict:
+            iid, instruction = q["id"], q["prompt"]
+            plan_text = await call(session, iid, 0, plan_prompt(instruction, plan_template))
+            steps = parse_plan(plan_text)
+            missing = sum(s.words is None for s in steps)
+            stats["plan_lines_without_count"] += missing
+            if not steps:
+                raise _Dropped("unparseable_plan", f"no plan lines in {plan_text[:120]!r}")
+            if len(steps) > a.max_steps:
+                raise _Dropped("too_many_steps", f"{len(steps)} steps > agentwrite.max_steps={a.max_steps}")
+            if missing and a.missing_count == "drop":
+                raise _Dropped("missing_count", f"{missing} of {len(steps)} plan lines without a word count")
+            paragraphs: list[str] = []
+            for number, step in enumerate(steps, start=1):
+                reply = await call(session, iid, number, write_prompt(instruction, plan_text, paragraphs, step,
+                                                                      write_template))
+                stats["paragraph_steps"] += 1
+                paragraph = clean_paragraph(reply)
+                if not paragraph:
+                    if a.empty_paragraph == "drop":
+                        raise _Dropped("empty_paragraph", f"step {number} came back empty")
+                    continue
+                paragraphs.append(paragraph)
+            answer = "\n\n".join(paragraphs)
+            planned = sum(s.words or 0 for s in steps)
+            produced = count_words(answer)
+            if not paragraphs or (planned and produced < a.min_length_ratio * planned):
+                raise _Dropped("too_short", f"{produced} words < {a.min_length_ratio} x the plan's {planned}")
+            return {"id": iid, "messages": [{"role": "user", "content": instruction},
+                                            {"role": "assistant", "content": answer}]}
+
+        def on_result(q, row) -> None:
+            data_out.write(row)
+            stats["written"] += 1
+            stats["finished"] += 1
+            bar.update(1)
+            postfix()
+
+        def on_error(q, err) -> None:
+            if not isinstance(err, _Dropped):  # not a server failure (those are _Dropped): a bug, stop
+                raise err
+            reason = err.reason
+            stats[f"dropped_{reason}"] += 1
+            if reason != "failed_step":
+                stats["finished"] += 1
+            failures.append({"id": q["id"], "reason": reason, "detail": str(err)[:500]})
+            log.log(logging.WARNING if reason == "failed_step" else logging.INFO,
+                    "agentwrite: instruction %s dropped (%s): %s", q["id"], reason, str(err)[:300])
+            bar.update(1)
+            postfix()
+
+        try:
+            if todo:
+                llm.run_bounded(todo, work, g.concurrency, on_result, on_error)
+        finally:
+            bar.close()
+
+    stats.update({"tokens_in": tokens["in"], "tokens_out": tokens["out"], "estimated_cost": round(cost(), 6)})
+    (out_dir / "stats.json").write_text(json.dumps({**stats, "drops": failures}, indent=2, ensure_ascii=False) + "\n")
+    log.info("agentwrite: %d of %d instructions written (%s); %d calls, %d reused", stats["written"],
+             stats["instructions"], ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v)
+             or "none dropped", stats["calls"], stats["calls_reused"])
+    if stats["dropped_failed_step"]:
+        log.warning("agentwrite: %d instructions had a call that failed after its retries; rerun the same "
+                    "command to ask for them again (finished calls are reused)", stats["dropped_failed_step"])
+    metrics = {f"agentwrite/{k}": v for k, v in stats.items()}
+    tracker.log(metrics)
+    return metrics
