@@ -161,7 +161,7 @@ def _point(line: str) -> str:
     return body
 
 
-def parse_plan(text: str) -> list[Step]:
+def parse_plan(text: str, plain_lines: bool = False) -> list[Step]:
     """The steps of a plan: one per non-blank line that carries a label, a bullet or a count.
 
     Accepts "Paragraph 1 - Main Point: ... - Word Count: 400 words", "1. ... (400 words)",
@@ -171,6 +171,8 @@ def parse_plan(text: str) -> list[Step]:
     In a plan with numbered or bulleted lines only those are steps (not a preamble such as "Here is
     the plan:" or a title "Plan (2000 words)"); without any, the lines that carry a count are. So a
     reply without any plan line (a refusal) gives []. A step without a count has words=None.
+    With `plain_lines` (agentwrite.plain_lines), a plan without numbered lines or counts is taken
+    line by line: for a model that writes its plan as plain sentences.
     """
     text = unicodedata.normalize("NFKC", text or "")
     lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
@@ -188,7 +190,8 @@ def parse_plan(text: str) -> list[Step]:
         entries.append((line, labelled))
     if any(labelled for _, labelled in entries):  # a numbered plan: a title with a count is no step
         entries = [(t, labelled) for t, labelled in entries if labelled]
-    else:  # unnumbered lines are steps only when they carry a count
+    elif not (plain_lines and all(_count(t) is None for t, _ in entries)):
+        # unnumbered lines are steps only when they carry a count
         entries = [(t, labelled) for t, labelled in entries if _count(t) is not None]
     steps = []
     for line, _ in entries:
@@ -356,7 +359,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
             stats["finished"] += 1
             plan = cache.get(f"{q['id']}:0")
             if plan:
-                stats["plan_lines_without_count"] += sum(s.words is None for s in parse_plan(plan["text"]))
+                stats["plan_lines_without_count"] += sum(s.words is None for s in parse_plan(plan["text"], cfg.agentwrite.plain_lines))
     sampling = {"max_tokens": a.max_tokens, "temperature": a.temperature}
     bar = tqdm(total=len(instructions), initial=len(instructions) - len(todo), desc=f"agentwrite ({g.model})",
                unit="instr")
@@ -392,7 +395,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         async def work(session, q: dict) -> dict:
             iid, instruction = q["id"], q["prompt"]
             plan_text = await call(session, iid, 0, plan_prompt(instruction, plan_template))
-            steps = parse_plan(plan_text)
+            steps = parse_plan(plan_text, cfg.agentwrite.plain_lines)
             missing = sum(s.words is None for s in steps)
             stats["plan_lines_without_count"] += missing
             if not steps:

@@ -257,6 +257,8 @@ class AgentWriteConfig:
     max_steps: int = 50  # a plan with more paragraphs is dropped (dropped_too_many_steps)
     min_length_ratio: float = 0.5  # an answer under this share of its plan's word counts is dropped
     missing_count: str = "keep"  # keep | drop: a plan line without a word count (always counted)
+    # A plan with neither numbered lines nor counts is taken line by line (else it is unparseable).
+    plain_lines: bool = False
     empty_paragraph: str = "drop"  # drop (the instruction) | skip (the empty paragraph)
     max_tokens: int = 4096  # per call (the paper's GPT-4o settings)
     temperature: float = 1.0

@@ -407,3 +407,12 @@ def test_a_changed_prompt_is_asked_again_and_an_unchanged_one_is_reused(tmp_path
     assert metrics["agentwrite/written"] == 1 and metrics["agentwrite/calls_reused"] == 1
     steps = read_jsonl(run_dir / "agentwrite/steps.jsonl")
     assert len(steps) == 5 and len(read_resumable(run_dir / "agentwrite/steps.jsonl", key="key")) == 3  # the last wins
+
+
+def test_plain_lines_take_an_unnumbered_plan_line_by_line():
+    plan = "the river and its bank\nthe bridge over the stream"
+    assert parse_plan(plan) == []
+    assert [s.point for s in parse_plan(plan, plain_lines=True)] == ["the river and its bank", "the bridge over the stream"]
+    assert all(s.words is None for s in parse_plan(plan, plain_lines=True))
+    numbered = "1. the river (200 words)\nsome remark"
+    assert parse_plan(numbered, plain_lines=True) == parse_plan(numbered)  # a numbered plan is read as one

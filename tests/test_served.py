@@ -22,7 +22,12 @@ def served(tmp_path_factory):
     model_dir = root / "model"
     tokenizer = tiny_tokenizer(os.environ["LW_CACHE"])
     tokenizer.chat_template = get_chat_format("llama3_1").jinja
-    build_model(compose_lw().model, tokenizer, seed=0).save_pretrained(model_dir)
+    model = build_model(compose_lw().model, tokenizer, seed=0)
+    # A random model's favourite tokens are special ones (which decode to nothing) or numbers: let it
+    # say only words (or stop), so that its plans and paragraphs are text.
+    model.generation_config.bad_words_ids = [[i] for token, i in tokenizer.get_vocab().items()
+                                             if not token.isalpha() and i != tokenizer.eos_token_id]
+    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     with transformers_serve(model_dir, log_path=root / "serve.log") as base_url:
         yield root, model_dir, base_url
@@ -41,3 +46,25 @@ def test_eval_through_generation_openai_against_transformers_serve(served):
     assert metrics["ruler/n"] == 2
     log = (root / "serve.log").read_text()
     assert log.count('"POST /v1/chat/completions HTTP/1.1" 200') == 2  # the server answered both
+
+
+def test_agentwrite_against_transformers_serve(served):
+    """The whole task against the real server: plan and paragraph calls answered, every call's
+    usage recorded, data.jsonl in the messages format. A random tiny model writes plans as plain
+    words without counts: read line by line (agentwrite.plain_lines) and kept (missing_count=keep)."""
+    root, model_dir, base_url = served
+    instructions = root / "instructions.jsonl"
+    instructions.write_text("".join(json.dumps({"prompt": f"Write a 300-word note about {t}."}) + "\n"
+                                    for t in ("rivers", "trains")))
+    run_dir = root / "agentwrite"
+    run_lw("task=agentwrite", f"agentwrite.instructions={instructions}", "agentwrite.missing_count=keep",
+           "agentwrite.min_length_ratio=0", "agentwrite.plain_lines=true", "agentwrite.max_tokens=24", "generation=openai",
+           f"generation.base_url={base_url}", f"generation.model={model_dir}", "generation.api_key_env=null",
+           "logger=none", f"hydra.run.dir={run_dir}", cwd=root)
+    steps = [json.loads(line) for line in (run_dir / "agentwrite" / "steps.jsonl").open()]
+    stats = json.loads((run_dir / "agentwrite" / "stats.json").read_text())
+    assert {s["instruction_id"] for s in steps} == {"0", "1"} and {0, 1} <= {s["step"] for s in steps}
+    assert all(s["usage"]["completion_tokens"] > 0 for s in steps)  # the server's own token counts
+    assert stats["instructions"] == 2 and stats["tokens_out"] == sum(s["usage"]["completion_tokens"] for s in steps)
+    for row in map(json.loads, (run_dir / "agentwrite" / "data.jsonl").open()):
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]

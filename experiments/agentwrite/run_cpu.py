@@ -57,10 +57,11 @@ def main() -> None:
     serve_start = time.time()
     with transformers_serve(writer / "model", log_path=work / "serve.log") as base_url:
         times["serve_start_s"] = round(time.time() - serve_start, 1)
-        # The served model writes no newlines and no word counts: every plan is one step without a
-        # count, kept (agentwrite.missing_count=keep) so that something reaches the SFT step.
+        # The served model writes no line breaks, numbers or word counts: every plan is one plain
+        # line (agentwrite.plain_lines), a step without a count (kept: missing_count=keep).
         times["agentwrite_s"] = lw(["task=agentwrite", f"agentwrite.instructions={instructions}",
-                                    "agentwrite.missing_count=keep", "agentwrite.min_length_ratio=0",
+                                    "agentwrite.plain_lines=true", "agentwrite.missing_count=keep",
+                                    "agentwrite.min_length_ratio=0",
                                     "agentwrite.max_tokens=200", "generation=openai", f"generation.base_url={base_url}",
                                     f"generation.model={writer / 'model'}", "generation.api_key_env=null",
                                     "generation.concurrency=4", "logger=none", f"hydra.run.dir={agentwrite}"], args)
