@@ -18,8 +18,9 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+from speedup import write_speedups  # noqa: E402
 from lw.testing.openai_server import Reply, spawned_server, user_text  # noqa: E402
 
 PLAN = "\n".join(f"Paragraph {i} - Main Point: part {i} of the story - Word Count: 200 words" for i in (1, 2, 3))
@@ -63,13 +64,7 @@ def main() -> None:
             with spawned_server(partial(answer, args.delay)) as base_url:
                 results["runs"].append(run(base_url, concurrency, work, instructions))
             print(results["runs"][-1], flush=True)
-    base = results["runs"][0]["instructions_per_minute"]
-    for r in results["runs"]:
-        r["speedup_vs_first"] = round(r["instructions_per_minute"] / base, 1)
-    print("speedup:", ", ".join(f"c={r['concurrency']}: {r['speedup_vs_first']}x" for r in results["runs"]))
-    out = REPO / "benchmarks" / "results" / "agentwrite_concurrency.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {out}")
+    write_speedups(results, "agentwrite_concurrency", rate="instructions_per_minute")
 
 
 if __name__ == "__main__":

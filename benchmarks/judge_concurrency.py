@@ -23,13 +23,14 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from omegaconf import OmegaConf  # noqa: E402
 
 from lw.config import JudgeConfig  # noqa: E402
 from lw.eval.judge import Judge  # noqa: E402
 from lw.testing.benchmark_files import JUDGE_TEMPLATE, longbench_write_rows  # noqa: E402
+from speedup import write_speedups  # noqa: E402
 from lw.testing.openai_server import Reply, judge_json, spawned_server  # noqa: E402
 
 
@@ -66,13 +67,7 @@ def main() -> None:
             results["runs"].append({"concurrency": concurrency, "wall_s": round(wall, 2),
                                     "requests_per_s": round(len(rows) / wall, 2)})
             print(f"concurrency {concurrency:3d}: {wall:6.2f} s  ({len(rows) / wall:.1f} judgements/s)")
-    base = results["runs"][0]["wall_s"]
-    for run in results["runs"]:
-        run["speedup_vs_first"] = round(base / run["wall_s"], 1)
-    print("speedup:", ", ".join(f"c={r['concurrency']}: {r['speedup_vs_first']}x" for r in results["runs"]))
-    out = REPO / "benchmarks" / "results" / "judge_concurrency.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {out}")
+    write_speedups(results, "judge_concurrency", seconds="wall_s")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from lw.eval.judge import DIMENSIONS  # noqa: E402
+from speedup import write_speedups  # noqa: E402
 from lw.testing.openai_server import Reply, judge_json, spawned_server, user_text  # noqa: E402
 
 JUDGE_TEMPLATE = "Judge this answer.\n[Instruction]\n$INST$\n[Answer]\n$RESPONSE$\nReply with JSON scores.\n"
@@ -72,13 +73,7 @@ def main() -> None:
             with spawned_server(partial(answer, args.delay)) as base_url:  # a fresh server: every run gets the same answers
                 results["runs"].append(run(base_url, concurrency, work, prompts, data_dir))
             print(results["runs"][-1], flush=True)
-    base = results["runs"][0]["pairs_per_minute"]
-    for r in results["runs"]:
-        r["speedup_vs_first"] = round(r["pairs_per_minute"] / base, 1)
-    print("speedup:", ", ".join(f"c={r['concurrency']}: {r['speedup_vs_first']}x" for r in results["runs"]))
-    out = REPO / "benchmarks" / "results" / "pairs_concurrency.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {out}")
+    write_speedups(results, "pairs_concurrency", rate="pairs_per_minute")
 
 
 if __name__ == "__main__":
