@@ -18,7 +18,6 @@ Files under RUN_DIR/agentwrite/ (a rerun of the same command asks only for what 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lw.jsonl import Appender, read_json_objects, read_resumable
+from lw.prompts import user_turn
 from lw.words import count_words
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ _LABEL = re.compile(
     rf"|\(\s*\d+\s*\)|（\s*\d+\s*）"
     rf"|\d+\s*(?:[.)、]|[:：](?!\d))"
     rf")\s*(?:\*\*)?\s*[-–—:：.、)|]*\s*", re.IGNORECASE)
-_BULLET_ONLY = re.compile(rf"^[-*•·●▪‣]+\s+")
+_BULLET_ONLY = re.compile(r"^[-*•·●▪‣]+\s+")
 _COUNT_UNIT = re.compile(
     rf"(?:约|大约|大概|左右)?\s*(?:about|around|approximately|approx\.?|roughly|~|≈)?\s*"
     rf"({_NUM})(?:\s*(?:-|–|~|～|to|到|至)\s*({_NUM}))?\s*-?\s*(?:words?\b|个?(?:汉)?字|词)", re.IGNORECASE)
@@ -259,8 +259,6 @@ def sha256(text: str) -> str:
 def read_instructions(path: str | Path) -> list[dict]:
     """{"id", "prompt"} per line: {"prompt": ...} (optional "id"), or a messages/ShareGPT row whose one
     user turn is the instruction. A bad line fails naming file, line and field."""
-    from lw.pairs import _user_turn
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"agentwrite.instructions: {path} does not exist")
@@ -270,7 +268,7 @@ def read_instructions(path: str | Path) -> list[dict]:
         if "prompt" in row:
             prompt, field = row["prompt"], "prompt"
         elif "messages" in row or "conversations" in row:
-            prompt, field = _user_turn(row, where), "messages"
+            prompt, field = user_turn(row, where), "messages"
         else:
             raise ValueError(f"{where}: missing field 'prompt' (or 'messages' with one user turn)")
         if not isinstance(prompt, str) or not prompt.strip():

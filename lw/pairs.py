@@ -24,6 +24,7 @@ import unicodedata
 from pathlib import Path
 
 from lw.jsonl import read_json_objects, read_resumable, write_jsonl
+from lw.prompts import user_turn
 from lw.words import count_words, length_score
 
 log = logging.getLogger(__name__)
@@ -113,21 +114,6 @@ def required_length(text: str) -> int | None:
 
 # --- prompts --------------------------------------------------------------------------------------
 
-def _user_turn(row: dict, where: str) -> str:
-    """The single user turn of a messages (role/content) or ShareGPT (from/value) row."""
-    if "messages" in row:
-        turns, role, content, user = row["messages"], "role", "content", ("user",)
-    else:
-        turns, role, content, user = row["conversations"], "from", "value", ("human", "user")
-    if not isinstance(turns, list):
-        raise ValueError(f"{where}: field 'messages' must be a list of turns")
-    users = [t for t in turns if isinstance(t, dict) and t.get(role) in user]
-    if len(users) != 1:
-        raise ValueError(f"{where}: field 'messages' must hold exactly one user turn for a pair's prompt, "
-                         f"found {len(users)}")
-    return users[0].get(content)
-
-
 def read_prompts(path: str | Path) -> list[dict]:
     """{"id", "prompt", "length" (or None)} per line of a prompts JSONL: `prompt` (optional `id`,
     `length`), or a messages/ShareGPT row whose one user turn is the prompt. Bad lines fail named."""
@@ -142,7 +128,7 @@ def read_prompts(path: str | Path) -> list[dict]:
         if "prompt" in row:
             prompt = row["prompt"]
         elif "messages" in row or "conversations" in row:
-            prompt = _user_turn(row, where)
+            prompt = user_turn(row, where)
         else:
             raise ValueError(f"{where}: missing field 'prompt' (or 'messages' with a user turn)")
         if not isinstance(prompt, str) or not prompt.strip():

@@ -33,7 +33,6 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lw.launch.flops import train_flops_per_token

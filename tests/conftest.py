@@ -77,9 +77,10 @@ def compose_lw(*overrides: str):
     return cfg
 
 
-def run_lw(*overrides: str, cwd: Path, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m lw` in a subprocess, as a user runs it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+def run_lw(*overrides: str, cwd: Path, timeout: int = 300, check: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m lw` in a subprocess, as a user runs it; `env` adds to the test's environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
     result = subprocess.run([sys.executable, "-m", "lw", *overrides], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -17,7 +17,6 @@ from lw.agentwrite import (Step, clean_paragraph, language, parse_plan, plan_pro
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
 from lw.jsonl import read_resumable
 from lw.tracking import Tracker
-from lw.words import count_words
 
 
 # --- the plan parser ---------------------------------------------------------------------------------

@@ -57,12 +57,7 @@ def distributed(start):
     cwd.mkdir()
     overrides = [*dpo_overrides(model_dir, pairs), "launcher=deepspeed", "launcher.nproc_per_node=2",
                  "trainer.args.save_strategy=steps", "+trainer.args.save_steps=2"]
-    os.environ.update({FAULT_STEP_ENV: "2", FAULT_RANK_ENV: "1"})
-    try:
-        first = run_lw(*overrides, cwd=cwd, check=False)
-    finally:
-        os.environ.pop(FAULT_STEP_ENV)
-        os.environ.pop(FAULT_RANK_ENV)
+    first = run_lw(*overrides, cwd=cwd, check=False, env={FAULT_STEP_ENV: "2", FAULT_RANK_ENV: "1"})
     (run_dir,) = (cwd / "runs").iterdir()
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))
     second = run_lw(*overrides, cwd=cwd, check=False)

@@ -30,12 +30,7 @@ def _train_log(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("deepspeed")
-    os.environ.update({FAULT_STEP_ENV: "3", FAULT_RANK_ENV: "1"})
-    try:
-        first = run_lw(*OVERRIDES, cwd=cwd, check=False)
-    finally:
-        os.environ.pop(FAULT_STEP_ENV)
-        os.environ.pop(FAULT_RANK_ENV)
+    first = run_lw(*OVERRIDES, cwd=cwd, check=False, env={FAULT_STEP_ENV: "3", FAULT_RANK_ENV: "1"})
     (run_dir,) = (cwd / "runs").iterdir()
     after_first = {"checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")),
                    "model": (run_dir / "model").exists(), "train_log": _train_log(run_dir)}

@@ -5,7 +5,6 @@ The `sft` trainer of lw.train.registry: training_args, build_dataset and train.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -15,8 +14,6 @@ from lw.data import build_sft_dataset
 from lw.data.packing import PackCollator
 from lw.train import fit_and_save
 from lw.train.loss import count_items, lm_loss
-
-log = logging.getLogger(__name__)
 
 
 class LwSFTTrainer(SFTTrainer):
