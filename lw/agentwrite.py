@@ -30,6 +30,7 @@ from pathlib import Path
 from lw.jsonl import Appender, read_json_objects, read_resumable
 from lw.prompts import user_turn
 from lw.words import count_words
+from lw.errors import UserError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,11 @@ def _template(path: str | None, fields: tuple[str, ...], what: str) -> str | Non
         return None
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"agentwrite.{what}: {file} does not exist")
+        raise MissingFile(f"agentwrite.{what}: {file} does not exist")
     text = file.read_text(encoding="utf-8")
     missing = [f for f in fields if f not in text]
     if missing:
-        raise ValueError(f"agentwrite.{what}: {file} lacks the placeholder(s) {' '.join(missing)} "
+        raise UserError(f"agentwrite.{what}: {file} lacks the placeholder(s) {' '.join(missing)} "
                          f"(a {what.split('_')[0]} prompt needs {' '.join(fields)})")
     return text
 
@@ -261,7 +262,7 @@ def read_instructions(path: str | Path) -> list[dict]:
     user turn is the instruction. A bad line fails naming file, line and field."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"agentwrite.instructions: {path} does not exist")
+        raise MissingFile(f"agentwrite.instructions: {path} does not exist")
     rows: list[dict] = []
     first_line: dict[str, str] = {}
     for where, row in read_json_objects(path):
@@ -270,19 +271,19 @@ def read_instructions(path: str | Path) -> list[dict]:
         elif "messages" in row or "conversations" in row:
             prompt, field = user_turn(row, where), "messages"
         else:
-            raise ValueError(f"{where}: missing field 'prompt' (or 'messages' with one user turn)")
+            raise UserError(f"{where}: missing field 'prompt' (or 'messages' with one user turn)")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}: field '{field}' must hold a non-empty instruction")
+            raise UserError(f"{where}: field '{field}' must hold a non-empty instruction")
         iid = row.get("id", len(rows))
         if not isinstance(iid, (str, int)) or isinstance(iid, bool) or not str(iid).strip() or ":" in str(iid):
-            raise ValueError(f"{where}: field 'id' must be a non-empty string or integer without ':', got {iid!r}")
+            raise UserError(f"{where}: field 'id' must be a non-empty string or integer without ':', got {iid!r}")
         iid = str(iid)
         if iid in first_line:
-            raise ValueError(f"{where}: duplicate id {iid!r} (first at line {first_line[iid]})")
+            raise UserError(f"{where}: duplicate id {iid!r} (first at line {first_line[iid]})")
         first_line[iid] = where.rsplit(":", 1)[1]
         rows.append({"id": iid, "prompt": prompt})
     if not rows:
-        raise ValueError(f"{path}: no instructions")
+        raise UserError(f"{path}: no instructions")
     return rows
 
 
@@ -297,22 +298,22 @@ class _Dropped(Exception):
 def _check(cfg) -> None:
     a, g = cfg.agentwrite, cfg.generation
     if not a.instructions:
-        raise ValueError("task=agentwrite needs agentwrite.instructions=FILE (a JSONL of {\"prompt\": ...})")
+        raise UserError("task=agentwrite needs agentwrite.instructions=FILE (a JSONL of {\"prompt\": ...})")
     if g.backend != "openai":
-        raise ValueError("task=agentwrite calls an OpenAI-compatible server: set generation=openai with "
+        raise UserError("task=agentwrite calls an OpenAI-compatible server: set generation=openai with "
                          "generation.base_url and generation.model")
     if not g.model:
-        raise ValueError("task=agentwrite needs generation.model (the served model's name)")
+        raise UserError("task=agentwrite needs generation.model (the served model's name)")
     if a.missing_count not in ("keep", "drop"):
-        raise ValueError(f"agentwrite.missing_count must be keep or drop, got {a.missing_count!r}")
+        raise UserError(f"agentwrite.missing_count must be keep or drop, got {a.missing_count!r}")
     if a.empty_paragraph not in ("drop", "skip"):
-        raise ValueError(f"agentwrite.empty_paragraph must be drop or skip, got {a.empty_paragraph!r}")
+        raise UserError(f"agentwrite.empty_paragraph must be drop or skip, got {a.empty_paragraph!r}")
     if a.max_steps < 1:
-        raise ValueError(f"agentwrite.max_steps must be at least 1, got {a.max_steps}")
+        raise UserError(f"agentwrite.max_steps must be at least 1, got {a.max_steps}")
     if a.min_length_ratio < 0:
-        raise ValueError(f"agentwrite.min_length_ratio must be >= 0, got {a.min_length_ratio}")
+        raise UserError(f"agentwrite.min_length_ratio must be >= 0, got {a.min_length_ratio}")
     if a.max_tokens < 1:
-        raise ValueError(f"agentwrite.max_tokens must be at least 1, got {a.max_tokens}")
+        raise UserError(f"agentwrite.max_tokens must be at least 1, got {a.max_tokens}")
 
 
 def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
@@ -337,7 +338,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     for iid, row in written.items():
         user = row.get("messages", [{}])[0].get("content") if row.get("messages") else None
         if iid in by_id and user != by_id[iid]["prompt"]:
-            raise ValueError(f"{data_path}: id {iid} holds a different instruction than {a.instructions}; "
+            raise UserError(f"{data_path}: id {iid} holds a different instruction than {a.instructions}; "
                              f"use a new run directory for a changed instructions file")
 
     tokens = {"in": sum(r.get("usage", {}).get("prompt_tokens", 0) for r in cache.values()),

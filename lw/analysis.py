@@ -12,6 +12,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+from lw.errors import MissingFile
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,7 +23,7 @@ def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFr
     """Every run's results.csv under `sweep_dir`, one frame."""
     paths = sorted(Path(sweep_dir).glob("**/results.csv"))
     if not paths:
-        raise FileNotFoundError(f"no results.csv under {sweep_dir}")
+        raise MissingFile(f"no results.csv under {sweep_dir}")
     frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     if benchmark is not None:
         frame = frame[frame["benchmark"] == benchmark]

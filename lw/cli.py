@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lw.config import register_configs
+from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMistake, one_line
 from lw.tracking import is_secret_key
 
 
@@ -36,18 +39,65 @@ def refuse_secret_overrides(args: list[str]) -> None:
     for arg in args:
         key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg and not arg.startswith("-") else ""
         if key and is_secret_key(key.rsplit(".", 1)[-1]):
-            sys.exit(f"lw: {key}: secrets are never passed as overrides (they would be written to the run's "
-                     f"name, its saved config and W&B). Export the secret as an environment variable and "
-                     f"name that variable in the matching *_env setting, e.g. judge.api_key_env=OPENAI_API_KEY.")
+            raise UserMistake(f"{key}: secrets are never passed as overrides (they would be written to the run's "
+                              f"name, its saved config and W&B); export the secret as an environment variable and "
+                              f"name that variable in the matching *_env setting, e.g. judge.api_key_env=OPENAI_API_KEY")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> None:
     from lw.pipeline import run  # heavy imports after --help and config errors
 
-    run(cfg)
+    # main() set HYDRA_FULL_ERROR so that Hydra hands errors to it; the run's child processes
+    # (training workers) must not inherit that, so it is unset while the task runs.
+    saved = os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        run(cfg)
+    finally:
+        if saved is not None:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def hydra_message(err: BaseException) -> str:
+    """One line from a Hydra composition error: its message and its OmegaConf cause, without the
+    config search path."""
+    text = str(err).split("Config search path:")[0]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        text = f"{text.strip()}: {str(cause).splitlines()[0]}"
+    head, _, options = text.partition("Available options in")
+    if options:  # "model/nope" not found: the options on one line
+        group, _, names = options.partition(":")
+        head = f"{head.strip()}; available options in{group}: {', '.join(names.split())}"
+    return one_line(head).replace(".;", ";")
+
+
+def fail(message: str, status: int = EXIT_USER) -> None:
+    print(f"lw: error: {one_line(message)}", file=sys.stderr)
+    sys.exit(status)
 
 
 def main() -> None:
-    refuse_secret_overrides(sys.argv[1:])
-    _run()
+    """`lw`: a user's mistake ends in one line and exit status 2, an incomplete run in exit status 3,
+    a bug in its traceback (exit status 1); HYDRA_FULL_ERROR=1 shows the traceback of every error."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import MissingMandatoryValue
+
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    try:
+        refuse_secret_overrides(sys.argv[1:])
+        _run()
+    except Incomplete as err:
+        print(f"lw: incomplete: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_INCOMPLETE)
+    except (UserMistake, HydraException, MissingMandatoryValue) as err:
+        if full_error:
+            raise
+        fail(hydra_message(err) if isinstance(err, HydraException) else str(err))
+    except Exception:  # noqa: BLE001 (a bug: its traceback, then the status that says so)
+        traceback.print_exc()
+        sys.exit(EXIT_BUG)
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,10 @@ def read_resumable(path: Path, key: str = "id") -> dict[str, dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); "
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg}); "
                              f"fix or delete the line to resume") from None
         if not isinstance(row, dict) or key not in row:
-            raise ValueError(f"{path}:{number}: a record without the field {key!r}")
+            raise UserError(f"{path}:{number}: a record without the field {key!r}")
         done[str(row[key])] = row
     return done
 
@@ -84,9 +85,9 @@ def read_json_objects(path: Path) -> Iterator[tuple[str, dict]]:
     """("FILE:LINE", object) for each non-blank line; a line that is not a JSON object fails, named."""
     for where, row in read_lines(path):
         if isinstance(row, json.JSONDecodeError):
-            raise ValueError(f"{where}: not valid JSON ({row.msg})")
+            raise UserError(f"{where}: not valid JSON ({row.msg})")
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
         yield where, row
 
 

@@ -15,6 +15,7 @@ import os
 import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def api_key(api_key_env: str | None, what: str) -> str | None:
         return None
     key = os.environ.get(api_key_env)
     if not key:
-        raise ValueError(f"{what}.api_key_env names {api_key_env}, which is not set in the environment; "
+        raise UserError(f"{what}.api_key_env names {api_key_env}, which is not set in the environment; "
                          f"export it, or set {what}.api_key_env=null for a server without keys")
     return key
 
@@ -51,7 +52,7 @@ class Endpoint:
 
     def __post_init__(self):
         if not self.base_url:
-            raise ValueError(f"{self.what}.base_url is not set (e.g. https://api.openai.com/v1 or http://HOST:PORT/v1)")
+            raise UserError(f"{self.what}.base_url is not set (e.g. https://api.openai.com/v1 or http://HOST:PORT/v1)")
         self.url = self.base_url.rstrip("/") + "/chat/completions"
         key = api_key(self.api_key_env, self.what)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -124,7 +125,7 @@ def run_bounded(jobs: Iterable[Any], work: Callable[[Any, Any], Awaitable[Any]],
     import aiohttp
 
     if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        raise UserError(f"concurrency must be at least 1, got {concurrency}")
 
     async def main() -> None:
         semaphore = asyncio.Semaphore(concurrency)

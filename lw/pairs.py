@@ -26,6 +26,7 @@ from pathlib import Path
 from lw.jsonl import read_json_objects, read_resumable, write_jsonl
 from lw.prompts import user_turn
 from lw.words import count_words, length_score
+from lw.errors import UserError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def read_prompts(path: str | Path) -> list[dict]:
 
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"pairs.prompts: {path} does not exist")
+        raise MissingFile(f"pairs.prompts: {path} does not exist")
     prompts: list[dict] = []
     first_line: dict[str, str] = {}
     for where, row in read_json_objects(path):
@@ -130,21 +131,21 @@ def read_prompts(path: str | Path) -> list[dict]:
         elif "messages" in row or "conversations" in row:
             prompt = user_turn(row, where)
         else:
-            raise ValueError(f"{where}: missing field 'prompt' (or 'messages' with a user turn)")
+            raise UserError(f"{where}: missing field 'prompt' (or 'messages' with a user turn)")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+            raise UserError(f"{where}: field 'prompt' must be a non-empty string")
         length = row.get("length")
         if length is not None:
             length = parse_length(length, where)
         pid = str(row.get("id", len(prompts)))
         if "#" in pid:
-            raise ValueError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {pid!r}")
+            raise UserError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {pid!r}")
         if pid in first_line:
-            raise ValueError(f"{where}: duplicate id {pid!r} (first at line {first_line[pid]})")
+            raise UserError(f"{where}: duplicate id {pid!r} (first at line {first_line[pid]})")
         first_line[pid] = where.rsplit(":", 1)[1]
         prompts.append({"id": pid, "prompt": prompt, "length": length})
     if not prompts:
-        raise ValueError(f"{path}: no prompts")
+        raise UserError(f"{path}: no prompts")
     return prompts
 
 
@@ -153,7 +154,7 @@ def benchmark_prompts(cfg) -> list[dict]:
     from lw.eval.benchmarks import load_items
 
     if not cfg.eval:
-        raise ValueError("task=dpo_pairs needs pairs.prompts=FILE (a JSONL of prompt and optional length), "
+        raise UserError("task=dpo_pairs needs pairs.prompts=FILE (a JSONL of prompt and optional length), "
                          "or an eval benchmark whose prompts it samples")
     name = next(iter(cfg.eval))
     prompts, seen = [], set()
@@ -204,19 +205,19 @@ def _round(x: float | None) -> float | None:
 def _check(cfg) -> None:
     p = cfg.pairs
     if p.rule not in RULES:
-        raise ValueError(f"pairs.rule must be one of {', '.join(RULES)}, got {p.rule!r}")
+        raise UserError(f"pairs.rule must be one of {', '.join(RULES)}, got {p.rule!r}")
     if p.samples < 2:
-        raise ValueError(f"pairs.samples must be at least 2 (a pair needs two answers), got {p.samples}")
+        raise UserError(f"pairs.samples must be at least 2 (a pair needs two answers), got {p.samples}")
     if p.min_margin < 0:
-        raise ValueError(f"pairs.min_margin must be >= 0, got {p.min_margin}")
+        raise UserError(f"pairs.min_margin must be >= 0, got {p.min_margin}")
     if cfg.judge.kind == "none" and p.rule != "length":
-        raise ValueError(f"pairs.rule={p.rule} needs the quality judge S_q: set judge=openai (any "
+        raise UserError(f"pairs.rule={p.rule} needs the quality judge S_q: set judge=openai (any "
                          f"OpenAI-compatible endpoint), or pairs.rule=length to rank by S_l alone")
     if cfg.generation.temperature <= 0:
-        raise ValueError("task=dpo_pairs samples several answers per prompt: generation.temperature must be > 0 "
+        raise UserError("task=dpo_pairs samples several answers per prompt: generation.temperature must be > 0 "
                          f"(got {cfg.generation.temperature}), else every sample is the same")
     if cfg.model.path is None and cfg.generation.backend != "openai":
-        raise ValueError("task=dpo_pairs needs model.path (the SFT checkpoint, e.g. runs/NAME/model, or a hub "
+        raise UserError("task=dpo_pairs needs model.path (the SFT checkpoint, e.g. runs/NAME/model, or a hub "
                          "id), or generation=openai with generation.model")
 
 
@@ -234,7 +235,7 @@ def _judge(cfg, run_dir: Path):
     bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
                      BenchmarkConfig(kind="longbench_write"))
     if cfg.judge.kind != "openai":
-        raise ValueError(f"unknown judge.kind {cfg.judge.kind!r}; choose none or openai")
+        raise UserError(f"unknown judge.kind {cfg.judge.kind!r}; choose none or openai")
     return Judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), run_dir / "pairs" / "judgements.jsonl")
 
 

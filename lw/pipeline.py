@@ -24,6 +24,7 @@ from lw.models import build_model, build_tokenizer
 from lw.pairs import run_dpo_pairs
 from lw.tracking import Tracker, start_tracker
 from lw.train.registry import trainer_for
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def run_train(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> di
 def run_eval(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> dict:
     """task=eval: evaluate model.path (or an API model) without training."""
     if cfg.model.path is None and cfg.generation.backend != "openai":
-        raise ValueError("task=eval needs model.path (a checkpoint directory or hub id), "
+        raise UserError("task=eval needs model.path (a checkpoint directory or hub id), "
                          "or generation=openai with generation.model")
     return evaluate(cfg, cfg.model.path, run_dir, tracker)
 
@@ -142,7 +143,7 @@ def run_score(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer=None) 
     from lw.eval.run import judge_for, read_predictions, score_benchmark
 
     if not cfg.score.predictions:
-        raise ValueError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
+        raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
     name = cfg.score.benchmark
     bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
     rows = read_predictions(cfg.score.predictions)

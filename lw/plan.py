@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from lw.launch.flops import train_flops_per_token
 from lw.models import apply_config_overrides, parameter_counts
 from lw.train.registry import trainer_for
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def model_config(cfg: DictConfig):
         arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     else:
-        raise ValueError(f"model.path={model_cfg.path!r} is not a local directory and model.arch is empty: add the "
+        raise UserError(f"model.path={model_cfg.path!r} is not a local directory and model.arch is empty: add the "
                          f"hub config's architecture to conf/model/{model_cfg.name}.yaml (model.arch) to plan offline")
     return apply_config_overrides(config, model_cfg)
 
@@ -145,7 +146,7 @@ def plan_data(cfg: DictConfig, args, world: int) -> dict:
         packs = stats["packs"] if pack_length else None
     else:
         if not cfg.plan.sources:
-            raise ValueError(f"dry run: the tokenizer of model.path={cfg.model.path!r} is not local, so the data "
+            raise UserError(f"dry run: the tokenizer of model.path={cfg.model.path!r} is not local, so the data "
                              "cannot be counted: state its size in plan.sources (name, sequences, mean_tokens)")
         sources = [{"name": s.name, "sequences": s.sequences, "tokens": round(s.sequences * s.mean_tokens)}
                    for s in cfg.plan.sources]
@@ -231,17 +232,17 @@ def plan_deepspeed(cfg: DictConfig, args, hf_config, world: int, total_steps: in
         filled.trainer_config_process(planned)
         filled.trainer_config_finalize(planned, SimpleNamespace(config=hf_config), total_steps)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     finally:
         unset_hf_deepspeed_config()
     config = filled.config
     unfilled = _auto_keys(config)
     if unfilled:
-        raise ValueError(f"{path}: no value for {unfilled} (\"auto\" left after the trainer's filling)")
+        raise UserError(f"{path}: no value for {unfilled} (\"auto\" left after the trainer's filling)")
     try:
         DeepSpeedZeroConfig(**config.get("zero_optimization", {}))
     except Exception as e:  # pydantic's ValidationError names the field
-        raise ValueError(f"{path}: zero_optimization is invalid for DeepSpeed: {e}") from None
+        raise UserError(f"{path}: zero_optimization is invalid for DeepSpeed: {e}") from None
     zero = config.get("zero_optimization", {})
     return {"file": str(path), "config": config, "stage": zero.get("stage", 0),
             "offload_optimizer": zero.get("offload_optimizer", {}).get("device", "none"),

@@ -4,6 +4,8 @@ ShareGPT (from/value) conversation whose one user turn is the instruction."""
 
 from __future__ import annotations
 
+from lw.errors import UserError
+
 
 def user_turn(row: dict, where: str):
     """The content of the single user turn of a messages or ShareGPT row (checked by the caller)."""
@@ -12,9 +14,9 @@ def user_turn(row: dict, where: str):
     else:
         turns, role, content, user = row["conversations"], "from", "value", ("human", "user")
     if not isinstance(turns, list):
-        raise ValueError(f"{where}: field 'messages' must be a list of turns")
+        raise UserError(f"{where}: field 'messages' must be a list of turns")
     users = [t for t in turns if isinstance(t, dict) and t.get(role) in user]
     if len(users) != 1:
-        raise ValueError(f"{where}: field 'messages' must hold exactly one user turn for the instruction, "
+        raise UserError(f"{where}: field 'messages' must hold exactly one user turn for the instruction, "
                          f"found {len(users)}")
     return users[0].get(content)

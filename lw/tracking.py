@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def start_tracker(logger_cfg, config: dict, run_dir: Path, name: str, group: str
         return Tracker()
     if logger_cfg.kind == "wandb":
         return WandbTracker(logger_cfg, config, run_dir, name, group)
-    raise ValueError(f"unknown logger.kind {logger_cfg.kind!r}; choose wandb or none")
+    raise UserError(f"unknown logger.kind {logger_cfg.kind!r}; choose wandb or none")
 
 
 def read_offline_run(run_path: Path) -> dict[str, Any]:

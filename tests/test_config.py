@@ -127,7 +127,7 @@ def test_misspelt_override_on_the_command_line(tmp_path):
 def test_a_secret_override_stops_lw_before_anything_is_written(tmp_path, override, mode):
     result = run_lw(*mode, override, "dry_run=true", cwd=tmp_path, check=False)
     key = override.split("=")[0].lstrip("+~")
-    assert result.returncode != 0 and f"lw: {key}: secrets are never passed as overrides" in result.stderr
+    assert result.returncode != 0 and f"lw: error: {key}: secrets are never passed as overrides" in result.stderr
     assert "environment variable" in result.stderr and "sk-test-123" not in result.stdout + result.stderr
     assert not list(tmp_path.iterdir())  # no runs/, multirun/ or outputs/
 

@@ -22,6 +22,7 @@ from lw.jsonl import write_jsonl
 from lw.data.tokenization import row_lengths, row_sums, tokenize_messages
 from lw.models.chat_format import get_chat_format
 from lw.words import count_words
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
                                           *words, stats)
     elif source == "mix":
         if not data_cfg.mix:
-            raise ValueError("data.source=mix needs data.mix: named sources with a path or hub_id")
+            raise UserError("data.source=mix needs data.mix: named sources with a path or hub_id")
         kept = {}
         for name, spec in data_cfg.mix.items():
             rows = read_source(spec, f"data.mix.{name}")
@@ -76,15 +77,15 @@ def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
             stats["dropped_not_in_mix"] += len(samples) - sizes[name]
             yield from choose(samples, sizes[name], seed, name)
     elif source == "pairs":
-        raise ValueError("data.source=pairs holds preference pairs (prompt, chosen, rejected): train them with "
+        raise UserError("data.source=pairs holds preference pairs (prompt, chosen, rejected): train them with "
                          "trainer=dpo, or give SFT a messages source (data=jsonl data.path=FILE)")
     else:
-        raise ValueError(f"unknown data.source {source!r}")
+        raise UserError(f"unknown data.source {source!r}")
 
 
 def check_lengths(data_cfg) -> None:
     if data_cfg.pack_length is not None and data_cfg.max_length > data_cfg.pack_length:
-        raise ValueError(f"data.max_length ({data_cfg.max_length}) exceeds data.pack_length "
+        raise UserError(f"data.max_length ({data_cfg.max_length}) exceeds data.pack_length "
                          f"({data_cfg.pack_length}): a sample must fit a pack")
 
 
@@ -111,13 +112,13 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     stats: Counter = Counter()
     messages_path = run_dir / "data" / "train.jsonl"
     if write_jsonl(load_samples(data_cfg, cfg.seed, stats), messages_path) == 0:
-        raise ValueError(f"no training sample is left after the checks and filters: {dict(stats)}")
+        raise UserError(f"no training sample is left after the checks and filters: {dict(stats)}")
     dataset, token_stats = tokenize_messages(
         messages_path, get_chat_format(cfg.model.chat_format), tokenizer, data_cfg.max_length, data_cfg.overlong,
         cfg.cache_dir, data_cfg.num_proc)
     stats.update(token_stats)
     if len(dataset) == 0:
-        raise ValueError(f"no training sample is left after tokenization: {dict(stats)}")
+        raise UserError(f"no training sample is left after tokenization: {dict(stats)}")
     stats["sequences_packed"] = len(dataset)
     stats["target_tokens"] = int(row_sums(dataset, "completion_mask").sum())
     if data_cfg.pack_length is not None:

@@ -24,6 +24,7 @@ from datasets import Dataset
 from lw.data.sources import BadSample, choose, mix_sizes, read_source, remove_zero_width, to_messages
 from lw.jsonl import write_jsonl
 from lw.models.chat_format import get_chat_format
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def load_pairs(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
         yield from clean_pairs(read_source(data_cfg, "data"), data_cfg.on_bad_sample, stats)
     elif source == "mix":
         if not data_cfg.mix:
-            raise ValueError("data.source=mix needs data.mix: named pair sources with a path or hub_id")
+            raise UserError("data.source=mix needs data.mix: named pair sources with a path or hub_id")
         kept = {name: list(clean_pairs(read_source(spec, f"data.mix.{name}"), data_cfg.on_bad_sample, stats))
                 for name, spec in data_cfg.mix.items()}
         sizes = mix_sizes({name: len(pairs) for name, pairs in kept.items()}, data_cfg.mix)
@@ -100,7 +101,7 @@ def load_pairs(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
             stats["dropped_not_in_mix"] += len(pairs) - sizes[name]
             yield from choose(pairs, sizes[name], seed, name)
     else:
-        raise ValueError(f"trainer=dpo trains on preference pairs: set data=pairs data.path=FILE (a pairs.jsonl of "
+        raise UserError(f"trainer=dpo trains on preference pairs: set data=pairs data.path=FILE (a pairs.jsonl of "
                          f"task=dpo_pairs) or a data.mix of pair sources, not data.source={source}")
 
 
@@ -136,7 +137,7 @@ def build_preference_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, di
         log.warning("%d of %d pairs are longer than data.max_length=%d tokens and were dropped (never truncated); "
                     "raise data.max_length to keep them", stats["dropped_over_max_length"], len(rows), max_length)
     if not fits:
-        raise ValueError(f"no preference pair is left after the checks and data.max_length={max_length}: {dict(stats)}")
+        raise UserError(f"no preference pair is left after the checks and data.max_length={max_length}: {dict(stats)}")
     stats["pairs"] = len(fits)
     stats["sequences_packed"] = len(fits)  # the planner's unit: one training example
     lengths = [len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in fits]

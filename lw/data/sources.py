@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from lw import jsonl
+from lw.errors import UserError, MissingFile
 
 # Invisible characters that real SFT answers carry (copy-paste, web text); they split words for
 # the word counter and cost tokens, so answers lose them before counting and tokenizing.
@@ -29,7 +30,7 @@ BAD_SAMPLE_REASONS = ("malformed_json", "missing_messages", "unknown_role", "emp
                       "no_assistant_turn", "bad_turn_order", "missing_field")
 
 
-class BadSample(ValueError):
+class BadSample(UserError):
     """A row that is not a usable conversation; the message names where and which field."""
 
     def __init__(self, reason: str, where: str, field: str, problem: str):
@@ -75,15 +76,15 @@ def read_source(spec, label: str) -> Iterator[tuple[str, Any]]:
     if spec.path:
         path = Path(spec.path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"{label}.path: no such file: {path}")
+            raise MissingFile(f"{label}.path: no such file: {path}")
         if path.suffix == ".jsonl":
             return read_jsonl(path)
         if path.suffix == ".parquet":
             return read_parquet(path)
-        raise ValueError(f"{label}.path: {path} is neither .jsonl nor .parquet")
+        raise UserError(f"{label}.path: {path} is neither .jsonl nor .parquet")
     if spec.hub_id:
         return read_hub(spec.hub_id, spec.split)
-    raise ValueError(f"{label}: set path (a local .jsonl/.parquet file) or hub_id (a dataset on the hub)")
+    raise UserError(f"{label}: set path (a local .jsonl/.parquet file) or hub_id (a dataset on the hub)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,15 +170,15 @@ def mix_sizes(available: Mapping[str, int], specs: Mapping[str, Any]) -> dict[st
     fixed, ratios = {}, {}
     for name, spec in specs.items():
         if spec.count is not None and spec.ratio is not None:
-            raise ValueError(f"data.mix.{name}: set count or ratio, not both")
+            raise UserError(f"data.mix.{name}: set count or ratio, not both")
         if spec.count is not None:
             if not 0 <= spec.count <= available[name]:
-                raise ValueError(f"data.mix.{name}.count={spec.count}, but the source has {available[name]} "
+                raise UserError(f"data.mix.{name}.count={spec.count}, but the source has {available[name]} "
                                  "usable samples")
             fixed[name] = spec.count
         elif spec.ratio is not None:
             if not 0 < spec.ratio <= 1:
-                raise ValueError(f"data.mix.{name}.ratio={spec.ratio} must lie in (0, 1]")
+                raise UserError(f"data.mix.{name}.ratio={spec.ratio} must lie in (0, 1]")
             ratios[name] = spec.ratio
         else:
             fixed[name] = available[name]
@@ -186,18 +187,18 @@ def mix_sizes(available: Mapping[str, int], specs: Mapping[str, Any]) -> dict[st
     share = sum(ratios.values())
     if fixed:
         if share >= 1:
-            raise ValueError(f"data.mix: ratios sum to {share:g}, leaving no room for the sources taken whole "
+            raise UserError(f"data.mix: ratios sum to {share:g}, leaving no room for the sources taken whole "
                              f"or by count ({sorted(fixed)})")
         total = sum(fixed.values()) / (1 - share)
     else:
         if not math.isclose(share, 1.0, abs_tol=1e-6):
-            raise ValueError(f"data.mix: ratios sum to {share:g}; with no count they must sum to 1")
+            raise UserError(f"data.mix: ratios sum to {share:g}; with no count they must sum to 1")
         total = min(available[name] / r for name, r in ratios.items())
     sizes = dict(fixed)
     for name, r in ratios.items():
         sizes[name] = math.floor(r * total + 1e-9)
         if sizes[name] > available[name]:
-            raise ValueError(f"data.mix.{name}.ratio={r:g} needs {sizes[name]} samples of a mix of {total:.0f}, "
+            raise UserError(f"data.mix.{name}.ratio={r:g} needs {sizes[name]} samples of a mix of {total:.0f}, "
                              f"but the source has {available[name]} usable samples")
     return {name: sizes[name] for name in specs}
 

@@ -20,6 +20,7 @@ from datasets import Dataset, Features, Sequence, Value, load_from_disk
 from filelock import FileLock
 
 from lw.models.chat_format import ChatFormat
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -121,5 +122,5 @@ def _tokenize(messages_path: Path, chat_format: ChatFormat, tokenizer, max_lengt
             if no_target.any():
                 dataset = dataset.select(np.flatnonzero(~no_target))
         else:
-            raise ValueError(f"data.overlong must be drop or truncate, got {overlong!r}")
+            raise UserError(f"data.overlong must be drop or truncate, got {overlong!r}")
     return (dataset.flatten_indices() if len(dataset) else dataset), dict(stats)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from lw.toy_words import ADJECTIVES, ADVERBS, LINKS, PROMPT_TEMPLATES, TOPIC_NOUNS, VERBS
 from lw.words import count_words
+from lw.errors import UserError
 
 # Round numbers, as people (and real SFT data) ask for lengths; docs/miniature.md found that a tiny
 # model learns length control from these and not from uniform lengths.
@@ -55,7 +56,7 @@ def requested_lengths(min_words: int, max_words: int, round_lengths: bool) -> li
     if round_lengths:
         lengths = [n for n in ROUND_LENGTHS if min_words <= n <= max_words]
         if not lengths:
-            raise ValueError(f"no round length lies in [{min_words}, {max_words}]")
+            raise UserError(f"no round length lies in [{min_words}, {max_words}]")
         return lengths
     return list(range(min_words, max_words + 1))
 
@@ -65,7 +66,7 @@ def generate(num_samples: int, min_words: int, max_words: int, topic_names: list
     """`num_samples` messages-format samples with requested lengths in [min_words, max_words]."""
     unknown = sorted(set(topic_names) - set(TOPIC_NOUNS))
     if unknown:
-        raise ValueError(f"unknown toy topics {unknown}; choose from {topics()}")
+        raise UserError(f"unknown toy topics {unknown}; choose from {topics()}")
     rng = random.Random(seed)
     lengths = requested_lengths(min_words, max_words, round_lengths)
     for _ in range(num_samples):

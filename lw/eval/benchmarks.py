@@ -18,6 +18,7 @@ from filelock import FileLock
 
 from lw.data import toy
 from lw.jsonl import read_json_objects
+from lw.errors import UserError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
                 data = response.read()
             digest = hashlib.sha256(data).hexdigest()
             if sha256 is not None and digest != sha256:
-                raise ValueError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "
+                raise UserError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "
                                  f"the file changed upstream: set eval.<benchmark>.data_dir to a local copy")
             tmp.write_bytes(data)
             os.replace(tmp, dest)
@@ -82,10 +83,10 @@ def benchmark_file(bench_cfg, filename: str, cache_dir: str) -> Path:
     if bench_cfg.data_dir:
         path = Path(bench_cfg.data_dir).expanduser() / filename
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist (eval data_dir={bench_cfg.data_dir!r})")
+            raise MissingFile(f"{path} does not exist (eval data_dir={bench_cfg.data_dir!r})")
         return path
     if filename not in OFFICIAL_FILES:
-        raise ValueError(f"{filename!r} is not a file of the official repository "
+        raise UserError(f"{filename!r} is not a file of the official repository "
                          f"({sorted(OFFICIAL_FILES)}); set data_dir to read it from a local folder")
     dest = Path(cache_dir).expanduser() / "benchmarks" / f"longwriter-{OFFICIAL_COMMIT[:10]}" / filename
     return download(official_url(filename), dest, OFFICIAL_FILES[filename])
@@ -99,30 +100,30 @@ def read_benchmark_jsonl(path: Path) -> list[dict]:
         prompt, length = row.get("prompt"), row.get("length")
         for field, value in (("prompt", prompt), ("length", length)):
             if value is None:
-                raise ValueError(f"{where}: missing field {field!r}")
+                raise UserError(f"{where}: missing field {field!r}")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}: field 'prompt' must be a non-empty string")
+            raise UserError(f"{where}: field 'prompt' must be a non-empty string")
         length = parse_length(length, where)
         if prompt in first_line:
-            raise ValueError(f"{where}: duplicate prompt (first at line {first_line[prompt]}): {prompt[:60]!r}")
+            raise UserError(f"{where}: duplicate prompt (first at line {first_line[prompt]}): {prompt[:60]!r}")
         first_line[prompt] = where.rsplit(":", 1)[1]
         items.append({"id": str(len(items)), "prompt": prompt, "length": length,
                       "type": row.get("type"), "language": language_of(prompt)})
     if not items:
-        raise ValueError(f"{path}: no items")
+        raise UserError(f"{path}: no items")
     return items
 
 
 def parse_length(value, where: str) -> int:
     """A required length: a positive integer (an integral float or numeric string is accepted)."""
     if isinstance(value, bool):
-        raise ValueError(f"{where}: field 'length' must be a positive integer, got {value!r}")
+        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
     if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{where}: field 'length' must be a positive integer, got {value!r}")
+        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
     return value
 
 
@@ -142,7 +143,7 @@ def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
         items = toy_ruler_items(bench_cfg)
     elif bench_cfg.kind in DEFAULT_FILES:
         if cache_dir is None:
-            raise ValueError(f"benchmark {bench_cfg.kind} needs a cache_dir or data_dir")
+            raise UserError(f"benchmark {bench_cfg.kind} needs a cache_dir or data_dir")
         path = benchmark_file(bench_cfg, bench_cfg.file or DEFAULT_FILES[bench_cfg.kind], cache_dir)
         items = read_benchmark_jsonl(path)
         if bench_cfg.kind == "longbench_write":
@@ -151,7 +152,7 @@ def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
         items = [{**item, "id": f"{item['id']}-{k}"} if bench_cfg.samples_per_prompt > 1 else item
                  for item in items for k in range(bench_cfg.samples_per_prompt)]
     else:
-        raise ValueError(f"unknown benchmark kind {bench_cfg.kind!r}; "
+        raise UserError(f"unknown benchmark kind {bench_cfg.kind!r}; "
                          f"choose toy_ruler, {', '.join(DEFAULT_FILES)}")
     return items[: bench_cfg.limit] if bench_cfg.limit else items
 
@@ -162,5 +163,5 @@ def judge_template(bench_cfg, cache_dir: str) -> str:
     text = path.read_text(encoding="utf-8")
     for placeholder in ("$INST$", "$RESPONSE$"):
         if text.count(placeholder) != 1:
-            raise ValueError(f"{path}: the judge template needs exactly one {placeholder}")
+            raise UserError(f"{path}: the judge template needs exactly one {placeholder}")
     return text

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from lw import llm
 from lw.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def generate(backend, items: list[dict], out_path: Path) -> list[dict]:
     for item in items:
         row = done.get(item["id"])
         if row is not None and row.get("prompt") != item["prompt"]:
-            raise ValueError(f"{out_path} holds a different prompt for id {item['id']} than the benchmark: "
+            raise UserError(f"{out_path} holds a different prompt for id {item['id']} than the benchmark: "
                              f"it belongs to another benchmark or file version; use another run directory")
     todo = [item for item in items if item["id"] not in done]
     if done:
@@ -88,7 +89,7 @@ class HfBackend:
             width = max(map(len, prompts))
             max_new = cfg.max_new_tokens if context is None else min(cfg.max_new_tokens, context - width)
             if max_new <= 0:
-                raise ValueError(f"a prompt of {width} tokens leaves no room in the model's context of {context}")
+                raise UserError(f"a prompt of {width} tokens leaves no room in the model's context of {context}")
             input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, ids in enumerate(prompts):  # left padding
@@ -117,7 +118,7 @@ class VllmBackend:
             from vllm import LLM, SamplingParams
             from vllm.inputs import TokensPrompt
         except ImportError as err:
-            raise ImportError("generation=vllm needs vLLM on a GPU machine: pip install -e '.[vllm]' "
+            raise UserError("generation=vllm needs vLLM on a GPU machine: pip install -e '.[vllm]' "
                               "(or use generation=hf, or generation=openai with a `vllm serve` server)") from err
         self.tokenizer = tokenizer
         self.chat_format = get_chat_format(model_cfg.chat_format)
@@ -150,7 +151,7 @@ class OpenAIBackend:
 
     def __init__(self, gen_cfg):
         if not gen_cfg.model:
-            raise ValueError("generation=openai needs generation.model (the served model's name)")
+            raise UserError("generation=openai needs generation.model (the served model's name)")
         self.cfg = gen_cfg
         # A missing key or URL fails here, before any request.
         self.endpoint = llm.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
@@ -178,13 +179,13 @@ def build_backend(cfg, model_path: str | None):
     if backend == "openai":
         return OpenAIBackend(cfg.generation)
     if backend not in ("hf", "vllm"):
-        raise ValueError(f"unknown generation.backend {backend!r}; choose hf, vllm or openai")
+        raise UserError(f"unknown generation.backend {backend!r}; choose hf, vllm or openai")
     from lw.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir, path=model_path)
     if backend == "vllm":
         if model_path is None:
-            raise ValueError("generation=vllm needs a model path (model.path or a trained checkpoint)")
+            raise UserError("generation=vllm needs a model path (model.path or a trained checkpoint)")
         return VllmBackend(model_path, tokenizer, cfg.model, cfg.generation, seed=cfg.seed)
     model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed)
     return HfBackend(model, tokenizer, cfg.model.chat_format, cfg.generation, seed=cfg.seed)

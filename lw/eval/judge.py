@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from lw import llm
 from lw.jsonl import Appender, read_resumable
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Judge:
 
     def __init__(self, judge_cfg, template: str, cache_path: Path | None):
         if not judge_cfg.model:
-            raise ValueError("judge.model is not set")
+            raise UserError("judge.model is not set")
         self.cfg = judge_cfg
         self.template = template
         self.cache_path = Path(cache_path) if cache_path else None
@@ -205,7 +206,7 @@ def build_judge(judge_cfg, template: str, cache_dir: str) -> Judge | None:
     if judge_cfg.kind == "none":
         return None
     if judge_cfg.kind != "openai":
-        raise ValueError(f"unknown judge.kind {judge_cfg.kind!r}; choose none or openai")
+        raise UserError(f"unknown judge.kind {judge_cfg.kind!r}; choose none or openai")
     cache = None
     if judge_cfg.cache:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", judge_cfg.model or "judge")

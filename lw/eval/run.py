@@ -11,6 +11,7 @@ from lw.eval.judge import DIMENSIONS, build_judge
 from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
+from lw.errors import UserError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,11 @@ def judge_prompt_template(cfg, bench_cfg) -> str:
     if cfg.judge.template:
         path = Path(cfg.judge.template).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"judge.template: no such file: {path}")
+            raise MissingFile(f"judge.template: no such file: {path}")
         text = path.read_text(encoding="utf-8")
         missing = [p for p in ("$INST$", "$RESPONSE$") if p not in text]
         if missing:
-            raise ValueError(f"judge.template: {path} lacks the placeholders {missing}")
+            raise UserError(f"judge.template: {path} lacks the placeholders {missing}")
         return text
     return judge_template(bench_cfg, cfg.cache_dir)
 
@@ -72,7 +73,7 @@ def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tra
     elif bench_cfg.kind in RULER_KINDS:
         metrics = ruler_metrics(rows, prefix)
     else:
-        raise ValueError(f"unknown benchmark kind {bench_cfg.kind!r}")
+        raise UserError(f"unknown benchmark kind {bench_cfg.kind!r}")
     scatter = length_scatter(rows, bench_dir / "length_scatter.png", f"{title}: {name}" if title else name)
     tracker.log(metrics)
     tracker.image(f"{name}/length_scatter", scatter)
@@ -87,19 +88,19 @@ def read_predictions(path: str | Path) -> list[dict]:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"score.predictions: {path} does not exist")
+        raise MissingFile(f"score.predictions: {path} does not exist")
     rows: list[dict] = []
     first_line: dict[str, str] = {}  # key -> its first line number
     for where, row in read_json_objects(path):
         for field in ("prompt", "length", "response"):
             if field not in row or row[field] is None:
-                raise ValueError(f"{where}: missing field {field!r}")
+                raise UserError(f"{where}: missing field {field!r}")
         for field in ("prompt", "response"):
             if not isinstance(row[field], str):
-                raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
+                raise UserError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
         key = str(row["id"]) if "id" in row else row["prompt"]
         if key in first_line:
-            raise ValueError(f"{where}: duplicate {'id' if 'id' in row else 'prompt'} "
+            raise UserError(f"{where}: duplicate {'id' if 'id' in row else 'prompt'} "
                              f"(first at line {first_line[key]}): {key[:60]!r}")
         first_line[key] = where.rsplit(":", 1)[1]
         rows.append({"id": str(row.get("id", len(rows))), "prompt": row["prompt"],
@@ -107,7 +108,7 @@ def read_predictions(path: str | Path) -> list[dict]:
                      "response": row["response"], "language": language_of(row["prompt"])})
         rows[-1]["subset"] = subset_of(rows[-1]["length"])
     if not rows:
-        raise ValueError(f"{path}: no predictions")
+        raise UserError(f"{path}: no predictions")
     empty = sum(1 for r in rows if not r["response"].strip())
     if empty:
         log.warning("%s: %d empty responses (they score S_l = 0)", path, empty)

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 
 from lw.launch.topology import Topology, topology
 from lw.tracking import redact
+from lw.errors import UserError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ class WorkerFailure(RuntimeError):
 def deepspeed_config_path(name: str | None) -> Path:
     """conf/deepspeed/<name>.json for a bare name, else the path as given."""
     if not name:
-        raise ValueError("launcher.deepspeed is not set: name a conf/deepspeed/*.json or give a path")
+        raise UserError("launcher.deepspeed is not set: name a conf/deepspeed/*.json or give a path")
     path = Path(name) if (name.endswith(".json") or os.sep in name) else DEEPSPEED_CONFIGS / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))
-        raise FileNotFoundError(f"launcher.deepspeed={name!r}: no file {path} (configs in conf/deepspeed: {known})")
+        raise MissingFile(f"launcher.deepspeed={name!r}: no file {path} (configs in conf/deepspeed: {known})")
     return path
 
 
@@ -77,7 +78,7 @@ def load_deepspeed_config(name: str | None) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise UserError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def worker_command(launcher_cfg, topo: Topology, run_dir: Path) -> list[str]:
@@ -98,7 +99,7 @@ def worker_command(launcher_cfg, topo: Topology, run_dir: Path) -> list[str]:
                 "--main_process_port", str(topo.master_port), "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--log_dir", ranks_dir, "--tee", "3",
                 "-m", WORKER_MODULE, str(run_dir)]
-    raise ValueError(f"launcher.runner must be torchrun or accelerate, got {launcher_cfg.runner!r}")
+    raise UserError(f"launcher.runner must be torchrun or accelerate, got {launcher_cfg.runner!r}")
 
 
 def worker_env(cfg, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -288,5 +289,5 @@ def is_first_node(launcher_cfg) -> bool:
     if launcher_cfg.kind == "deepspeed":
         return launcher_cfg.node_rank == 0
     if launcher_cfg.kind != "local":
-        raise ValueError(f"unknown launcher.kind {launcher_cfg.kind!r}; choose local, deepspeed or slurm")
+        raise UserError(f"unknown launcher.kind {launcher_cfg.kind!r}; choose local, deepspeed or slurm")
     return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from lw.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -48,25 +49,25 @@ def slurm_port(job_id: str) -> int:
 def topology(launcher_cfg) -> Topology:
     kind = launcher_cfg.kind
     if launcher_cfg.nproc_per_node < 1:
-        raise ValueError(f"launcher.nproc_per_node must be >= 1, got {launcher_cfg.nproc_per_node}")
+        raise UserError(f"launcher.nproc_per_node must be >= 1, got {launcher_cfg.nproc_per_node}")
     if kind == "slurm":
         return _slurm_topology(launcher_cfg)
     if kind != "deepspeed":
-        raise ValueError(f"launcher.kind={kind!r} starts no workers (choose deepspeed or slurm)")
+        raise UserError(f"launcher.kind={kind!r} starts no workers (choose deepspeed or slurm)")
     nnodes, node_rank = launcher_cfg.nnodes, launcher_cfg.node_rank
     if not 0 <= node_rank < nnodes:
-        raise ValueError(f"launcher.node_rank={node_rank} is outside [0, launcher.nnodes={nnodes})")
+        raise UserError(f"launcher.node_rank={node_rank} is outside [0, launcher.nnodes={nnodes})")
     port = launcher_cfg.master_port
     if port is None:
         if nnodes > 1:
-            raise ValueError("launcher.nnodes > 1 needs a fixed launcher.master_port that every node uses")
+            raise UserError("launcher.nnodes > 1 needs a fixed launcher.master_port that every node uses")
         port = free_port()
     return Topology(nnodes, node_rank, launcher_cfg.nproc_per_node, launcher_cfg.master_addr, int(port))
 
 
 def _slurm_topology(launcher_cfg) -> Topology:
     if "SLURM_JOB_ID" not in os.environ:
-        raise RuntimeError(
+        raise UserError(
             "launcher=slurm runs inside a SLURM allocation: submit with `lw -m launcher=slurm ...` "
             "(Hydra's submitit launcher), or run `srun --ntasks-per-node=1 lw launcher=slurm ...` in one")
     from submitit.slurm.slurm import SlurmJobEnvironment
@@ -74,6 +75,6 @@ def _slurm_topology(launcher_cfg) -> Topology:
     job = SlurmJobEnvironment()  # SLURM_JOB_NUM_NODES, SLURM_NODEID, SLURM_JOB_NODELIST (expanded)
     nnodes, node_rank, hosts, job_id = job.num_nodes, job.node, job.hostnames, job.job_id
     if nnodes != launcher_cfg.nnodes:
-        raise RuntimeError(f"the allocation has {nnodes} nodes but launcher.nnodes={launcher_cfg.nnodes}")
+        raise UserError(f"the allocation has {nnodes} nodes but launcher.nnodes={launcher_cfg.nnodes}")
     port = launcher_cfg.master_port or slurm_port(job_id)
     return Topology(nnodes, node_rank, launcher_cfg.nproc_per_node, hosts[0], int(port))

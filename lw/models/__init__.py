@@ -7,6 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from lw.models.tiny import tiny_model_config, tiny_tokenizer
+from lw.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -15,7 +16,7 @@ def _dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
+        raise UserError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
 
 
 def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
@@ -39,7 +40,7 @@ def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0) ->
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if path is None:
         if model_cfg.tiny is None:
-            raise ValueError("model.path is null and model.tiny is not set: nothing to build")
+            raise UserError("model.path is null and model.tiny is not set: nothing to build")
         torch.manual_seed(seed)
         config = tiny_model_config(model_cfg.tiny, tokenizer)
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)

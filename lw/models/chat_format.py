@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
+from lw.errors import UserError
 
 BOS = object()  # the tokenizer's BOS token id
 EOS = object()  # the tokenizer's EOS token id
@@ -56,7 +57,7 @@ class ChatFormat:
                 else:
                     token_id = special[id(segment.content)]
                     if token_id is None:
-                        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no BOS/EOS token "
+                        raise UserError(f"tokenizer {tokenizer.name_or_path!r} has no BOS/EOS token "
                                          f"needed by chat format {self.name!r}")
                     ids = [token_id]
                 input_ids += ids
@@ -158,4 +159,4 @@ def get_chat_format(name: str) -> ChatFormat:
     try:
         return CHAT_FORMATS[name]
     except KeyError:
-        raise ValueError(f"unknown chat format {name!r}; choose from {sorted(CHAT_FORMATS)}") from None
+        raise UserError(f"unknown chat format {name!r}; choose from {sorted(CHAT_FORMATS)}") from None

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GlmConfig, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast
 
 from lw.toy_words import vocabulary
+from lw.errors import UserError
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>",
                   "[INST]", "[/INST]",  # llama3_1 chat format
@@ -67,4 +68,4 @@ def tiny_model_config(spec, tokenizer: PreTrainedTokenizerFast) -> PreTrainedCon
         return LlamaConfig(**common)
     if spec.architecture == "glm":
         return GlmConfig(**common, head_dim=spec.hidden_size // spec.num_heads)
-    raise ValueError(f"unknown tiny architecture {spec.architecture!r}; choose llama or glm")
+    raise UserError(f"unknown tiny architecture {spec.architecture!r}; choose llama or glm")

@@ -25,6 +25,7 @@ from lw.eval.generate import HfBackend, generate
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
 from lw.words import count_words
+from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def base_stage_dir(cfg, tokenizer) -> Path:
 def ensure_base_model(cfg, tokenizer) -> Path:
     """The cached base model directory, trained first if this is its first use."""
     if cfg.model.path is not None:
-        raise ValueError("trainer.base pretrains a tiny model from scratch; model.path must be null")
+        raise UserError("trainer.base pretrains a tiny model from scratch; model.path must be null")
     directory = base_stage_dir(cfg, tokenizer)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):  # concurrent sweep jobs train it once

@@ -20,6 +20,7 @@ from trl import DPOConfig, DPOTrainer
 
 from lw.data.preference import build_preference_dataset
 from lw.train import fit_and_save
+from lw.errors import UserError
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 
@@ -37,22 +38,22 @@ def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
     """DPOConfig from `trainer.args`; a bad option or a setting DPO cannot honour fails here, at start."""
     trainer = cfg.trainer
     if trainer.init_from is None and cfg.model.path is None:
-        raise ValueError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
+        raise UserError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
                          "(or model.path)")
     if str(getattr(trainer.loss_weighting, "value", trainer.loss_weighting)) != "token_mean" \
             or trainer.eos_loss_weight != 1.0:
-        raise ValueError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
+        raise UserError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
                          "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")
     args = dict(trainer.args)
     if "max_length" in args:
-        raise ValueError("trainer.args.max_length: set data.max_length instead (a longer pair is dropped and "
+        raise UserError("trainer.args.max_length: set data.max_length instead (a longer pair is dropped and "
                          "counted, never truncated)")
     args.setdefault("use_cpu", not torch.cuda.is_available())
     try:
         return DPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                          run_name=cfg.run_name, max_length=cfg.data.max_length, **args)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
+        raise UserError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
 
 
 def plan(cfg, args, counts: dict, nnodes: int) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from lw.errors import UserError
 
 WEIGHTINGS = ("token_mean", "sequence_mean", "pack_mean")
 
@@ -28,7 +29,7 @@ WEIGHTINGS = ("token_mean", "sequence_mean", "pack_mean")
 def _weighting(weighting) -> str:
     weighting = str(getattr(weighting, "value", weighting))
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        raise UserError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     return weighting
 
 

@@ -14,6 +14,7 @@ from lw.data import build_sft_dataset
 from lw.data.packing import PackCollator
 from lw.train import fit_and_save
 from lw.train.loss import count_items, lm_loss
+from lw.errors import UserError
 
 
 class LwSFTTrainer(SFTTrainer):
@@ -76,14 +77,14 @@ def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, 
     seed = cfg.seed if seed is None else seed
     pack_length = pack_length or cfg.data.get("pack_length")
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
-        raise ValueError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
+        raise UserError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
     max_length = pack_length if pack_length is not None else cfg.data.max_length
     try:
         return SFTConfig(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
                          max_length=max_length, completion_only_loss=True, **args)
     except TypeError as e:
-        raise ValueError(f"{where}: {e} (options are those of trl.SFTConfig)") from None
+        raise UserError(f"{where}: {e} (options are those of trl.SFTConfig)") from None
 
 
 def training_args(cfg, output_dir: Path, report_to: str) -> SFTConfig:

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import TrainerCallback
+from lw.errors import MissingFile
 
 log = logging.getLogger("lw.train.worker")
 
@@ -35,7 +36,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
     path = run_dir / "launch" / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: the driver (`lw launcher=deepspeed ...`) writes it")
+        raise MissingFile(f"{path} does not exist: the driver (`lw launcher=deepspeed ...`) writes it")
     return OmegaConf.merge(OmegaConf.structured(LwConfig), OmegaConf.load(path))
 
 

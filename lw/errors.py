@@ -1,0 +1,42 @@
+"""Errors that are the user's to fix, and how `lw` ends a run (docs/engineering.md, "Exit statuses").
+
+A user's mistake (a bad setting, a bad or missing file, a missing key, an unreachable server, a
+failed download) raises one of the classes below with a message that says what is wrong and what to
+change; `lw` prints it as one line, `lw: error: ...`, and exits with status 2. Anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+# Exit statuses of `lw`.
+EXIT_DONE = 0  # every item of the run is done
+EXIT_BUG = 1  # an unexpected error (a traceback): please report it
+EXIT_USER = 2  # a user's mistake or an environment to fix: one line says what to change
+EXIT_INCOMPLETE = 3  # the run ended with items still failed; finished work is kept, a rerun does the rest
+
+
+class UserMistake(Exception):
+    """Base of the errors the user fixes; never raised itself."""
+
+
+class UserError(UserMistake, ValueError):
+    """A bad setting, file, key or value; the message names where it is and what to change."""
+
+
+class MissingFile(UserMistake, FileNotFoundError):
+    """A file named by a setting does not exist."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class Incomplete(Exception):
+    """The run finished what it could, but items failed; its metrics are written, the rest is retried on a rerun."""
+
+
+def one_line(text: str) -> str:
+    """A message on one line: its lines joined by "; ", blank ones dropped."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
