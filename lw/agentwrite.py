@@ -30,7 +30,7 @@ from pathlib import Path
 from lw.jsonl import Appender, read_json_objects, read_resumable
 from lw.prompts import user_turn
 from lw.words import count_words
-from lw.errors import UserError, MissingFile
+from lw.errors import Incomplete, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
 
     with Appender(steps_path) as steps_out, Appender(data_path) as data_out:
 
-        async def call(session, iid: str, step: int, prompt: str) -> str:
+        async def call(client, iid: str, step: int, prompt: str) -> str:
             key = f"{iid}:{step}"
             done = cache.get(key)
             if done is not None and done.get("prompt_sha256") == sha256(prompt):
@@ -377,7 +377,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
                 return done["text"]
             start = time.time()
             try:
-                text, usage = await llm.chat_with_usage(session, endpoint, g.model, prompt, **sampling)
+                text, usage = await llm.chat_with_usage(client, endpoint, g.model, prompt, **sampling)
             except llm.ApiError as err:
                 raise _Dropped("failed_step", f"step {step}: {err}") from None
             record = {"key": key, "instruction_id": iid, "step": step, "prompt_sha256": sha256(prompt),
@@ -391,9 +391,9 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
             bar.refresh()
             return text
 
-        async def work(session, q: dict) -> dict:
+        async def work(client, q: dict) -> dict:
             iid, instruction = q["id"], q["prompt"]
-            plan_text = await call(session, iid, 0, plan_prompt(instruction, plan_template))
+            plan_text = await call(client, iid, 0, plan_prompt(instruction, plan_template))
             steps = parse_plan(plan_text, cfg.agentwrite.plain_lines)
             missing = sum(s.words is None for s in steps)
             stats["plan_lines_without_count"] += missing
@@ -405,7 +405,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
                 raise _Dropped("missing_count", f"{missing} of {len(steps)} plan lines without a word count")
             paragraphs: list[str] = []
             for number, step in enumerate(steps, start=1):
-                reply = await call(session, iid, number, write_prompt(instruction, plan_text, paragraphs, step,
+                reply = await call(client, iid, number, write_prompt(instruction, plan_text, paragraphs, step,
                                                                       write_template))
                 stats["paragraph_steps"] += 1
                 paragraph = clean_paragraph(reply)
@@ -444,6 +444,7 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
 
         try:
             if todo:
+                endpoint.check_reachable()
                 llm.run_bounded(todo, work, g.concurrency, on_result, on_error)
         finally:
             bar.close()
@@ -453,9 +454,12 @@ def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     log.info("agentwrite: %d of %d instructions written (%s); %d calls, %d reused", stats["written"],
              stats["instructions"], ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v)
              or "none dropped", stats["calls"], stats["calls_reused"])
-    if stats["dropped_failed_step"]:
-        log.warning("agentwrite: %d instructions had a call that failed after its retries; rerun the same "
-                    "command to ask for them again (finished calls are reused)", stats["dropped_failed_step"])
     metrics = {f"agentwrite/{k}": v for k, v in stats.items()}
     tracker.log(metrics)
+    if stats["dropped_failed_step"]:
+        first = next(f for f in failures if f["reason"] == "failed_step")
+        raise Incomplete(f"agentwrite: {stats['dropped_failed_step']} of {stats['instructions']} instructions had "
+                         f"a call that failed after its retries (first: {first['id']}: {first['detail'][:300]}); "
+                         f"the {stats['written']} written ones are in {data_path}: rerun the same command to ask "
+                         f"only for the rest (finished calls are reused)", metrics)
     return metrics

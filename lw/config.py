@@ -212,6 +212,7 @@ class JudgeConfig:
     timeout: float = 120.0  # seconds per request
     retries: int = 5  # transport retries (429, 5xx, timeouts) with exponential backoff
     parse_retries: int = 2  # new samples asked for when a reply has no valid scores
+    retry_unparseable: bool = True  # a rerun asks again for judgements cached as unparseable
     cache: bool = True  # reuse judgements by (judge model, prompt, response) from cache_dir/judge
 
 

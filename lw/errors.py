@@ -34,7 +34,15 @@ class MissingFile(UserMistake, FileNotFoundError):
 
 
 class Incomplete(Exception):
-    """The run finished what it could, but items failed; its metrics are written, the rest is retried on a rerun."""
+    """The run finished what it could, but items failed for good (after their retries). Its
+    metrics, with the failure counts, are written; a rerun of the same command does only the rest."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
+
+
+SHOWN_FAILURES = 5  # failed items logged one by one; the rest are counted
 
 
 def one_line(text: str) -> str:

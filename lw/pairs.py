@@ -26,7 +26,7 @@ from pathlib import Path
 from lw.jsonl import read_json_objects, read_resumable, write_jsonl
 from lw.prompts import user_turn
 from lw.words import count_words, length_score
-from lw.errors import UserError, MissingFile
+from lw.errors import Incomplete, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _judge(cfg, run_dir: Path):
 def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     """task=dpo_pairs: sample, score, choose and reject; pairs.jsonl, pairs_stats.json, the plot."""
     from lw.eval.generate import build_backend, generate
-    from lw.eval.judge import OK
+    from lw.eval.judge import FAILED, OK
     from lw.eval.scoring import quality_scores
 
     _check(cfg)
@@ -316,7 +316,9 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         plot_points.append((best, worse, q["source"]))
 
     write_jsonl(records, run_dir / "pairs.jsonl")
-    stats.update({"samples": len(rows), "samples_failed": samples_failed, "pairs": len(records),
+    judge_failed = sum(1 for j in judgements.values() if j["status"] == FAILED)
+    stats.update({"samples": len(rows), "samples_failed": samples_failed, "judge_failed": judge_failed,
+                  "pairs": len(records),
                   **{f"dropped_{k}": v for k, v in drops.items()}})
     if records:
         stats["mean_chosen_score"] = statistics.fmean(chosen_scores)
@@ -330,6 +332,10 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     metrics = {f"pairs/{k}": v for k, v in stats.items()}
     tracker.log(metrics)
     tracker.image("pairs/scores_scatter", plot)
+    if judge_failed:
+        raise Incomplete(f"pairs: {judge_failed} of {len(judgements)} judge requests failed after their retries, so "
+                         f"their samples were not ranked; the samples and the finished judgements are kept in "
+                         f"{pairs_dir}: rerun the same command to ask the judge only for the rest", metrics)
     return metrics
 
 

@@ -15,16 +15,17 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import set_seed
 
 from lw.agentwrite import run_agentwrite
 from lw.config import Task
+from lw.errors import EXIT_DONE, EXIT_INCOMPLETE, Incomplete, UserError
 from lw.eval.benchmarks import load_items
 from lw.models import build_model, build_tokenizer
 from lw.pairs import run_dpo_pairs
 from lw.tracking import Tracker, start_tracker
 from lw.train.registry import trainer_for
-from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +57,34 @@ def run(cfg: DictConfig) -> dict:
     # Off node 0 of a multi-node job the driver only runs its node's workers: no W&B run.
     tracker = start_tracker(cfg.logger, config, run_dir, cfg.run_name, group) if first_node else Tracker()
     exit_code = 1
+    start = time.time()
     try:
-        start = time.time()
-        task_metrics = TASKS[Task(cfg.task)](cfg, run_dir, tracker, tokenizer)
+        # Log lines go through tqdm, so they never tear a progress bar.
+        with logging_redirect_tqdm():
+            task_metrics = TASKS[Task(cfg.task)](cfg, run_dir, tracker, tokenizer)
         if task_metrics is None:  # another node's driver: node 0 evaluates and logs
-            exit_code = 0
+            exit_code = EXIT_DONE
             return {}
         metrics.update(task_metrics)
-        metrics["time/total_seconds"] = round(time.time() - start, 1)
-        tracker.summary(metrics)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        log.info("results in %s", run_dir.resolve())
+        write_metrics(metrics, start, run_dir, tracker)
         print(f"lw: done, results in {run_dir.resolve()}")
-        exit_code = 0
+        exit_code = EXIT_DONE
         return metrics
+    except Incomplete as err:
+        # What finished is on disk; the metrics say how much failed, and the run is not "done".
+        metrics.update(err.metrics)
+        write_metrics(metrics, start, run_dir, tracker)
+        exit_code = EXIT_INCOMPLETE
+        raise
     finally:
         tracker.finish(exit_code)
+
+
+def write_metrics(metrics: dict, start: float, run_dir: Path, tracker: Tracker) -> None:
+    metrics["time/total_seconds"] = round(time.time() - start, 1)
+    tracker.summary(metrics)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info("results in %s", run_dir.resolve())
 
 
 def resolve_base_stage(cfg: DictConfig, tokenizer) -> dict:
@@ -101,6 +114,7 @@ def run_train(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> di
             return None
     else:
         trainer = trainer_for(cfg)
+        check_judges(cfg)
         dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
         metrics.update({f"data/{k}": v for k, v in stats.items()})
         model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
@@ -113,34 +127,72 @@ def run_eval(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> dic
     """task=eval: evaluate model.path (or an API model) without training."""
     if cfg.model.path is None and cfg.generation.backend != "openai":
         raise UserError("task=eval needs model.path (a checkpoint directory or hub id), "
-                         "or generation=openai with generation.model")
+                        "or generation=openai with generation.model")
     return evaluate(cfg, cfg.model.path, run_dir, tracker)
 
 
+def check_judges(cfg: DictConfig) -> None:
+    """Before training: the benchmarks' files, the judge's template and key must be there (they fail
+    here); a judge server that is not up yet only gets a warning, as it may start before evaluation."""
+    from lw.eval.run import judge_for
+    from lw.llm import ServerUnusable
+
+    for bench_cfg in cfg.eval.values():
+        load_items(bench_cfg, cfg.cache_dir)
+        judge = judge_for(cfg, bench_cfg)
+        if judge is not None:
+            try:
+                judge.endpoint.check_reachable()
+            except ServerUnusable as err:
+                log.warning("%s; training goes on, but the judge must be up when evaluation starts", err)
+
+
 def evaluate(cfg: DictConfig, model_path: str | None, run_dir: Path, tracker: Tracker) -> dict:
-    """Generate on every configured benchmark (resumable), score, and write files under run_dir."""
-    from lw.eval.generate import build_backend, generate
-    from lw.eval.run import judge_for, score_benchmark
+    """Generate on every configured benchmark (resumable), score, and write files under run_dir.
+
+    A benchmark whose generations or judgements failed after their retries keeps what finished and
+    is reported in the metrics (generation_failed, judge_failed); the run then ends Incomplete.
+    """
+    from lw.eval.generate import GenerationFailed, build_backend, generate
+    from lw.eval.run import judge_for, metric_prefix, score_benchmark
 
     benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), judge_for(cfg, bench_cfg))
                   for name, bench_cfg in cfg.eval.items()}  # bad files or judge settings fail before the model loads
     backend = build_backend(cfg, model_path)
     metrics: dict = {}
-    results = []
+    results, problems = [], []
     for name, (bench_cfg, items, judge) in benchmarks.items():
         bench_dir = run_dir / "eval" / name
-        rows = generate(backend, items, bench_dir / "predictions.jsonl")
+        prefix = metric_prefix(bench_cfg.kind, name)
+        try:
+            rows = generate(backend, items, bench_dir / "predictions.jsonl")
+        except GenerationFailed as err:  # not scored: a score of part of a benchmark would mislead
+            metrics.update({f"{prefix}/generation_failed": err.failed, f"{prefix}/n": err.total})
+            problems.append(f"{name}: {err}")
+            continue
         bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name)
         metrics.update(bench_metrics)
         results += _result_rows(cfg, name, rows)
+        problems += judge_problems(name, prefix, bench_metrics, bench_dir)
     _write_results(run_dir, results)
+    if problems:
+        raise Incomplete("; ".join(problems), metrics)
     return metrics
+
+
+def judge_problems(name: str, prefix: str, metrics: dict, bench_dir: Path) -> list[str]:
+    failed = metrics.get(f"{prefix}/judge_failed", 0)
+    if not failed:
+        return []
+    return [f"{name}: {failed} of {metrics[f'{prefix}/n']} judge requests failed after their retries (see "
+            f"{bench_dir / 'judgements.jsonl'}), S_q leaves them out; finished judgements are cached: rerun the "
+            f"same command to ask only for the rest"]
 
 
 def run_score(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer=None) -> dict:
     """task=score: score.predictions (a JSONL of prompt, type, length, response) without any model."""
     from lw.config import BenchmarkConfig
-    from lw.eval.run import judge_for, read_predictions, score_benchmark
+    from lw.eval.run import judge_for, metric_prefix, read_predictions, score_benchmark
 
     if not cfg.score.predictions:
         raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
@@ -150,6 +202,9 @@ def run_score(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer=None) 
     metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
                                     judge_for(cfg, bench_cfg), cfg.run_name)
     _write_results(run_dir, _result_rows(cfg, name, rows))
+    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, run_dir / "eval" / name)
+    if problems:
+        raise Incomplete("; ".join(problems), metrics)
     return metrics
 
 

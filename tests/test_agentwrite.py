@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import compose_lw, run_lw
+from lw.errors import Incomplete
 from lw.agentwrite import (Step, clean_paragraph, language, parse_plan, plan_prompt, read_instructions,
                            run_agentwrite, sha256, write_prompt)
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
@@ -326,8 +327,11 @@ def test_server_faults_are_retried_or_counted(tmp_path):
     markers = ["RATELIMIT", "FLAKY", "SLOW", "DROPPED", "MALFORMED", "DEAD"]
     path = instructions_file(tmp_path, [{"id": m.lower(), "prompt": f"Topic {m} STEPS=2"} for m in markers])
     with OpenAIServer(faulty) as server:
-        metrics = run_agentwrite(cfg_for(server, path, "generation.timeout=1", "generation.concurrency=6"),
-                                 tmp_path / "run", Tracker())
+        # The run is not done while an instruction failed: it ends Incomplete, with its metrics.
+        with pytest.raises(Incomplete, match=r"1 of 6 instructions had a call that failed .*HTTP 503") as ended:
+            run_agentwrite(cfg_for(server, path, "generation.timeout=1", "generation.concurrency=6"),
+                           tmp_path / "run", Tracker())
+        metrics = ended.value.metrics
     ids = sorted(r["id"] for r in read_jsonl(tmp_path / "run/agentwrite/data.jsonl"))
     assert ids == ["dropped", "flaky", "ratelimit", "slow"]
     m = {k.split("/", 1)[1]: v for k, v in metrics.items()}

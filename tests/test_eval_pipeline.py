@@ -74,8 +74,12 @@ def test_score_task_writes_the_papers_metrics(tmp_path, monkeypatch, bench_data_
         assert summary["longbench_write/predictions/nrows"] == 120
         assert summary["longbench_write/length_scatter/_type"] == "image-file"
 
-        # The same command again: every judgement comes from the cache, nothing is sent.
+        # The same command again: the 40 unparseable judgements are asked again (3 tries each, as
+        # judge.retry_unparseable is on by default); with it off, everything comes from the cache.
         run_lw(*overrides[:-1], "logger=none", cwd=tmp_path)
+        assert server.count() - sent == 40 * 3
+        sent = server.count()
+        run_lw(*overrides[:-1], "logger=none", "judge.retry_unparseable=false", cwd=tmp_path)
         assert server.count() == sent
         assert json.loads((run_dir / "metrics.json").read_text())["longbench_write/S"] == metrics["longbench_write/S"]
     for path in run_dir.rglob("*"):

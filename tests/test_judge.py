@@ -135,10 +135,17 @@ def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, ke
         down = [r for r in sent if "MARK-DOWN" in user_text(r["body"])]
         assert len(down) == 3  # the first try and judge.retries=2 retries
 
-        # A rerun sends only what failed in transport; parsed and unparseable judgements come from the cache.
+        # With judge.retry_unparseable=false a rerun sends only what failed in transport (3 tries);
+        # parsed and unparseable judgements come from the cache.
+        before = server.count()
+        again = Judge(judge_cfg(server, retry_unparseable=False), template, cache).judge(rows)
+        assert server.count() - before == 3
+        assert [j["status"] for j in again] == [j["status"] for j in judgements]
+        # By default the unparseable one is asked again too (3 more tries), the parsed ones never.
         before = server.count()
         again = Judge(judge_cfg(server), template, cache).judge(rows)
-        assert server.count() - before == 3
+        asked = [m for r in server.requests[before:] for m in ("MARK-DOWN", "MARK-GARBLED") if m in user_text(r["body"])]
+        assert sorted(asked) == ["MARK-DOWN"] * 3 + ["MARK-GARBLED"] * 3, asked
         assert [j["status"] for j in again] == [j["status"] for j in judgements]
     assert KEY not in cache.read_text()
 

@@ -283,8 +283,14 @@ def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model, bench_data_
         assert metrics["pairs/pairs"] == stats["pairs"] and metrics["pairs/length_unknown"] == 1
         first = (run_dir / "pairs.jsonl").read_text()
 
-        # The same command again: nothing sampled, nothing judged, the same pairs.
+        # The same command again: nothing sampled; only the unparseable judgements (all of "bad") are
+        # asked again (judge.retry_unparseable), and still fail to parse: the same pairs.
+        garbled = sum(1 for r in server.requests if "GARBLED" in user_text(r["body"]))
         run_lw(*overrides, cwd=tmp_path)
+        assert server.count() - sent == garbled > 0
+        assert all("GARBLED" in user_text(r["body"]) for r in server.requests[sent:])
+        sent = server.count()
+        run_lw(*overrides, "judge.retry_unparseable=false", cwd=tmp_path)
         assert server.count() == sent
         assert len((run_dir / "pairs/samples.jsonl").read_text().splitlines()) == 15
         assert (run_dir / "pairs.jsonl").read_text() == first

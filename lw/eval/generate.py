@@ -18,6 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from lw import llm
+from lw.errors import SHOWN_FAILURES, Incomplete
 from lw.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
 from lw.errors import UserError
@@ -27,8 +28,12 @@ log = logging.getLogger(__name__)
 Save = Callable[[dict, str], None]
 
 
-class GenerationFailed(RuntimeError):
-    pass
+class GenerationFailed(Incomplete):
+    """Some generations failed after their retries; the finished ones are saved."""
+
+    def __init__(self, message: str, failed: int, total: int):
+        super().__init__(message)
+        self.failed, self.total = failed, total
 
 
 def generate(backend, items: list[dict], out_path: Path) -> list[dict]:
@@ -56,9 +61,9 @@ def generate(backend, items: list[dict], out_path: Path) -> list[dict]:
     if failed:
         item, error = failed[0]
         raise GenerationFailed(
-            f"{len(failed)} of {len(todo)} generations failed after retries (first: id {item['id']}: "
-            f"{type(error).__name__}: {error}); the {len(items) - len(failed)} finished ones are saved in "
-            f"{out_path}: rerun the same command to generate only the missing ones")
+            f"{len(failed)} of {len(items)} generations failed (first: id {item['id']}: {error}); the "
+            f"{len(items) - len(failed)} finished ones are saved in {out_path}: rerun the same command to "
+            f"generate only the missing ones", len(failed), len(items))
     return [done[item["id"]] for item in items]
 
 
@@ -160,14 +165,17 @@ class OpenAIBackend:
     def generate(self, items: list[dict], save: Save) -> list:
         cfg = self.cfg
         failed: list = []
+        self.endpoint.check_reachable()
 
-        async def work(session, item):
-            return await llm.chat(session, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
+        async def work(client, item):
+            return await llm.chat(client, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
                                   top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
 
         def on_error(item, error):
-            log.warning("generation failed for id %s: %s", item["id"], error)
             failed.append((item, error))
+            if len(failed) <= SHOWN_FAILURES:
+                log.warning("generation failed for id %s: %s%s", item["id"], error,
+                            "; further failures are counted, not shown" if len(failed) == SHOWN_FAILURES else "")
 
         llm.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error)
         return failed

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lw import llm
 from lw.jsonl import Appender, read_resumable
-from lw.errors import UserError
+from lw.errors import SHOWN_FAILURES, UserError
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +149,21 @@ class Judge:
         filled = {row["id"]: judge_prompt(self.template, row["prompt"], row["response"]) for row in rows}
         keys = {row["id"]: cache_key(cfg.model, filled[row["id"]]) for row in rows}
         cache = self._read_cache()
+        if cfg.retry_unparseable:  # a new sample may parse; judge.retry_unparseable=false keeps them
+            cache = {key: j for key, j in cache.items() if j["status"] != UNPARSEABLE}
         todo = [row for row in rows if keys[row["id"]] not in cache]
         if len(todo) < len(rows):
             log.info("judge: %d of %d judgements from the cache %s", len(rows) - len(todo), len(rows), self.cache_path)
         failures: dict[str, dict] = {}
         if todo:
+            self.endpoint.check_reachable()  # only now: a warm cache needs no server
             appender = Appender(self.cache_path) if self.cache_path else None
             bar = tqdm(total=len(todo), desc=f"judging ({cfg.model})")
 
-            async def work(session, row):
+            async def work(client, row):
                 attempts, reply = 0, ""
                 for attempts in range(1, cfg.parse_retries + 2):
-                    reply = await llm.chat(session, self.endpoint, cfg.model, filled[row["id"]],
+                    reply = await llm.chat(client, self.endpoint, cfg.model, filled[row["id"]],
                                            temperature=cfg.temperature, max_tokens=cfg.max_tokens)
                     try:
                         return {"status": OK, "scores": parse_judgement(reply), "reply": reply, "attempts": attempts}
@@ -179,8 +182,11 @@ class Judge:
 
             def on_error(row, error):
                 # Not cached: a rerun asks again. Nothing is scored in its place.
-                log.warning("judge: request failed for id %s: %s", row["id"], error)
                 failures[row["id"]] = {"status": FAILED, "scores": None, "error": str(error)}
+                if len(failures) <= SHOWN_FAILURES:
+                    log.warning("judge: request failed for id %s: %s%s", row["id"], error,
+                                "; further failures are counted, not shown" if len(failures) == SHOWN_FAILURES
+                                else "")
                 bar.update()
 
             try:
