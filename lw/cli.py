@@ -44,15 +44,21 @@ def refuse_secret_overrides(args: list[str]) -> None:
                               f"name that variable in the matching *_env setting, e.g. judge.api_key_env=OPENAI_API_KEY")
 
 
+_full_error = False  # the user asked for tracebacks (HYDRA_FULL_ERROR=1); set by main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> None:
     from lw.pipeline import run  # heavy imports after --help and config errors
 
-    # main() set HYDRA_FULL_ERROR so that Hydra hands errors to it; the run's child processes
-    # (training workers) must not inherit that, so it is unset while the task runs.
+    # main() set HYDRA_FULL_ERROR so that Hydra hands composition errors to it; the run's child
+    # processes (training workers) must not inherit that, so it is unset while the task runs.
     saved = os.environ.pop("HYDRA_FULL_ERROR", None)
     try:
         run(cfg)
+    except Exception as err:  # noqa: BLE001 (sorted by end_run: one line for the user's, a traceback for bugs)
+        # Ended here, as SystemExit, Hydra adds no "Error executing job" line of its own.
+        end_run(err, _full_error)
     finally:
         if saved is not None:
             os.environ["HYDRA_FULL_ERROR"] = saved
@@ -77,27 +83,34 @@ def fail(message: str, status: int = EXIT_USER) -> None:
     sys.exit(status)
 
 
-def main() -> None:
-    """`lw`: a user's mistake ends in one line and exit status 2, an incomplete run in exit status 3,
-    a bug in its traceback (exit status 1); HYDRA_FULL_ERROR=1 shows the traceback of every error."""
+def end_run(err: Exception, full_error: bool) -> None:
+    """Exit with the status that says what happened: 3 for an incomplete run, 2 and one line for a
+    user's mistake, 1 and the traceback for a bug (every traceback with HYDRA_FULL_ERROR=1)."""
     from hydra.errors import HydraException
     from omegaconf.errors import MissingMandatoryValue
 
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    if isinstance(err, Incomplete):
+        print(f"lw: incomplete: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_INCOMPLETE)
+    if isinstance(err, (UserMistake, HydraException, MissingMandatoryValue)) and not full_error:
+        fail(hydra_message(err) if isinstance(err, HydraException) else str(err))
+    if full_error:
+        raise err
+    traceback.print_exception(err)
+    sys.exit(EXIT_BUG)
+
+
+def main() -> None:
+    """`lw`: a user's mistake ends in one line and exit status 2, an incomplete run in exit status 3,
+    a bug in its traceback (exit status 1); HYDRA_FULL_ERROR=1 shows the traceback of every error."""
+    global _full_error
+    full_error = _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises composition errors instead of printing its report
     try:
         refuse_secret_overrides(sys.argv[1:])
         _run()
-    except Incomplete as err:
-        print(f"lw: incomplete: {one_line(err)}", file=sys.stderr)
-        sys.exit(EXIT_INCOMPLETE)
-    except (UserMistake, HydraException, MissingMandatoryValue) as err:
-        if full_error:
-            raise
-        fail(hydra_message(err) if isinstance(err, HydraException) else str(err))
-    except Exception:  # noqa: BLE001 (a bug: its traceback, then the status that says so)
-        traceback.print_exc()
-        sys.exit(EXIT_BUG)
+    except Exception as err:  # noqa: BLE001 (composition errors; the task's own end in _run)
+        end_run(err, full_error)
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)

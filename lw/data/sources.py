@@ -66,7 +66,14 @@ def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 def read_hub(hub_id: str, split: str) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
 
-    dataset = load_dataset(hub_id, split=split)
+    from huggingface_hub import constants
+
+    try:
+        dataset = load_dataset(hub_id, split=split)
+    except (OSError, ValueError) as err:  # not found, offline, no such split
+        raise UserError(f"{hub_id} (split {split}): could not load it from the Hugging Face hub "
+                        f"({str(err).splitlines()[0][:200]}); offline, fill the datasets cache ({constants.HF_HOME}) "
+                        f"on a machine online, or set data.path=FILE (.jsonl/.parquet) to a local copy") from None
     for row, record in enumerate(dataset):
         yield f"{hub_id} (split {split}) row {row}", record
 

@@ -51,12 +51,21 @@ def subset_of(length: int) -> str | None:
     return None
 
 
+MIRROR_ENV = "LW_BENCHMARK_URL"  # a folder URL holding the official files, instead of GitHub
+
+
 def official_url(filename: str) -> str:
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        return f"{mirror.rstrip('/')}/{filename}"
     return f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{OFFICIAL_COMMIT}/evaluation/{filename}"
 
 
-def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 60) -> Path:
-    """Fetch `url` into `dest` once; a partial or corrupt download never lands at `dest`."""
+def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 60, instead: str = "") -> Path:
+    """Fetch `url` into `dest` once; a partial or corrupt download never lands at `dest`.
+
+    A failed download is a UserError naming the URL, the cache path and `instead`, the local alternative.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
@@ -65,12 +74,17 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
         log.info("downloading %s -> %s", url, dest)
         tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                data = response.read()
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    data = response.read()
+            except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts, a malformed mirror URL
+                reason = getattr(err, "reason", None) or err
+                raise UserError(f"could not download {url} ({reason}) into {dest}; {instead or 'copy the file there'} "
+                                f"(offline machines: copy the file there, or fill the cache on a machine online)") from None
             digest = hashlib.sha256(data).hexdigest()
             if sha256 is not None and digest != sha256:
                 raise UserError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "
-                                 f"the file changed upstream: set eval.<benchmark>.data_dir to a local copy")
+                                f"the file changed upstream: {instead or 'use a local copy'}")
             tmp.write_bytes(data)
             os.replace(tmp, dest)
         finally:
@@ -89,7 +103,9 @@ def benchmark_file(bench_cfg, filename: str, cache_dir: str) -> Path:
         raise UserError(f"{filename!r} is not a file of the official repository "
                          f"({sorted(OFFICIAL_FILES)}); set data_dir to read it from a local folder")
     dest = Path(cache_dir).expanduser() / "benchmarks" / f"longwriter-{OFFICIAL_COMMIT[:10]}" / filename
-    return download(official_url(filename), dest, OFFICIAL_FILES[filename])
+    return download(official_url(filename), dest, OFFICIAL_FILES[filename],
+                    instead=f"or set eval.{bench_cfg.kind}.data_dir=DIR to a folder holding {filename}"
+                    + (" (or judge.template=FILE)" if filename == JUDGE_TEMPLATE else ""))
 
 
 def read_benchmark_jsonl(path: Path) -> list[dict]:

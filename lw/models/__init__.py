@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from lw.models.tiny import tiny_model_config, tiny_tokenizer
 from lw.errors import UserError
+from lw.models.tiny import tiny_model_config, tiny_tokenizer
+
+T = TypeVar("T")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -19,12 +23,33 @@ def _dtype(name: str) -> torch.dtype:
         raise UserError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
 
 
+def load_pretrained(load: Callable[[], T], path: str, setting: str = "model.path") -> T:
+    """`load()`, a from_pretrained of `path` (a local checkpoint or a hub id), with a failure to find
+    or download it as one line: what was asked, where the hub cache is, and the local alternative."""
+    from huggingface_hub import constants
+
+    try:
+        return load()
+    except (OSError, ValueError) as err:  # not found, offline, gated, a malformed id
+        local = Path(path).expanduser()
+        if local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
+            where = "no such directory" if not local.exists() else \
+                f"not a complete checkpoint ({str(err).splitlines()[0][:200]})"
+            raise UserError(f"{setting}={path}: {where}; set {setting} to a checkpoint directory (config.json, "
+                            f"weights, tokenizer) or a hub id") from None
+        raise UserError(f"{setting}={path}: could not load it from the Hugging Face hub "
+                        f"({str(err).splitlines()[0][:200]}); the hub cache is {constants.HF_HUB_CACHE}: offline, fill "
+                        f"it on a machine online (`hf download {path}`) or set {setting} to a local "
+                        f"checkpoint directory") from None
+
+
 def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
     """The tokenizer of `path` (a checkpoint) or of the configured model."""
     path = path or model_cfg.path
     if path is None:
         return tiny_tokenizer(cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
+                                path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation pads on the left; training collators pad themselves
@@ -44,10 +69,11 @@ def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0) ->
         torch.manual_seed(seed)
         config = tiny_model_config(model_cfg.tiny, tokenizer)
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
-    config = apply_config_overrides(AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
-                                    model_cfg)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
-                                                trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
+                             path)
+    config = apply_config_overrides(config, model_cfg)
+    return load_pretrained(lambda: AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, **kwargs), path)
 
 
 def apply_config_overrides(config, model_cfg):
