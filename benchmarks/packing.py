@@ -123,11 +123,12 @@ def main() -> None:
 
 def tokenized_in_data_order(messages_path: Path, cfg, tokenizer):
     """The tokenized rows in data order, read back from the cache build_sft_dataset filled."""
+    from lw.data import max_length_of
     from lw.data.tokenization import tokenize_messages
     from lw.models.chat_format import get_chat_format
 
     dataset, _ = tokenize_messages(messages_path, get_chat_format(cfg.model.chat_format), tokenizer,
-                                   cfg.data.max_length, cfg.data.overlong, cfg.cache_dir)
+                                   max_length_of(cfg.data), cfg.data.overlong, cfg.cache_dir)
     return dataset
 
 

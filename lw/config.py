@@ -124,8 +124,13 @@ class DataConfig:
     on_bad_sample: OnBadSample = OnBadSample.error
     max_output_words: Optional[int] = None  # drop samples whose answer is longer (the paper's cap)
     min_output_words: Optional[int] = None
-    max_length: int = 1024  # tokens per sample
+    # Tokens per sample; null follows pack_length when packing, else 1024 (lw.data.max_length_of).
+    max_length: Optional[int] = None
     overlong: Overlong = Overlong.drop  # what happens to a sample longer than max_length
+    # A run that drops more than this share of the samples read as too long for max_length, broken,
+    # empty or left without a target stops before training (1: never). Drops asked for by
+    # max/min_output_words or the mix do not count.
+    max_drop_share: float = 0.01
     pack_length: Optional[int] = None  # pack samples into rows of this many tokens (null: no packing)
     num_proc: int = 1  # processes that tokenize
     toy: ToyDataConfig = field(default_factory=ToyDataConfig)

@@ -99,7 +99,10 @@ def resolve_base_stage(cfg: DictConfig, tokenizer) -> dict:
 
 def run_prepare(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> dict:
     """task=prepare: the training set (tokenized, packed) and its statistics, no training."""
+    from lw.data.drops import drop_table
+
     _, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
+    print(drop_table(stats))
     return {f"data/{k}": v for k, v in stats.items()}
 
 

@@ -130,6 +130,8 @@ def model_config(cfg: DictConfig):
 
 def plan_data(cfg: DictConfig, args, world: int) -> dict:
     """Sequences, tokens, packs and optimizer steps; tokenized when the tokenizer is local."""
+    from lw.data.settings import max_length_of  # lw.data imports datasets; a plan from stated sizes needs none
+
     pack_length = cfg.data.pack_length
     assumptions: list[str] = []
     stats = None
@@ -171,7 +173,7 @@ def plan_data(cfg: DictConfig, args, world: int) -> dict:
     else:
         total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
         epochs = float(args.num_train_epochs)
-    tokens_per_sequence = pack_length or cfg.data.max_length
+    tokens_per_sequence = pack_length or max_length_of(cfg.data)
     return {
         "counted": how,
         "sources": sources,

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from lw.cli import CONFIG_DIR, run_name
 from lw.config import Task, TrainerConfig, TrainerKind
+from lw.data.settings import DEFAULT_MAX_LENGTH, max_length_of
 from lw.train.registry import TRAINERS, trainer_for
 
 from conftest import compose_lw, run_lw
@@ -39,7 +40,8 @@ def test_default_trainer_args_are_valid_sft_config():
     cfg = compose_lw()
     args = trainer_for(cfg).training_args(cfg, Path("unused"), "none")
     assert isinstance(args, SFTConfig)
-    assert args.completion_only_loss and args.max_length == cfg.data.max_length
+    # data=toy leaves data.max_length null and does not pack: the documented default
+    assert args.completion_only_loss and args.max_length == max_length_of(cfg.data) == DEFAULT_MAX_LENGTH
 
 
 def test_every_task_has_one_function():

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import run_lw
 
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig
-from lw.data import build_sft_dataset, filter_by_output_words, load_samples, toy
+from lw.data import build_sft_dataset, filter_by_output_words, load_samples, max_length_of, toy
 from lw.data.sources import BadSample, mix_sizes
 from lw.data.tokenization import tokenize_messages
 from lw.models.chat_format import get_chat_format
@@ -232,8 +232,9 @@ def test_every_sample_read_is_trained_on_or_dropped_for_a_reason(tmp_path, token
     rows += [conversation(answer="the river " + "5 " * 400 + "."),  # 2 words, 400+ tokens (digits are no words)
              '{"broken', {"messages": []}]
     path = write_lines(tmp_path / "train.jsonl", rows)
+    # 3 of 33 samples dropped unasked (broken, empty, over-long): under a share of 0.1 the run goes on.
     cfg = lw_config(tmp_path, source="messages", path=str(path), on_bad_sample="drop", max_output_words=150,
-                    max_length=300, pack_length=512)
+                    max_length=300, pack_length=512, max_drop_share=0.1)
     dataset, stats = build_sft_dataset(cfg, tokenizer, tmp_path)
     written = json.loads((tmp_path / "packing_stats.json").read_text())
     assert written["sequences_in"] == 33
@@ -258,7 +259,7 @@ def test_prepare_through_the_entry_point(tmp_path, tokenizer):
     path = write_lines(tmp_path / "train.jsonl", rows)
     run_dir = tmp_path / "prepared"
     run_lw("task=prepare", "data=jsonl", f"data.path={path}", "data.pack_length=1024", "data.on_bad_sample=drop",
-           "model=tiny", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+           "data.max_drop_share=0.02", "model=tiny", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     stats = json.loads((run_dir / "packing_stats.json").read_text())
     assert list(stats) == ["sequences_in", "sequences_packed", "sequences_dropped", "packs", "real_tokens",
                            "slot_tokens", "efficiency", "seconds"]
@@ -292,7 +293,8 @@ def test_paper_data_configs_read_local_copies(tmp_path):
     general_path = write_lines(tmp_path / "general.jsonl", general_rows)
 
     data = compose_data("data=longwriter6k", f"data.path={long_path}")
-    assert data.hub_id == "THUDM/LongWriter-6k" and data.pack_length == data.max_length == 32768
+    assert data.hub_id == "THUDM/LongWriter-6k" and data.pack_length == max_length_of(data) == 32768
+    assert data.max_length is None  # it follows pack_length
     assert samples_of(data)[0] == long_rows
 
     data = compose_data("data=longwriter_mix", f"data.mix.longwriter6k.path={long_path}",

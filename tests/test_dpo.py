@@ -76,7 +76,9 @@ def test_a_bad_pair_is_named_by_file_line_and_field(row, field, tokenizer, tmp_p
     path = write_pairs(tmp_path / "pairs.jsonl", [good, row])
     with pytest.raises(ValueError, match=rf"pairs.jsonl:2: field '{field}'"):
         build_preference_dataset(dpo_cfg(path), tokenizer, tmp_path / "run")
-    _, stats = build_preference_dataset(dpo_cfg(path, "data.on_bad_sample=drop"), tokenizer, tmp_path / "run2")
+    # One pair of two dropped is far over data.max_drop_share: allowed here, the count is the point.
+    _, stats = build_preference_dataset(dpo_cfg(path, "data.on_bad_sample=drop", "data.max_drop_share=1"), tokenizer,
+                                        tmp_path / "run2")
     assert stats["pairs"] == 1 and stats["pairs_in"] == 2
     assert sum(v for k, v in stats.items() if k.startswith("dropped_")) == 1
 
@@ -85,7 +87,7 @@ def test_a_pair_longer_than_max_length_is_dropped_and_counted_never_truncated(to
     long = " ".join(["the river"] * 40)
     path = write_pairs(tmp_path / "pairs.jsonl", [{"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
                                                   {"prompt": PROMPT, "chosen": long, "rejected": REJECTED}])
-    cfg = dpo_cfg(path, "data.max_length=40")
+    cfg = dpo_cfg(path, "data.max_length=40", "data.max_drop_share=1")  # 1 of 2 dropped: allowed here
     dataset, stats = build_preference_dataset(cfg, tokenizer, tmp_path / "run")
     assert stats["dropped_over_max_length"] == 1 and len(dataset) == 1
     assert max(len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in dataset) <= 40

@@ -1,7 +1,9 @@
 """Training data: sources -> checks -> output-length filter -> (mix) -> tokenization -> packing.
 
 Every sample read is accounted for: it is trained on, or dropped for a named reason, and the
-counts land in the run's statistics and in `packing_stats.json`.
+counts land in the run's statistics and in `packing_stats.json`. Each drop is logged with its
+count and the setting behind it, and drops the config did not ask for stop the run past
+data.max_drop_share (lw/data/drops.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Iterable, Iterator
 from datasets import Dataset
 
 from lw.data import toy
+from lw.data.drops import report_drops
 from lw.data.packing import pack, packing_summary
+from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import choose, clean_rows, mix_sizes, read_source
 from lw.jsonl import write_jsonl
 from lw.data.tokenization import row_lengths, row_sums, tokenize_messages
@@ -83,12 +87,6 @@ def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
         raise UserError(f"unknown data.source {source!r}")
 
 
-def check_lengths(data_cfg) -> None:
-    if data_cfg.pack_length is not None and data_cfg.max_length > data_cfg.pack_length:
-        raise UserError(f"data.max_length ({data_cfg.max_length}) exceeds data.pack_length "
-                         f"({data_cfg.pack_length}): a sample must fit a pack")
-
-
 def packing_stats(stats: Counter) -> dict:
     """The keys of packing_stats.json, from a run's statistics."""
     return {
@@ -108,15 +106,18 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     """
     start = time.perf_counter()
     data_cfg = cfg.data
-    check_lengths(data_cfg)
+    check_settings(data_cfg)
+    max_length = max_length_of(data_cfg)
     stats: Counter = Counter()
     messages_path = run_dir / "data" / "train.jsonl"
     if write_jsonl(load_samples(data_cfg, cfg.seed, stats), messages_path) == 0:
+        report_drops(stats, data_cfg)  # when the drops explain it, say which and what to change
         raise UserError(f"no training sample is left after the checks and filters: {dict(stats)}")
     dataset, token_stats = tokenize_messages(
-        messages_path, get_chat_format(cfg.model.chat_format), tokenizer, data_cfg.max_length, data_cfg.overlong,
+        messages_path, get_chat_format(cfg.model.chat_format), tokenizer, max_length, data_cfg.overlong,
         cfg.cache_dir, data_cfg.num_proc)
     stats.update(token_stats)
+    report_drops(stats, data_cfg)  # every drop is counted now: stop here, before packing and training
     if len(dataset) == 0:
         raise UserError(f"no training sample is left after tokenization: {dict(stats)}")
     stats["sequences_packed"] = len(dataset)
@@ -125,7 +126,7 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
         dataset = pack(dataset, data_cfg.pack_length)
         stats.update(packing_summary(row_lengths(dataset), data_cfg.pack_length))
     else:  # each sample is a row of its own, of up to max_length tokens
-        stats.update(packing_summary(row_lengths(dataset), data_cfg.max_length))
+        stats.update(packing_summary(row_lengths(dataset), max_length))
     stats["seconds"] = round(time.perf_counter() - start, 3)
     (run_dir / PACKING_STATS_FILE).write_text(json.dumps(packing_stats(stats), indent=2) + "\n")
     log.info("training set: %s", dict(stats))

@@ -8,7 +8,8 @@ conversation, EOS included; TRL would otherwise render conversations with the hu
 (no stop token after a GLM-4 answer) and add EOS only to string data.
 
 A pair longer than data.max_length is dropped and counted, never truncated: a truncated long
-answer would teach the model to stop early, the opposite of what LongWriter's DPO is for.
+answer would teach the model to stop early, the opposite of what LongWriter's DPO is for. Drops
+are logged, and past data.max_drop_share of the pairs read they stop the run (lw/data/drops.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from datasets import Dataset
 
+from lw.data.drops import report_drops
+from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import BadSample, choose, mix_sizes, read_source, remove_zero_width, to_messages
 from lw.jsonl import write_jsonl
 from lw.models.chat_format import get_chat_format
@@ -126,16 +129,15 @@ def build_preference_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, di
     """The tokenized pairs (prompt_ids, chosen_ids, rejected_ids) and their statistics; the checked
     pairs go to run_dir/data/pairs.jsonl."""
     start = time.perf_counter()
+    check_settings(cfg.data)
     stats: Counter = Counter()
     pairs = list(load_pairs(cfg.data, cfg.seed, stats))
     write_jsonl(pairs, run_dir / "data" / "pairs.jsonl")
     rows = tokenize_pairs(pairs, cfg.model.chat_format, tokenizer)
-    max_length = cfg.data.max_length
+    max_length = max_length_of(cfg.data)
     fits = [r for r in rows if len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= max_length]
     stats["dropped_over_max_length"] = len(rows) - len(fits)
-    if stats["dropped_over_max_length"]:
-        log.warning("%d of %d pairs are longer than data.max_length=%d tokens and were dropped (never truncated); "
-                    "raise data.max_length to keep them", stats["dropped_over_max_length"], len(rows), max_length)
+    report_drops(stats, cfg.data)  # before any training: the pairs left may not be the ones meant
     if not fits:
         raise UserError(f"no preference pair is left after the checks and data.max_length={max_length}: {dict(stats)}")
     stats["pairs"] = len(fits)

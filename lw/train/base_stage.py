@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from lw.data import toy
 from lw.data.packing import PackCollator, pack
+from lw.data.settings import max_length_of
 from lw.eval.generate import HfBackend, generate
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 def base_stage_dir(cfg, tokenizer) -> Path:
     """Where the base for this (model, base stage, tokenizer) lives; the key is their content."""
     spec = {"model": OmegaConf.to_container(cfg.model.tiny), "base": OmegaConf.to_container(cfg.trainer.base),
-            "vocab": sorted(tokenizer.get_vocab().items()), "max_length": cfg.data.max_length}
+            "vocab": sorted(tokenizer.get_vocab().items()), "max_length": max_length_of(cfg.data)}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir).expanduser() / "base_stage" / digest
 

@@ -19,6 +19,7 @@ import torch
 from trl import DPOConfig, DPOTrainer
 
 from lw.data.preference import build_preference_dataset
+from lw.data.settings import max_length_of
 from lw.train import fit_and_save
 from lw.errors import UserError
 
@@ -51,7 +52,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
     args.setdefault("use_cpu", not torch.cuda.is_available())
     try:
         return DPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
-                         run_name=cfg.run_name, max_length=cfg.data.max_length, **args)
+                         run_name=cfg.run_name, max_length=max_length_of(cfg.data), **args)
     except (TypeError, ValueError) as e:
         raise UserError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from lw.data import build_sft_dataset
+from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
 from lw.train import fit_and_save
 from lw.train.loss import count_items, lm_loss
@@ -78,7 +78,7 @@ def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, 
     pack_length = pack_length or cfg.data.get("pack_length")
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
         raise UserError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
-    max_length = pack_length if pack_length is not None else cfg.data.max_length
+    max_length = pack_length if pack_length is not None else max_length_of(cfg.data)
     try:
         return SFTConfig(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
