@@ -120,6 +120,18 @@ def test_hf_backend_batches_and_resumes_on_the_tiny_model(tmp_path, tiny):
     assert generate(backend, items(5), out) == rows  # nothing left to generate
 
 
+def test_a_resumed_hf_run_samples_what_an_uninterrupted_one_does(tmp_path, tiny):
+    model_cfg, tokenizer, model = tiny
+    gen_cfg = OmegaConf.structured(GenerationConfig(max_new_tokens=8, batch_size=2, temperature=1.0))
+    backend = HfBackend(model, tokenizer, model_cfg.chat_format, gen_cfg, seed=0)
+    whole = generate(backend, items(6), tmp_path / "whole.jsonl")
+    resumed = tmp_path / "resumed.jsonl"
+    generate(backend, items(2), resumed)  # killed after its first batch
+    assert generate(backend, items(6), resumed) == whole
+    other_seed = HfBackend(model, tokenizer, model_cfg.chat_format, gen_cfg, seed=1)
+    assert generate(other_seed, items(6), tmp_path / "other.jsonl") != whole  # sampling, not greedy
+
+
 def test_vllm_backend_without_vllm_says_how_to_get_it(tiny):
     try:
         import vllm  # noqa: F401

@@ -12,6 +12,7 @@ so an interrupted run loses nothing and a rerun generates only what is missing.
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,12 @@ from lw.errors import UserError
 log = logging.getLogger(__name__)
 
 Save = Callable[[dict, str], None]
+
+
+def item_seed(seed: int, ids: list[str]) -> int:
+    """The sampling seed of a batch (or one item): from the run's seed and the items' ids, not their
+    position, so a resumed run samples the remaining items exactly as an uninterrupted one would."""
+    return (seed + zlib.crc32("\n".join(ids).encode())) % 2 ** 31
 
 
 class GenerationFailed(Incomplete):
@@ -100,7 +107,7 @@ class HfBackend:
             for row, ids in enumerate(prompts):  # left padding
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention[row, width - len(ids):] = 1
-            torch.manual_seed(self.seed + start)
+            torch.manual_seed(item_seed(self.seed, [item["id"] for item in batch]))
             with torch.no_grad():
                 output = model.generate(
                     input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
@@ -128,6 +135,7 @@ class VllmBackend:
         self.tokenizer = tokenizer
         self.chat_format = get_chat_format(model_cfg.chat_format)
         self.tokens_prompt = TokensPrompt
+        self.seed = seed
         self.batch_size = gen_cfg.batch_size
         overrides = dict(model_cfg.config_overrides)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=model_cfg.dtype, seed=seed,
@@ -144,7 +152,11 @@ class VllmBackend:
             batch = items[start: start + self.batch_size]
             prompts = [self.tokens_prompt(prompt_token_ids=self.chat_format.prompt_ids(self.tokenizer, item["prompt"]))
                        for item in batch]
-            for item, output in zip(batch, self.llm.generate(prompts, self.params, use_tqdm=False)):
+            # One seed per request: vLLM applies a shared seed to each, so k samples of one prompt would be equal.
+            params = [self.params.clone() for _ in batch]
+            for item, p in zip(batch, params):
+                p.seed = item_seed(self.seed, [item["id"]])
+            for item, output in zip(batch, self.llm.generate(prompts, params, use_tqdm=False)):
                 save(item, output.outputs[0].text.strip())
         return []
 
