@@ -17,9 +17,42 @@ from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMist
 from lw.tracking import is_secret_key
 
 
-def run_name(override_dirname: str) -> str:
-    """A directory-safe run name from the overrides that change results ("default" without any)."""
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", override_dirname).strip("_") or "default"
+# Settings that name a file or folder: their value enters run names by its last component.
+PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "plan_prompt",
+                 "write_prompt", "init_from", "file"}
+# Names our own runs give their outputs: a path ending in one keeps the folder above it (runs/NAME/model).
+GENERIC_NAMES = {"model", "checkpoints", "data", "final"}
+
+
+def short_path(value: str) -> str:
+    parts = [part for part in value.replace("\\", "/").split("/") if part not in ("", ".")]
+    if len(parts) >= 2 and parts[-1] in GENERIC_NAMES:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1] if parts else value
+
+
+def run_name(overrides, excluded=(), task: str = "train") -> str:
+    """A directory-safe run name from the overrides that change results ("default" without any).
+
+    `excluded` are the settings that do not (hydra.job.config.override_dirname.exclude_keys); a
+    task other than train leads the name, so task=eval and task=dpo_pairs of one model do not share
+    a directory; a path setting enters by its last component (data.path=/a/b/long.jsonl: long.jsonl).
+    """
+    if isinstance(overrides, str):  # Hydra's override_dirname, already joined
+        items = [overrides] if overrides else []
+    else:
+        items = []
+        for override in overrides:
+            key, sep, value = str(override).partition("=")
+            key = key.lstrip("+~")
+            if not sep or key in excluded or key.startswith("hydra."):
+                continue
+            if key.rsplit(".", 1)[-1] in PATH_SETTINGS or ("/" in value and "://" not in value):
+                value = short_path(value)
+            items.append(f"{key}-{value}")
+    task = str(getattr(task, "value", task)).removeprefix("Task.")
+    joined = "+".join(([task] if task and task != "train" else []) + sorted(items))
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", joined).strip("_") or "default"
     if len(name) > 120:  # keep paths short; the hash keeps distinct runs distinct
         name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
     return name

@@ -140,12 +140,25 @@ def test_naming_the_key_variable_is_not_a_secret(tmp_path):
 
 
 def test_run_name_is_derived_from_overrides():
-    assert run_name("") == "default"
-    assert run_name("data.max_output_words-500+seed-1") == "data.max_output_words-500+seed-1"
-    assert run_name("eval.x.lengths-[12,50]") == "eval.x.lengths-_12_50"
-    assert "/" not in run_name("data.path=/a/b.jsonl")
-    long = run_name("x=" + "a" * 300)
-    assert len(long) <= 120 and long != run_name("x=" + "a" * 299 + "b")
+    assert run_name([]) == "default"
+    assert run_name(["seed=1", "data.max_output_words=500"]) == "data.max_output_words-500+seed-1"
+    assert run_name(["eval.x.lengths=[12,50]"]) == "eval.x.lengths-_12_50"
+    long = run_name(["x=" + "a" * 300])
+    assert len(long) <= 120 and long != run_name(["x=" + "a" * 299 + "b"])
+    assert run_name(["logger=none", "seed=2"], excluded=["logger"]) == "seed-2"
+
+
+def test_run_names_show_paths_by_their_last_component_and_lead_with_the_task():
+    assert run_name(["data.path=/scratch/me/sets/long_mix.jsonl"]) == "data.path-long_mix.jsonl"
+    assert run_name(["score.predictions=preds/glm.jsonl", "judge=openai"], task="score") == \
+        "score+judge-openai+score.predictions-glm.jsonl"
+    # Our own checkpoints all end in model/: the run folder above it names them.
+    assert run_name(["model.path=runs/data.max_output_words-500/model"], task="eval") == \
+        "eval+model.path-data.max_output_words-500_model"
+    assert run_name(["eval.longbench_write.data_dir=/data/longwriter/"]) == "eval.longbench_write.data_dir-longwriter"
+    assert run_name(["judge.base_url=http://127.0.0.1:9/v1"]) == "judge.base_url-http_127.0.0.1_9_v1"  # a URL stays whole
+    cfg = compose_lw("task=eval", "model.path=/a/b/ckpt", "logger=none", "seed=3")
+    assert cfg.run_name == "eval+model.path-ckpt+seed-3"
 
 
 def test_result_neutral_settings_stay_out_of_run_names():
