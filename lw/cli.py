@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -16,6 +17,8 @@ from lw.config import register_configs
 from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMistake, one_line
 from lw.tracking import is_secret_key
 
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 # Settings that name a file or folder: their value enters run names by its last component.
 PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "plan_prompt",
@@ -125,6 +128,9 @@ def end_run(err: Exception, full_error: bool) -> None:
     if isinstance(err, Incomplete):
         print(f"lw: incomplete: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_INCOMPLETE)
+    if isinstance(err, OSError) and err.errno in DISK_FULL and not full_error:
+        fail(f"cannot write {err.filename or 'a file'}: {err.strerror}; free disk space (or raise the quota) and "
+             f"rerun the same command: every record written before is kept, and a torn last line is dropped")
     if isinstance(err, (UserMistake, HydraException, MissingMandatoryValue)) and not full_error:
         fail(hydra_message(err) if isinstance(err, HydraException) else str(err))
     if full_error:

@@ -54,12 +54,18 @@ class Appender:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:  # a full disk: say which file (the OS error does not)
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # only after a failed write (every write is flushed): that error is the one to report
+            pass
 
     def __enter__(self) -> "Appender":
         return self

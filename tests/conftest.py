@@ -33,6 +33,8 @@ def _offline_environment(tmp_path_factory):
         "WANDB_CONFIG_DIR": str(home / "wandb-config"), "WANDB_DATA_DIR": str(home / "wandb-data"),
         "HF_HOME": str(home / "hf"), "MPLCONFIGDIR": str(home / "mpl"),
         "LW_CACHE": os.environ.get("LW_TEST_CACHE", str(home / "lw-cache")),
+        # Benchmark downloads go to a loopback port nothing listens on, never to GitHub.
+        "LW_BENCHMARK_URL": "http://127.0.0.1:9/no-downloads-in-tests",
     })
     for key in ("WANDB_API_KEY", "WANDB_MODE", "OPENAI_API_KEY"):
         os.environ.pop(key, None)
@@ -87,3 +89,23 @@ def run_lw(*overrides: str, cwd: Path, timeout: int = 300, check: bool = True,
         raise AssertionError(f"lw {' '.join(overrides)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-8000:]}")
     return result
+
+
+def save_tiny_checkpoint(path: Path, **generation) -> Path:
+    """A random-init tiny model and its tokenizer saved as a checkpoint (what model.path points at
+    after SFT); `generation` sets its generation_config (e.g. min_new_tokens)."""
+    from lw.models import build_model, build_tokenizer
+
+    cfg = compose_lw()
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+    model = build_model(cfg.model, tokenizer, seed=0)
+    for key, value in generation.items():
+        setattr(model.generation_config, key, value)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_lw
+from conftest import compose_lw, save_tiny_checkpoint
 
 from lw.eval.benchmarks import load_items
 from lw.eval.judge import cache_key, judge_prompt
@@ -107,23 +107,14 @@ def check_appended_only(path: Path, kept: bytes, key: str, expected: set[str]) -
 
 
 @pytest.fixture
-def tiny_model(tmp_path):
-    """A random-init tiny model saved as a checkpoint, made to write exactly max_new_tokens tokens
-    so that every item takes as long and the kill lands midway."""
-    from lw.models import build_model, build_tokenizer
-
-    path = tmp_path / "model"
-    cfg = compose_lw()
-    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
-    model = build_model(cfg.model, tokenizer, seed=0)
-    model.generation_config.min_new_tokens = 64
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def steady_model(tmp_path):
+    """The tiny checkpoint made to write exactly max_new_tokens tokens, so that every item takes as
+    long and the kill lands midway."""
+    return save_tiny_checkpoint(tmp_path / "model", min_new_tokens=64)
 
 
-def test_hf_generation_killed_midway_resumes_without_repeating(tmp_path, tiny_model):
-    overrides = ["task=eval", f"model.path={tiny_model}", "generation.batch_size=1", "generation.max_new_tokens=64",
+def test_hf_generation_killed_midway_resumes_without_repeating(tmp_path, steady_model):
+    overrides = ["task=eval", f"model.path={steady_model}", "generation.batch_size=1", "generation.max_new_tokens=64",
                  "eval.toy_ruler.samples_per_prompt=3", "logger=none"]
     expected = {item["id"] for item in load_items(compose_lw(*overrides).eval.toy_ruler)}
     assert len(expected) == 48

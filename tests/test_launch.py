@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
+from lw.errors import UserError
 from lw.launch.driver import (TrainLogForwarder, WorkerFailure, deepspeed_config_path, is_first_node,
                               load_deepspeed_config, run_workers, worker_command, write_launch_files)
 from lw.launch.topology import Topology, slurm_port, topology
@@ -67,7 +68,7 @@ def test_slurm_topology_comes_from_the_allocation(monkeypatch):
     assert topo == Topology(nnodes=3, node_rank=2, nproc_per_node=8, master_addr="gpu07",
                             master_port=slurm_port("123456"))
     assert 20000 <= topo.master_port < 40000
-    with pytest.raises(RuntimeError, match="3 nodes but launcher.nnodes=2"):
+    with pytest.raises(UserError, match="3 nodes but launcher.nnodes=2"):
         topology(launcher(kind="slurm", nnodes=2))
 
 

@@ -207,19 +207,6 @@ def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
 
 # --- end to end through `python -m lw` on the tiny model, judged on loopback -----------------------
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random-init tiny model saved as a checkpoint: what model.path points at after SFT."""
-    from lw.models import build_model, build_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    cfg = compose_lw()
-    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
-    build_model(cfg.model, tokenizer, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def judge_by_hash(body, attempt):
     """Scores that differ from response to response (a hash of it), so that samples rank; a prompt
     marked GARBLED is never judged parseably."""

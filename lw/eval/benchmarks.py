@@ -79,8 +79,8 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
                     data = response.read()
             except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts, a malformed mirror URL
                 reason = getattr(err, "reason", None) or err
-                raise UserError(f"could not download {url} ({reason}) into {dest}; {instead or 'copy the file there'} "
-                                f"(offline machines: copy the file there, or fill the cache on a machine online)") from None
+                raise UserError(f"could not download {url} ({reason}) into {dest}: copy the file there (an offline "
+                                f"machine can share a cache filled online){', ' + instead if instead else ''}") from None
             digest = hashlib.sha256(data).hexdigest()
             if sha256 is not None and digest != sha256:
                 raise UserError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "

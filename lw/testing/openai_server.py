@@ -2,7 +2,7 @@
 
 The project's tests and benchmarks/judge_concurrency.py give it a function from (request body,
 attempt number for that same request) to a Reply; it records every request it receives. A Reply
-may add response headers (Retry-After on a 429) or drop the connection unanswered; completions carry
+may add response headers (Retry-After on a 429), drop the connection unanswered or cut it mid-body; completions carry
 a `usage` that counts whitespace-separated words of the prompt and of the answer as tokens.
 """
 
@@ -27,6 +27,7 @@ class Reply:
     body: str | None = None  # raw body instead of a completion (e.g. an error message)
     headers: dict = field(default_factory=dict)  # extra response headers (e.g. {"Retry-After": "1"} on a 429)
     drop: bool = False  # close the connection without answering (a dropped connection)
+    cut: bool = False  # send the headers and half the body, then close (a connection dropped mid-body)
 
 
 class _Server(ThreadingHTTPServer):
@@ -67,9 +68,10 @@ class OpenAIServer:
                     text = reply.body if reply.body is not None else json.dumps(
                         {"error": {"message": f"scripted {reply.status}", "type": "scripted"}})
                     return self._send(reply.status, text, reply.headers)
-                self._send(200, json.dumps(completion(body["model"], reply.content, user_text(body))), reply.headers)
+                self._send(200, json.dumps(completion(body["model"], reply.content, user_text(body))), reply.headers,
+                           cut=reply.cut)
 
-            def _send(self, status, text, headers=None):
+            def _send(self, status, text, headers=None, cut=False):
                 data = text.encode()
                 try:
                     self.send_response(status)
@@ -78,7 +80,11 @@ class OpenAIServer:
                     for name, value in (headers or {}).items():
                         self.send_header(name, str(value))
                     self.end_headers()
-                    self.wfile.write(data)
+                    self.wfile.write(data[: len(data) // 2] if cut else data)
+                    if cut:
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a scripted timeout)
 
