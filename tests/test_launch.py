@@ -75,7 +75,7 @@ def test_slurm_topology_comes_from_the_allocation(monkeypatch):
 def test_slurm_outside_an_allocation_fails_before_any_work(monkeypatch):
     # pipeline.run asks is_first_node before it starts a tracker, prepares data or trains.
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    with pytest.raises(RuntimeError, match="launcher=slurm runs inside a SLURM allocation"):
+    with pytest.raises(UserError, match="launcher=slurm runs inside a SLURM allocation"):
         is_first_node(launcher(kind="slurm"))
     assert is_first_node(launcher(node_rank=0)) and not is_first_node(launcher(nnodes=2, node_rank=1))
     with pytest.raises(ValueError, match="unknown launcher.kind 'kubernetes'"):
