@@ -31,6 +31,7 @@ class TrainerKind(str, Enum):
 
     sft = "sft"  # supervised fine-tuning (TRL SFTTrainer)
     dpo = "dpo"  # direct preference optimisation with an SFT term (TRL DPOTrainer)
+    grpo = "grpo"  # reinforcement learning on rewards such as S_l (TRL GRPOTrainer, lw/rewards.py)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class DataSource(str, Enum):
     messages = "messages"  # one messages-format source (data.path or data.hub_id)
     mix = "mix"  # several sources (data.mix), by count or ratio
     pairs = "pairs"  # one preference-pair source (data.path or data.hub_id): prompt, chosen, rejected
+    prompts = "prompts"  # writing instructions (data.path): prompt and optional length, for trainer=grpo
 
 
 class SampleFormat(str, Enum):
@@ -273,6 +275,19 @@ class AgentWriteConfig:
 
 
 @dataclass
+class RewardConfig:
+    """trainer=grpo: each reward's weight (0 leaves it out; lw/rewards.py). TRL sums the weighted
+    rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
+
+    length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)
+    quality: float = 0.0  # S_q / 100 from the judge (judge=openai)
+    repetition: float = 0.0  # TRL's n-gram repetition penalty, in [-1, 0]
+    repetition_ngram: int = 3
+    overlong: float = 0.0  # TRL's soft punishment of completions reaching max_completion_length, in [-1, 0]
+    overlong_buffer: int = 0  # tokens before max_completion_length where it starts (0: a tenth of it)
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "wandb"  # wandb | none
     project: str = "lw"
@@ -335,6 +350,7 @@ class LwConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     agentwrite: AgentWriteConfig = field(default_factory=AgentWriteConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = MISSING
     launcher: LauncherConfig = MISSING
     plan: PlanConfig = field(default_factory=PlanConfig)

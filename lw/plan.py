@@ -61,12 +61,13 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
     world = nproc * nnodes
     hf_config = model_config(cfg)
     counts = parameter_counts(hf_config)
-    data = plan_data(cfg, args, world)
+    # What the trainer adds to the plan: sequences per training example (a DPO pair is two), training
+    # sequences per data row (GRPO: its completions per prompt) and their length, its reference
+    # pass, its generation, extra memory.
+    shape = trainer.plan(cfg, args, counts, nnodes, hf_config) if hasattr(trainer, "plan") else {}
+    data = plan_data(cfg, args, world, shape.get("sequences_per_row", 1), shape.get("tokens_per_sequence"))
     deepspeed = plan_deepspeed(cfg, args, hf_config, world, data["total_steps"]) \
         if cfg.launcher.kind != "local" else None
-    # What the trainer adds to the plan: sequences per training example (a DPO pair is two), its
-    # reference pass, extra memory.
-    shape = trainer.plan(cfg, args, counts, nnodes) if hasattr(trainer, "plan") else {}
     memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed,
                          shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
                          shape.get("host_per_node", {}), shape.get("full_logits", True))
@@ -91,9 +92,9 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
         "deepspeed": deepspeed,
         "trainer": {"kind": str(getattr(cfg.trainer.kind, "value", cfg.trainer.kind)),
                     "sequences_per_example": shape.get("sequences_per_example", 1),
-                    **({"reference": shape["reference"]} if "reference" in shape else {})},
+                    **{k: shape[k] for k in ("reference", "generation") if k in shape}},
         "memory": memory,
-        "assumptions": data.pop("assumptions") + memory.pop("assumptions"),
+        "assumptions": data.pop("assumptions") + memory.pop("assumptions") + shape.get("assumptions", []),
     }
 
 
@@ -128,8 +129,12 @@ def model_config(cfg: DictConfig):
 
 # ----------------------------------------------------------------------------------------- data
 
-def plan_data(cfg: DictConfig, args, world: int) -> dict:
-    """Sequences, tokens, packs and optimizer steps; tokenized when the tokenizer is local."""
+def plan_data(cfg: DictConfig, args, world: int, sequences_per_row: int = 1,
+              tokens_per_sequence: int | None = None) -> dict:
+    """Sequences, tokens, packs and optimizer steps; tokenized when the tokenizer is local.
+
+    `sequences_per_row`: training sequences each data row gives (GRPO: its completions per prompt);
+    `tokens_per_sequence`: their length, when it is not the data's (GRPO: prompt + completion)."""
     from lw.data.settings import max_length_of  # lw.data imports datasets; a plan from stated sizes needs none
 
     pack_length = cfg.data.pack_length
@@ -161,7 +166,7 @@ def plan_data(cfg: DictConfig, args, world: int) -> dict:
         if pack_length:
             packs = math.ceil(tokens / (pack_length * cfg.plan.packing_efficiency))
             assumptions.append(f"packs = tokens / (pack_length x packing efficiency {cfg.plan.packing_efficiency})")
-    units = packs if pack_length else sequences
+    units = packs if pack_length else sequences * sequences_per_row
     micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     # As the HF Trainer counts: each rank gets ceil(units / world) examples in ceil(. / micro)
     # batches; an optimizer step takes `accumulation` of them, the last one of an epoch fewer.
@@ -173,7 +178,7 @@ def plan_data(cfg: DictConfig, args, world: int) -> dict:
     else:
         total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
         epochs = float(args.num_train_epochs)
-    tokens_per_sequence = pack_length or max_length_of(cfg.data)
+    tokens_per_sequence = tokens_per_sequence or pack_length or max_length_of(cfg.data)
     return {
         "counted": how,
         "sources": sources,
@@ -370,6 +375,8 @@ def format_plan(plan: dict) -> str:
         ds = plan["deepspeed"]
         lines.append(f"  deepspeed  ZeRO-{ds['stage']}, optimizer offload {ds['offload_optimizer']}, parameter "
                      f"offload {ds['offload_param']}, optimizer {ds['optimizer']} ({ds['file']})")
+    if plan["trainer"].get("generation"):
+        lines.append(f"  generation {plan['trainer']['generation']}")
     if plan["trainer"].get("reference"):
         lines.append(f"  reference  {plan['trainer']['reference']}")
     lines.append(f"  GPU/rank   {memory['gpu_per_rank_total_gib']} GiB estimated of {memory['gpu_memory_gib']} GiB: "

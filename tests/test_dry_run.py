@@ -122,3 +122,16 @@ def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tm
     values = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())
     per_epoch, max_steps = values[1], values[-1]
     assert (len(trainer.get_train_dataloader()), per_epoch, max_steps) == (20, 7, 14)
+
+
+def test_the_paper_grpo_plan_counts_completions_and_plans_their_generation(plans):
+    plan = plans[0]["longwriter_glm4_9b_grpo"]
+    data, trainer, memory = plan["data"], plan["trainer"], plan["memory"]
+    assert trainer["kind"] == "grpo" and trainer["reference"].startswith("none (beta = 0")
+    assert trainer["generation"] == "8 completions per prompt of up to 16384 tokens, by vLLM (colocate)"
+    # 6,000 prompts x 8 completions, 8 ranks x 1 completion x 8 accumulation steps = 64 a step.
+    assert data["global_batch"] == 64 and data["steps_per_epoch"] == 6000 * 8 // 64 and data["total_steps"] == 400
+    assert data["tokens_per_sequence"] == 1024 + 16384 and data["pack_length"] is None
+    assert memory["gpu_per_rank_gib"]["generation_vllm_share"] == pytest.approx(0.3 * 80)
+    assert memory["fits_gpu"] and plan["deepspeed"]["stage"] == 3
+    assert any("generation and the training pass do not overlap" in a for a in plan["assumptions"])

@@ -57,7 +57,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
         raise UserError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
 
 
-def plan(cfg, args, counts: dict, nnodes: int) -> dict:
+def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
     """For the dry run: a pair is two sequences (chosen and rejected in one batch), and the reference."""
     if args.precompute_ref_log_probs:
         return {"sequences_per_example": 2, "full_logits": False,

@@ -25,6 +25,7 @@ from lw.config import TrainerKind
 TRAINERS: dict[TrainerKind, str] = {
     TrainerKind.sft: "lw.train.sft",
     TrainerKind.dpo: "lw.train.dpo",
+    TrainerKind.grpo: "lw.train.grpo",
 }
 
 
@@ -35,7 +36,7 @@ class Trainer(Protocol):
 
     def train(self, cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path: ...
 
-    # Optional: plan(cfg, args, counts, nnodes) -> dict, what the trainer adds to a dry run (lw/plan.py).
+    # Optional: plan(cfg, args, counts, nnodes, hf_config) -> dict, what the trainer adds to a dry run (lw/plan.py).
 
 
 def trainer_for(cfg) -> Trainer:

@@ -1,0 +1,80 @@
+"""The rewards of trainer=grpo (docs/science.md section 6), as TRL reward functions: each takes the
+batch's `prompts`, `completions` and the dataset's other columns (`length`), and returns one float
+per completion, or None where it does not apply (TRL leaves those out of the weighted sum).
+
+- length:     S_l / 100, the benchmark's own length score against the prompt's required length
+- quality:    S_q / 100 from the LLM judge (any OpenAI-compatible endpoint; concurrent, cached)
+- repetition: TRL's n-gram repetition penalty, in [-1, 0]
+- overlong:   TRL's soft punishment of completions that run into max_completion_length, in [-1, 0]
+
+`reward.<name>` is each one's weight (0 leaves it out); TRL combines them by
+`trainer.args.multi_objective_aggregation`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from lw.errors import UserError
+from lw.words import count_words, length_score
+
+REWARDS = ("length", "quality", "repetition", "overlong")
+
+
+def text_of(turns) -> str:
+    """A prompt's or completion's text: the last turn's content of a conversation, or the string."""
+    if isinstance(turns, list):
+        return turns[-1]["content"] if turns else ""
+    return turns
+
+
+def length_reward(completions: list, length: list[int | None], **kwargs) -> list[float | None]:
+    """S_l / 100 of each completion against its prompt's required length; None where it names none."""
+    return [None if n is None else length_score(int(n), count_words(text_of(c))) / 100
+            for c, n in zip(completions, length)]
+
+
+def quality_reward(judge) -> Callable:
+    """S_q / 100 of each completion by `judge` (lw.eval.judge.Judge); None where the judge's reply had
+    no scores or its request failed (counted in the judge's log, never scored as 0)."""
+    from lw.eval.judge import OK
+    from lw.eval.scoring import quality_scores
+
+    def quality(prompts: list, completions: list, **kwargs) -> list[float | None]:
+        rows = [{"id": str(i), "prompt": text_of(p), "response": text_of(c)}
+                for i, (p, c) in enumerate(zip(prompts, completions))]
+        return [quality_scores([j])["S_q"] / 100 if j["status"] == OK else None for j in judge.judge(rows)]
+
+    quality.__name__ = "quality_reward"
+    return quality
+
+
+def reward_functions(reward_cfg, max_completion_length: int, judge=None) -> tuple[list[Callable], list[float]]:
+    """The reward functions with a non-zero weight, and their weights (for GRPOConfig.reward_weights)."""
+    from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment
+
+    funcs, weights = [], []
+    for name in REWARDS:
+        weight = float(reward_cfg[name])
+        if weight == 0:
+            continue
+        if name == "length":
+            func = length_reward
+        elif name == "quality":
+            if judge is None:
+                raise UserError("reward.quality needs the judge: set judge=openai (judge.base_url, judge.model), "
+                                "or reward.quality=0")
+            func = quality_reward(judge)
+        elif name == "repetition":
+            func = get_repetition_penalty_reward(ngram_size=reward_cfg.repetition_ngram)
+        else:
+            buffer = reward_cfg.overlong_buffer or max(1, max_completion_length // 10)
+            if not 0 < buffer < max_completion_length:
+                raise UserError(f"reward.overlong_buffer={buffer} must lie in (0, max_completion_length="
+                                f"{max_completion_length})")
+            func = get_soft_overlong_punishment(max_completion_length, buffer)
+        funcs.append(func)
+        weights.append(weight)
+    if not funcs:
+        raise UserError("trainer=grpo needs a reward: give reward.length (or reward.quality, ...) a non-zero weight")
+    return funcs, weights

@@ -1,0 +1,124 @@
+"""trainer=grpo: the reward functions on hand-computed cases, GRPO on the tiny model through the
+entry point (its mean reward rises on a reward it can learn in a few steps), and the settings that
+fail at start."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_lw, run_lw
+
+from lw.config import JudgeConfig, RewardConfig
+from lw.errors import UserError
+from lw.eval.judge import Judge
+from lw.rewards import length_reward, quality_reward, reward_functions, text_of
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+from lw.train.grpo import completion_budget, prompt_rows, training_args
+
+
+def said(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def test_length_reward_is_s_l_over_100_by_hand():
+    completions = [said(" ".join(["word"] * n)) for n in (100, 150, 50, 0, 400)] + ["字" * 30, said("a b c")]
+    rewards = length_reward(completions, length=[100, 100, 100, 100, 100, 30, None])
+    # S_l: 1 - (150/100 - 1)/3 over the length, 1 - (100/50 - 1)/2 under it, 0 when empty or past 4x.
+    assert rewards[:6] == pytest.approx([1.0, 1 - 0.5 / 3, 0.5, 0.0, 0.0, 1.0])
+    assert rewards[6] is None  # no required length: left out of the weighted sum
+    assert text_of("plain") == "plain" and text_of(said("turn")) == "turn" and text_of([]) == ""
+
+
+def test_quality_reward_is_s_q_over_100_from_the_judge(tmp_path):
+    def judge(body, attempt):
+        text = user_text(body)
+        return Reply("no scores") if "GARBLED" in text else Reply(judge_json(5 if "good" in text else 2))
+
+    with OpenAIServer(judge) as server:
+        cfg = OmegaConf.structured(JudgeConfig(kind="openai", base_url=server.base_url, model="j", parse_retries=0,
+                                               api_key_env=None, timeout=5))
+        quality = quality_reward(Judge(cfg, "Judge $INST$ then $RESPONSE$", tmp_path / "judge.jsonl"))
+        prompts = [[{"role": "user", "content": "Write 10 words."}]] * 3
+        rewards = quality(prompts, [said("good text"), said("poor text"), said("GARBLED")])
+        assert rewards == [pytest.approx(1.0), pytest.approx(0.25), None]  # (score - 1) * 25 / 100
+        asked = len(server.requests)
+        assert quality(prompts[:1], [said("good text")]) == [pytest.approx(1.0)]
+        assert len(server.requests) == asked  # cached
+    assert quality.__name__ == "quality_reward"
+
+
+def test_reward_functions_take_the_weights_and_leave_out_zeros():
+    cfg = OmegaConf.structured(RewardConfig(length=1.0, repetition=0.5, overlong=0.25))
+    funcs, weights = reward_functions(cfg, max_completion_length=100)
+    assert [f.__name__ for f in funcs][0] == "length_reward" and weights == [1.0, 0.5, 0.25]
+    repetition, overlong = funcs[1], funcs[2]
+    # Three trigrams of 5 5 5 5 5, one distinct: 2/3 of them repeat, times the -1 maximum and the weight
+    # applied by TRL, not here.
+    assert repetition(completion_ids=[[1, 2, 3, 4], [5, 5, 5, 5, 5]]) == pytest.approx([0.0, -2 / 3])
+    # The soft overlong punishment: 0 up to max - buffer (90 tokens), -1 at the maximum.
+    assert overlong(completion_ids=[[0] * 80, [0] * 100]) == pytest.approx([0.0, -1.0])
+    with pytest.raises(UserError, match="reward.quality needs the judge"):
+        reward_functions(OmegaConf.structured(RewardConfig(quality=1.0)), 100)
+    with pytest.raises(UserError, match="needs a reward"):
+        reward_functions(OmegaConf.structured(RewardConfig(length=0.0)), 100)
+
+
+def test_prompts_come_with_their_required_lengths(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Write a story.", "length": 300}\n{"prompt": "Write a 2000-word essay."}\n'
+                    '{"prompt": "Write something."}\n')
+    rows, counts = prompt_rows(compose_lw("trainer=grpo", "data=prompts", f"data.path={path}"))
+    assert [r["length"] for r in rows] == [300, 2000, None]
+    assert counts == {"length_from_field": 1, "length_from_text": 1, "length_unknown": 1}
+    toy_rows, _ = prompt_rows(compose_lw("experiment=grpo_mini"))
+    lengths = [r["length"] for r in toy_rows]
+    assert len(toy_rows) == 2000 and min(lengths) == 10 and max(lengths) == 200  # not capped at the SFT's 50
+
+
+def test_max_completion_length_follows_the_longest_required_length():
+    from datasets import Dataset
+
+    class WordTokenizer:
+        def encode(self, text, add_special_tokens=True):
+            return text.split() + (["<s>"] if add_special_tokens else [])
+
+    rows = [{"prompt": [{"role": "user", "content": "Write about rivers in 10 words"}], "length": 10},
+            {"prompt": [{"role": "user", "content": "Write about rivers in 400 words"}], "length": 400}]
+    # One token per word (the numbers are tokens, not words: 12 tokens, 10 words), a margin of 1.5, 8 more.
+    assert completion_budget(Dataset.from_list(rows), WordTokenizer(), context=None) == 400 * 12 // 10 * 3 // 2 + 8
+    assert completion_budget(Dataset.from_list(rows), WordTokenizer(), context=300) == 300 - 7 - 16
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.init_from=null", "trainer=grpo starts from a trained model"),
+    ("+trainer.args.reward_weights=[1.0]", "set the weights as reward.length"),
+    ("trainer.args.num_generations=3", "trainer.args:"),
+    ("data=pairs", "trainer=grpo samples its own answers"),
+])
+def test_bad_grpo_settings_fail_at_start(override, message):
+    cfg = compose_lw("trainer=grpo", "trainer.init_from=runs/x/model", override)
+    with pytest.raises(UserError, match=message):
+        training_args(cfg, "unused", "none")
+
+
+def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
+    # Requests of 5 words and room for 24 tokens: the random model writes too much, and learns to
+    # write less within a few steps.
+    run_dir = tmp_path / "run"
+    run_lw("trainer=grpo", f"trainer.init_from={tiny_model}", "trainer.args.max_steps=20", "trainer.args.logging_steps=2",
+           "trainer.args.learning_rate=1e-2", "+trainer.args.max_completion_length=24",
+           "trainer.args.per_device_train_batch_size=32", "data.toy.min_words=5", "data.toy.max_words=5",
+           "data.toy.round_lengths=false", "data.toy.num_samples=64", "eval.toy_ruler.lengths=[12]",
+           "eval.toy_ruler.samples_per_prompt=1", "generation.max_new_tokens=16", "logger=none",
+           f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    history = [h for h in json.loads((run_dir / "train_log.json").read_text()) if "reward" in h]
+    rewards = [h["rewards/length_reward/mean"] for h in history]
+    assert len(rewards) == 10
+    print("mean length reward by logged step:", [round(r, 3) for r in rewards])
+    assert sum(rewards[-3:]) / 3 > rewards[0] + 0.15
+    assert (run_dir / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "model" / "chat_template.jinja").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data/prompts_trained"] == 64 and "ruler/S_l" in metrics
+    assert open(run_dir / "results.csv").readline().startswith("run,trainer") and ",grpo," in (run_dir / "results.csv").read_text()
