@@ -14,6 +14,7 @@ from lw.errors import UserError
 from lw.eval.judge import Judge
 from lw.rewards import length_reward, quality_reward, reward_functions, text_of
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+from lw.tracking import read_offline_run
 from lw.train.grpo import completion_budget, prompt_rows, training_args
 
 
@@ -110,8 +111,8 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
            "trainer.args.learning_rate=1e-2", "+trainer.args.max_completion_length=24",
            "trainer.args.per_device_train_batch_size=32", "data.toy.min_words=5", "data.toy.max_words=5",
            "data.toy.round_lengths=false", "data.toy.num_samples=64", "eval.toy_ruler.lengths=[12]",
-           "eval.toy_ruler.samples_per_prompt=1", "generation.max_new_tokens=16", "logger=none",
-           f"hydra.run.dir={run_dir}", cwd=tmp_path)
+           "eval.toy_ruler.samples_per_prompt=1", "generation.max_new_tokens=16", f"hydra.run.dir={run_dir}",
+           cwd=tmp_path)
     history = [h for h in json.loads((run_dir / "train_log.json").read_text()) if "reward" in h]
     rewards = [h["rewards/length_reward/mean"] for h in history]
     assert len(rewards) == 10
@@ -122,3 +123,6 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data/prompts_trained"] == 64 and "ruler/S_l" in metrics
     assert open(run_dir / "results.csv").readline().startswith("run,trainer") and ",grpo," in (run_dir / "results.csv").read_text()
+    logged = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
+    assert logged["config"]["trainer"]["kind"] == "grpo" and logged["config"]["reward"]["length"] == 1.0
+    assert logged["summary"]["train/rewards/length_reward/mean"] == pytest.approx(rewards[-1], abs=1e-6)
