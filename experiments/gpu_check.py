@@ -232,6 +232,64 @@ def dpo(args) -> int:
     return 0
 
 
+def grpo(args) -> int:
+    """A few GRPO steps of the GLM-4-9B layer shapes under ZeRO-3 offload, through lw's length reward:
+    each step samples completions (transformers generate on the gathered ZeRO-3 weights) and trains
+    on them. Random weights and the tiny tokenizer's vocabulary (a random model's text needs no
+    real vocabulary; the layers keep GLM-4-9B's width), timed per step."""
+    import deepspeed
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lw.launch.topology import single_process_env
+    from lw.models.chat_format import get_chat_format
+    from lw.models.tiny import tiny_tokenizer
+    from lw.rewards import length_reward
+    from lw.train.worker import skip_cpu_shm_comm
+
+    cuda = torch.cuda.is_available()
+    single_process_env()
+    if not cuda:
+        skip_cpu_shm_comm()
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    tokenizer = tiny_tokenizer(tempfile.mkdtemp())
+    tokenizer.chat_template = get_chat_format("glm4").jinja
+    full = glm4_9b_config(args.smoke)
+    layers = args.layers or layers_for_host(full, args.host_fraction)
+    config = glm4_9b_config(args.smoke, layers)
+    config.vocab_size = len(tokenizer)
+    new_tokens = 32 if args.smoke else args.new_tokens
+    steps = args.warmup + args.steps
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Write a {n}-word note about rivers."}],
+                               "length": n} for n in [50, 100, 200, 400] * steps])
+    ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
+    grpo_args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="gpu_check_grpo_"), deepspeed=ds_config, bf16=cuda, use_cpu=not cuda,
+        ddp_backend=None if cuda else "gloo", per_device_train_batch_size=8, num_generations=4,
+        max_completion_length=new_tokens, max_steps=steps, learning_rate=1e-6, gradient_checkpointing=True,
+        logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)  # zero.Init
+    try:
+        trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=grpo_args, train_dataset=data,
+                              processing_class=tokenizer)
+        trainer.train()
+    except torch.cuda.OutOfMemoryError as e:
+        record(args.out, "grpo", {"oom": True, "layers": layers, "error": str(e)[:300]})
+        return 2
+    logged = [r for r in trainer.state.log_history if "reward" in r]
+    record(args.out, "grpo", {
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds, "layers": layers,
+        "full_depth_layers": full.num_hidden_layers, "completions_per_step": 8, "max_completion_tokens": new_tokens,
+        "step_seconds_after_warmup": [round(r["step_time"], 2) for r in logged[args.warmup:] if "step_time" in r],
+        "mean_completion_tokens": [round(r["completions/mean_length"], 1) for r in logged],
+        "length_reward": [round(r["reward"], 4) for r in logged],
+        "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    })
+    return 0
+
+
 def generate(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM
@@ -296,7 +354,7 @@ def _vllm(config, prompts, new_tokens) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "dpo", "generate", "record"])
+    parser.add_argument("stage", choices=["train", "dpo", "grpo", "generate", "record"])
     parser.add_argument("--out", type=Path, required=True, help="JSON file the figures are merged into")
     parser.add_argument("--smoke", action="store_true", help="a tiny GLM on CPU: checks this script")
     parser.add_argument("--ds", default="zero3_offload", help="conf/deepspeed/<name>.json")
@@ -313,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "record":
         record(args.out, args.key, json.loads(args.value))
         return 0
-    return {"train": train, "dpo": dpo, "generate": generate}[args.stage](args)
+    return {"train": train, "dpo": dpo, "grpo": grpo, "generate": generate}[args.stage](args)
 
 
 if __name__ == "__main__":

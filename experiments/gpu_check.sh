@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of the paper-scale path (GLM-4-9B training under ZeRO-3 offload, DPO, hf vs vLLM
-# generation): one call, one H100/H200, no network, under 10 minutes (12 if 32k packs run out of GPU
+# generation, GRPO): one call, one H100/H200, no network, under 12 minutes (14 if 32k packs run out of GPU
 # memory and 16k packs are measured instead). Figures go to
 # $OUT/gpu_check.json (or runs/gpu_check/), each stage's log beside it; a failing or timed-out stage
 # is recorded and the next one still runs.
@@ -13,7 +13,9 @@
 #   3. generate         hf generate vs vLLM (skipped with a message where vLLM is not installed)
 #   4. dpo              lw's DPO trainer on the same architecture and offload, pairs of 16k tokens:
 #                       the precomputed reference pass and the policy steps, timed
-#   5. train_cpuadam    the paper configs' DeepSpeed CPU Adam (zero3_offload_cpuadam.json; compiles
+#   5. grpo             lw's length reward through TRL's GRPOTrainer on the same architecture and offload:
+#                       8 completions of 256 tokens a step sampled on the gathered weights, then trained
+#   6. train_cpuadam    the paper configs' DeepSpeed CPU Adam (zero3_offload_cpuadam.json; compiles
 #                       cpu_adam first, into $TORCH_EXTENSIONS_DIR)
 # CPU check of the script itself: SMOKE=1 bash experiments/gpu_check.sh
 set -euo pipefail
@@ -68,6 +70,7 @@ if [ "$rc" = 2 ]; then  # out of GPU memory at 32k tokens: measure 16k packs ins
 fi
 stage generate 90 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true
 stage dpo 120 "$PY" experiments/gpu_check.py dpo --out "$RESULT" --ds zero3_offload --seq-len 16384 $SMOKE_FLAG || true
+stage grpo 120 "$PY" experiments/gpu_check.py grpo --out "$RESULT" --ds zero3_offload $SMOKE_FLAG || true
 stage train_cpuadam 150 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload_cpuadam $SMOKE_FLAG || true
 echo "=== figures: $RESULT"
 cat "$RESULT"
