@@ -212,3 +212,21 @@ def test_packed_gradients_equal_the_per_sample_gradients(model, samples, batch, 
     for got, want in zip((p.grad for p in model.parameters()), expected):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
     model.zero_grad()
+
+
+def test_the_benchmark_packs_its_rows_as_the_collator_does():
+    """benchmarks/packed_attention.py builds its rows with torch alone (the GPU image lacks datasets
+    and trl); they must be what PackCollator gives the model."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("packed_attention", REPO / "benchmarks" / "packed_attention.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    lengths = benchmark.length_mix(4096, seed=0)
+    assert sum(lengths) == 4096 and max(lengths) <= 2048 and sum(n < 2048 // 4 for n in lengths) >= 3
+    ours = benchmark.packed_batch(lengths, vocab=500, seed=0)
+    collated = PackCollator(pad_token_id=0)([{"input_ids": ours["input_ids"][0].tolist(), "seq_lengths": lengths}])
+    for key, value in ours.items():  # the collator adds pack_ids (lw's loss) and seq_idx (linear attention)
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(collated[key])), key
