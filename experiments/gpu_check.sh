@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The GPU check of the paper-scale path (GLM-4-9B training under ZeRO-3 offload, DPO, hf vs vLLM
-# generation, GRPO): one call, one H100/H200, no network, under 12 minutes (14 if 32k packs run out of GPU
-# memory and 16k packs are measured instead). Figures go to
+# The GPU check of the paper-scale path (packed attention, GLM-4-9B training under ZeRO-3 offload,
+# DPO, GRPO, hf vs vLLM generation): one call, one H100/H200, no network, under 15 minutes (17 if 32k
+# packs run out of GPU memory and 16k packs are measured instead). Figures go to
 # $OUT/gpu_check.json (or runs/gpu_check/), each stage's log beside it; a failing or timed-out stage
-# is recorded and the next one still runs.
+# is recorded and the next one still runs. STAGES="attention" (any of the names below, space
+# separated) runs setup and those stages only.
 #   1. setup            install the packages the device image lacks from .whl/ (made here by
 #                       experiments/gpu_wheels.sh; pass carry=[".whl"] to the device run)
-#   2. train            GLM-4-9B architecture, random weights, ZeRO-3 optimizer+parameter CPU offload,
+#   2. attention        benchmarks/packed_attention.py --gpu: sdpa, flex_attention and (where
+#                       flash-attn is installed) flash_attention_2 on a 32k pack of a LongWriter-like
+#                       length mix, GLM-4-9B layers, forward+backward: time and peak memory, as ratios
+#                       against sdpa ($OUT/packed_attention.md, and "packed_attention" in the JSON)
+#   3. train            GLM-4-9B architecture, random weights, ZeRO-3 optimizer+parameter CPU offload,
 #                       torch AdamW on the offloaded states (conf/deepspeed/zero3_offload.json),
 #                       32k packs, bf16, activation checkpointing: tokens/s, MFU, peak GPU memory
 #                       (16k packs if 32k runs out of GPU memory)
-#   3. generate         hf generate vs vLLM (skipped with a message where vLLM is not installed)
-#   4. dpo              lw's DPO trainer on the same architecture and offload, pairs of 16k tokens:
+#   4. generate         hf generate vs vLLM (skipped with a message where vLLM is not installed)
+#   5. dpo              lw's DPO trainer on the same architecture and offload, pairs of 16k tokens:
 #                       the precomputed reference pass and the policy steps, timed
-#   5. grpo             lw's length reward through TRL's GRPOTrainer on the same architecture and offload:
+#   6. grpo             lw's length reward through TRL's GRPOTrainer on the same architecture and offload:
 #                       8 completions of 256 tokens a step sampled on the gathered weights, then trained
-#   6. train_cpuadam    the paper configs' DeepSpeed CPU Adam (zero3_offload_cpuadam.json; compiles
+#   7. train_cpuadam    the paper configs' DeepSpeed CPU Adam (zero3_offload_cpuadam.json; compiles
 #                       cpu_adam first, into $TORCH_EXTENSIONS_DIR)
 # CPU check of the script itself: SMOKE=1 bash experiments/gpu_check.sh
 set -euo pipefail
@@ -26,6 +31,7 @@ mkdir -p "$OUT_DIR"
 RESULT="$OUT_DIR/gpu_check.json"
 PY="${PYTHON:-python3}"
 SMOKE_FLAG=$([ "${SMOKE:-0}" = 1 ] && echo --smoke || true)
+STAGES="${STAGES:-attention train generate dpo grpo train_cpuadam}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/lw_torch_extensions}"
 
@@ -42,6 +48,7 @@ stage() {
     --value "{\"exit_code\": $rc, \"seconds\": $((SECONDS - start))}" || true
   return "$rc"
 }
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 setup() {
   if ! "$PY" -c "import deepspeed" 2>/dev/null && compgen -G ".whl/*" >/dev/null; then
@@ -63,14 +70,34 @@ export PYTHONPATH="/tmp/lw_site${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${1:-}" = setup ]; then setup; exit; fi
 
 stage setup 75 bash "$SCRIPT" setup || { echo "setup failed: nothing else can run"; exit 1; }
-stage train 180 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload $SMOKE_FLAG && rc=0 || rc=$?
+if want attention; then
+  # SMOKE: the same script on CPU, forward only, one small pack.
+  ATTENTION_ARGS=$([ "${SMOKE:-0}" = 1 ] && echo "--lengths 512 --repeats 1" || echo --gpu)
+  # shellcheck disable=SC2086
+  stage attention 180 "$PY" benchmarks/packed_attention.py $ATTENTION_ARGS --out "$OUT_DIR" || true
+  if [ -f "$OUT_DIR/packed_attention.json" ]; then
+    "$PY" experiments/gpu_check.py record --out "$RESULT" --key packed_attention \
+      --value "$(cat "$OUT_DIR/packed_attention.json")" || true
+  fi
+fi
+rc=0
+if want train; then
+  stage train 180 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload $SMOKE_FLAG || rc=$?
+fi
 if [ "$rc" = 2 ]; then  # out of GPU memory at 32k tokens: measure 16k packs instead
   stage train_16k 120 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload --seq-len 16384 \
     $SMOKE_FLAG || true
 fi
-stage generate 90 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true
-stage dpo 120 "$PY" experiments/gpu_check.py dpo --out "$RESULT" --ds zero3_offload --seq-len 16384 $SMOKE_FLAG || true
-stage grpo 120 "$PY" experiments/gpu_check.py grpo --out "$RESULT" --ds zero3_offload $SMOKE_FLAG || true
-stage train_cpuadam 150 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload_cpuadam $SMOKE_FLAG || true
+if want generate; then stage generate 90 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true; fi
+if want dpo; then
+  stage dpo 120 "$PY" experiments/gpu_check.py dpo --out "$RESULT" --ds zero3_offload --seq-len 16384 $SMOKE_FLAG || true
+fi
+if want grpo; then
+  stage grpo 120 "$PY" experiments/gpu_check.py grpo --out "$RESULT" --ds zero3_offload $SMOKE_FLAG || true
+fi
+if want train_cpuadam; then
+  stage train_cpuadam 150 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload_cpuadam $SMOKE_FLAG \
+    || true
+fi
 echo "=== figures: $RESULT"
 cat "$RESULT"

@@ -54,7 +54,10 @@ class ModelConfig:
     chat_format: str = MISSING  # llama3_1 | glm4
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
-    attn_implementation: Optional[str] = None
+    # auto: with packing on a GPU, one whose cost follows the samples, not the pack (flash_attention_2
+    # where flash-attn is installed, else flex_attention); sdpa otherwise. Any other value is kept
+    # (sdpa, flex_attention, flash_attention_2, eager); null means auto (lw.models.attention_implementation).
+    attn_implementation: Optional[str] = "auto"
     # GLM-4 needs its seq_length raised for 32k packs (docs/science.md section 4).
     config_overrides: Dict[str, Any] = field(default_factory=dict)
     tiny: Optional[TinyModelConfig] = None
@@ -332,6 +335,9 @@ class PlanConfig:
     sources: List[PlanSource] = field(default_factory=list)
     packing_efficiency: float = 0.99  # real tokens / pack slots with best-fit-decreasing packing
     gpu_memory_gib: float = 80.0  # per GPU; the plan warns when its estimate exceeds it (H800/H100: 80)
+    # The workers' device (cuda | cpu), which picks the attention implementation; null: cuda with
+    # launcher=deepspeed or slurm (GPU ranks), this machine's with launcher=local.
+    device: Optional[str] = None
 
 
 @dataclass

@@ -20,7 +20,16 @@ activation element: 2 in bf16, 4 in fp32):
 - logits and loss: m*s*V*(a + 8): the logits, their fp32 copy for the loss and the fp32
   log-softmax kept for the backward pass. At 32k tokens and a 150k vocabulary this is the largest
   single term.
-- attention scores: none with sdpa/flash attention; m*n_h*s^2*a with eager attention.
+- attention scores: none with sdpa/flash/flex attention; m*n_h*s^2*a with eager attention.
+- attention mask (sdpa on padding-free packs): transformers turns the restarting position ids of a
+  row of T = m*s tokens into a dense boolean mask, T^2 bytes, and SDPA converts it to an additive
+  mask of T^2*a bytes that each layer keeps for its backward pass (one layer at a time with
+  activation checkpointing, L without).
+
+Attention FLOPs of a packed run (`plan_attention`): flash and flex attention compute each sample's
+causal attention, l(l+1)/2 (query, key) pairs per sample of l tokens; sdpa with the dense mask
+computes every pair of the row, T^2 (a kernel cannot skip what an arbitrary mask hides). Each pair
+costs 4*n_h*d FLOPs per layer forward, x3 with the backward pass.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from types import SimpleNamespace
 from omegaconf import DictConfig, OmegaConf
 
 from lw.launch.flops import train_flops_per_token
-from lw.models import apply_config_overrides, parameter_counts
+from lw.models import (apply_config_overrides, attention_implementation, flash_attention_installed, local_device,
+                       parameter_counts)
 from lw.train.registry import trainer_for
 from lw.errors import UserError
 
@@ -66,11 +76,12 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
     # pass, its generation, extra memory.
     shape = trainer.plan(cfg, args, counts, nnodes, hf_config) if hasattr(trainer, "plan") else {}
     data = plan_data(cfg, args, world, shape.get("sequences_per_row", 1), shape.get("tokens_per_sequence"))
+    attention = plan_attention(cfg, args, hf_config, counts, data, data.pop("pack_sequence_lengths"))
     deepspeed = plan_deepspeed(cfg, args, hf_config, world, data["total_steps"]) \
         if cfg.launcher.kind != "local" else None
     memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed,
                          shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
-                         shape.get("host_per_node", {}), shape.get("full_logits", True))
+                         shape.get("host_per_node", {}), shape.get("full_logits", True), attention)
     return {
         "run_name": cfg.run_name,
         "task": cfg.task.value if hasattr(cfg.task, "value") else str(cfg.task),
@@ -89,12 +100,14 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                       "warmup_steps": data["warmup_steps"], "weight_decay": args.weight_decay,
                       "adam_betas": [args.adam_beta1, args.adam_beta2], "bf16": args.bf16,
                       "activation_checkpointing": bool(args.activation_checkpointing)},
+        "attention": attention,
         "deepspeed": deepspeed,
         "trainer": {"kind": str(getattr(cfg.trainer.kind, "value", cfg.trainer.kind)),
                     "sequences_per_example": shape.get("sequences_per_example", 1),
                     **{k: shape[k] for k in ("reference", "generation") if k in shape}},
         "memory": memory,
-        "assumptions": data.pop("assumptions") + memory.pop("assumptions") + shape.get("assumptions", []),
+        "assumptions": data.pop("assumptions") + attention.pop("assumptions") + memory.pop("assumptions")
+        + shape.get("assumptions", []),
     }
 
 
@@ -140,9 +153,10 @@ def plan_data(cfg: DictConfig, args, world: int, sequences_per_row: int = 1,
     pack_length = cfg.data.pack_length
     assumptions: list[str] = []
     stats = None
+    pack_sequence_lengths = None
     if _tokenizer_is_local(cfg.model):
         try:
-            stats = _prepared_stats(cfg)  # lw.data packs exactly as training will
+            stats, pack_sequence_lengths = _prepared_stats(cfg)  # lw.data packs exactly as training will
         except FileNotFoundError as e:
             if not cfg.plan.sources:
                 raise
@@ -195,6 +209,7 @@ def plan_data(cfg: DictConfig, args, world: int, sequences_per_row: int = 1,
         "total_steps": total_steps,
         "warmup_steps": args.get_warmup_steps(total_steps),
         "assumptions": assumptions,
+        "pack_sequence_lengths": pack_sequence_lengths,  # for plan_attention, not the plan file
     }
 
 
@@ -202,13 +217,83 @@ def _tokenizer_is_local(model_cfg) -> bool:
     return model_cfg.path is None or Path(model_cfg.path).is_dir()
 
 
-def _prepared_stats(cfg: DictConfig) -> dict:
+def _prepared_stats(cfg: DictConfig) -> tuple[dict, list[list[int]] | None]:
+    """The training set's statistics, and the sequence lengths of each pack when it is packed."""
     from lw.models import build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        _, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, Path(tmp))
-    return stats
+        dataset, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, Path(tmp))
+    packed = "seq_lengths" in dataset.column_names
+    return stats, dataset["seq_lengths"] if packed else None
+
+
+# ------------------------------------------------------------------------------------ attention
+
+def planned_device(cfg: DictConfig) -> str:
+    """The device the run trains on: plan.device, else GPU ranks for a launcher that starts workers
+    (the paper configs) and this machine's device for launcher=local."""
+    device = cfg.plan.get("device")
+    if device is not None and device not in ("cuda", "cpu"):
+        raise UserError(f"plan.device={device} must be cuda, cpu or null")
+    return device or ("cuda" if cfg.launcher.kind != "local" else local_device())
+
+
+def _activation_bytes(cfg: DictConfig, args) -> int:
+    return 2 if bool(args.bf16) or cfg.model.dtype in ("bfloat16", "float16") else 4
+
+
+def attention_pairs(pack_sequence_lengths: list[list[int]], micro_batch: int) -> tuple[int, int]:
+    """(query, key) pairs of the packs: each sample's causal attention on its own, and one dense mask
+    over each padding-free row (the collator joins `micro_batch` packs into one row)."""
+    per_sample = sum(n * (n + 1) // 2 for pack in pack_sequence_lengths for n in pack)
+    totals = [sum(pack) for pack in pack_sequence_lengths]
+    dense = sum(sum(totals[i:i + micro_batch]) ** 2 for i in range(0, len(totals), micro_batch))
+    return per_sample, dense
+
+
+def plan_attention(cfg: DictConfig, args, hf_config, counts: dict, data: dict,
+                   pack_sequence_lengths: list[list[int]] | None) -> dict:
+    """The attention implementation the run will use on its device and, with packing, what a dense
+    sdpa mask costs against the per-sample cost of the planned packs' length mix."""
+    device = planned_device(cfg)
+    packing = bool(data["pack_length"])
+    requested = cfg.model.attn_implementation or "auto"
+    implementation = attention_implementation(cfg.model, device, packing=packing, training=True)
+    plan = {"implementation": implementation, "requested": requested, "device": device, "packing": packing}
+    assumptions = [f"attention for {device} ranks (plan.device=cuda|cpu plans for the other)"]
+    if requested == "auto" and implementation == "flex_attention" and not flash_attention_installed():
+        assumptions.append("flash-attn is not installed here: ranks where it is take flash_attention_2, at the "
+                           "same per-sample cost")
+    if not packing:
+        return {**plan, "assumptions": assumptions}
+
+    micro = args.per_device_train_batch_size
+    if pack_sequence_lengths is not None:
+        per_sample, dense = attention_pairs(pack_sequence_lengths, micro)
+        mix = "the tokenized packs"
+    else:
+        per_sample = round(sum(s.sequences * s.mean_tokens * (s.mean_tokens + 1) / 2 for s in cfg.plan.sources))
+        rows = math.ceil(data["packs"] / micro)
+        dense = round(rows * (data["tokens"] / rows) ** 2)
+        mix = "plan.sources"
+        assumptions.append("attention pairs from plan.sources: every sample at its source's mean length, every row "
+                           "equally full (a real spread of lengths costs more per sample: sdpa's excess is smaller)")
+    heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    flops_per_pair = 3 * 4 * hf_config.num_hidden_layers * heads * head_dim  # forward and backward, all layers
+    model_flops = train_flops_per_token(hf_config, counts["total"], counts["embedding"], 0) * data["tokens"]
+    per_sample_flops = model_flops + flops_per_pair * per_sample
+    row = micro * data["pack_length"]
+    a = _activation_bytes(cfg, args)
+    held = 1 if args.activation_checkpointing else hf_config.num_hidden_layers
+    return {**plan, "cost_follows": "samples" if implementation not in ("sdpa", "eager") else "pack",
+            "length_mix": mix, "row_tokens": row,
+            "per_sample_pairs": per_sample, "dense_pairs": dense,
+            "sdpa_over_per_sample_attention_flops": round(dense / per_sample, 3),
+            "sdpa_extra_flops_share": round(flops_per_pair * (dense - per_sample) / per_sample_flops, 4),
+            "sdpa_mask_bytes": row**2 * (1 + a * held),
+            "assumptions": assumptions}
 
 
 # ------------------------------------------------------------------------------------ deepspeed
@@ -267,10 +352,9 @@ def _auto_keys(node, prefix: str = "") -> list[str]:
 
 def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, nproc: int, nnodes: int,
                 deepspeed: dict | None, sequences_per_example: int = 1, trainer_gpu: dict | None = None,
-                trainer_host: dict | None = None, full_logits: bool = True) -> dict:
+                trainer_host: dict | None = None, full_logits: bool = True, attention: dict | None = None) -> dict:
     params, largest = counts["total"], counts["largest_layer"]
-    bf16 = bool(args.bf16) or cfg.model.dtype == "bfloat16"
-    a = 2 if bf16 or cfg.model.dtype == "float16" else 4
+    a = _activation_bytes(cfg, args)
     m = args.per_device_train_batch_size * sequences_per_example
     h, layers, ffn = hf_config.hidden_size, hf_config.num_hidden_layers, hf_config.intermediate_size
     heads = hf_config.num_attention_heads
@@ -283,8 +367,10 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
     else:
         activations = {"all_layers": layers * m * seq_len * layer_width * a, "recomputed_layer": m * seq_len * layer_width * a}
     activations["logits_and_loss"] = m * seq_len * vocab * (a + 8) if full_logits else 0
-    eager = cfg.model.attn_implementation == "eager"
-    activations["attention_scores"] = m * heads * seq_len**2 * a if eager else 0
+    implementation = (attention or {}).get("implementation")
+    activations["attention_scores"] = m * heads * seq_len**2 * a if implementation == "eager" else 0
+    if implementation == "sdpa" and attention.get("packing"):
+        activations["attention_mask"] = attention["sdpa_mask_bytes"]
     assumptions = ["GPU and host memory are estimates (see lw/plan.py); allow a few GiB for the CUDA "
                    "context and fragmentation"]
     if not full_logits:
@@ -371,6 +457,7 @@ def format_plan(plan: dict) -> str:
         f"(global batch {data['global_batch']}, {data['tokens_per_step']} token slots per step, "
         f"warmup {data['warmup_steps']})",
     ]
+    lines.append(f"  attention  {format_attention(plan['attention'])}")
     if plan["deepspeed"]:
         ds = plan["deepspeed"]
         lines.append(f"  deepspeed  ZeRO-{ds['stage']}, optimizer offload {ds['offload_optimizer']}, parameter "
@@ -388,3 +475,22 @@ def format_plan(plan: dict) -> str:
     lines.append(f"  command    {launcher['command']}")
     lines += [f"  assumed    {a}" for a in plan["assumptions"]]
     return "\n".join(lines)
+
+
+def format_attention(attention: dict) -> str:
+    choice = "auto" if attention["requested"] == "auto" else "explicit"
+    line = f"{attention['implementation']} ({choice}, on {attention['device']}"
+    if not attention["packing"]:
+        return line + ", no packing)"
+    line += f", packs from {attention['length_mix']}): "
+    ratio, extra = f"{attention['sdpa_over_per_sample_attention_flops']:.1f}", attention["sdpa_extra_flops_share"]
+    mask = f"{attention['sdpa_mask_bytes'] / GIB:.1f} GiB mask for each {attention['row_tokens']}-token row"
+    if attention["cost_follows"] == "samples":
+        return line + (f"cost follows the samples; sdpa would need a {mask} and {ratio}x the attention FLOPs "
+                       f"(+{extra:.0%} of the run's FLOPs)")
+    line += f"a dense mask over each row: {ratio}x the per-sample attention FLOPs (+{extra:.0%} of the run's FLOPs)"
+    if attention["implementation"] == "sdpa":
+        line += f", a {mask}"
+    if attention["device"] == "cuda":
+        line += "; model.attn_implementation=auto costs what the samples cost"
+    return line

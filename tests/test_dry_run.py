@@ -64,6 +64,23 @@ def test_paper_plans_follow_the_paper(plans, name):
     assert memory["fits_gpu"] and memory["gpu_per_rank_gib"]["activations_logits_and_loss"] > 30
     command = plan["launcher"]["command"]
     assert "--nproc-per-node 8" in command and command.endswith(f"-m lw.train.worker {command.split()[-1]}")
+    # Attention on the GPU ranks: an implementation whose cost follows the samples, with what sdpa would cost.
+    attention = plan["attention"]
+    assert attention["implementation"] in ("flex_attention", "flash_attention_2") and attention["requested"] == "auto"
+    assert (attention["device"], attention["packing"], attention["cost_follows"]) == ("cuda", True, "samples")
+    assert "activations_attention_mask" not in memory["gpu_per_rank_gib"]
+    # plan.sources: 6,000 samples of 9,000 tokens and 180,000 of 600, causal each; 4,994 rows of 32,440 dense.
+    per_sample = 6000 * 9000 * 9001 / 2 + 180000 * 600 * 601 / 2
+    assert attention["per_sample_pairs"] == pytest.approx(per_sample, rel=1e-9)
+    assert attention["dense_pairs"] == pytest.approx(data["packs"] * (data["tokens"] / data["packs"]) ** 2, rel=1e-9)
+    assert attention["sdpa_over_per_sample_attention_flops"] == pytest.approx(attention["dense_pairs"] / per_sample,
+                                                                               rel=1e-3)
+    assert attention["sdpa_mask_bytes"] == 32768**2 * (1 + 2)  # the boolean mask and one layer's bf16 copy
+    line = next(x for x in plans[1].stdout.splitlines() if x.startswith(f"plan for experiment-{name}"))
+    block = plans[1].stdout.split(line, 1)[1]
+    assert f"  attention  {attention['implementation']} (auto, on cuda, packs from plan.sources): cost follows the " \
+           f"samples; sdpa would need a 3.0 GiB mask for each 32768-token row and " \
+           f"{attention['sdpa_over_per_sample_attention_flops']:.1f}x the attention FLOPs" in block
 
 
 def test_tiny_plan_counts_the_tokenized_data(plans):
@@ -87,6 +104,45 @@ def test_plan_for_two_nodes_and_packing(tmp_path):
     assert plan["deepspeed"]["config"]["train_batch_size"] == 32
     assert "--nnodes 2 --nproc-per-node 2 --node-rank 0 --master-addr node0 --master-port 29400" \
         in plan["launcher"]["command"]
+
+
+def test_plan_of_sdpa_on_packs_counts_the_mask_and_the_extra_flops_of_the_real_packs(tmp_path):
+    """The tokenized packs' own lengths: each sample's causal pairs against one dense square per row
+    (a micro-batch of packs joined into one padding-free row), and the mask in the GPU memory."""
+    from lw.data import build_sft_dataset
+    from lw.models import build_tokenizer
+
+    overrides = ("experiment=smoke", "data.pack_length=512", "data.max_length=512", "model.attn_implementation=sdpa",
+                 "plan.device=cpu", "trainer.args.per_device_train_batch_size=2", f"cache_dir={tmp_path / 'cache'}")
+    cfg = compose_lw(*overrides)
+    plan = build_plan(cfg, tmp_path / "plan")
+    attention, memory = plan["attention"], plan["memory"]
+    dataset, _ = build_sft_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
+    packs = dataset["seq_lengths"]
+    per_sample = sum(n * (n + 1) // 2 for pack in packs for n in pack)
+    rows = [sum(packs[i]) + (sum(packs[i + 1]) if i + 1 < len(packs) else 0) for i in range(0, len(packs), 2)]
+    assert len(packs) > 2 and attention["length_mix"] == "the tokenized packs"
+    assert (attention["implementation"], attention["cost_follows"]) == ("sdpa", "pack")
+    assert (attention["per_sample_pairs"], attention["dense_pairs"]) == (per_sample, sum(r * r for r in rows))
+    assert attention["sdpa_over_per_sample_attention_flops"] > 2  # packs of many short samples
+    assert 0 < attention["sdpa_extra_flops_share"]
+    # fp32 on CPU, no activation checkpointing: the boolean mask and each of the 2 layers' fp32 copy, row 2 x 512.
+    assert attention["row_tokens"] == 1024 and attention["sdpa_mask_bytes"] == 1024**2 * (1 + 4 * 2)
+    assert memory["gpu_per_rank_gib"]["activations_attention_mask"] == round(1024**2 * 9 / 1024**3, 3)
+
+
+def test_plan_names_the_attention_of_the_workers_device_and_refuses_what_cannot_run_there(tmp_path):
+    glm = ("experiment=longwriter_glm4_9b", "dry_run=true")  # the dry run's own check is the workers' device
+    assert build_plan(compose_lw(*glm, "plan.device=cpu"), tmp_path)["attention"]["implementation"] == "sdpa"
+    sdpa = build_plan(compose_lw(*glm, "model.attn_implementation=sdpa"), tmp_path)
+    assert sdpa["attention"]["cost_follows"] == "pack"
+    assert sdpa["memory"]["gpu_per_rank_gib"]["activations_attention_mask"] == 3.0
+    flex = build_plan(compose_lw(*glm, "model.attn_implementation=flex_attention"), tmp_path)["attention"]
+    assert (flex["implementation"], flex["cost_follows"]) == ("flex_attention", "samples")
+    with pytest.raises(ValueError, match="flex_attention: PyTorch's flex attention has no backward pass on CPU"):
+        build_plan(compose_lw(*glm, "model.attn_implementation=flex_attention", "plan.device=cpu"), tmp_path)
+    unpacked = build_plan(compose_lw("experiment=smoke"), tmp_path)["attention"]
+    assert unpacked == {"implementation": "sdpa", "requested": "auto", "device": "cpu", "packing": False}
 
 
 def test_plan_without_a_local_tokenizer_needs_stated_data_sizes(tmp_path):

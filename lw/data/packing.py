@@ -8,7 +8,8 @@ packs are then checked to hold every sequence exactly once.
 
 Each pack keeps `seq_lengths`, from which the collator restarts position ids per sequence; with
 no attention mask and no cache, transformers then keeps packed sequences from attending to each
-other (tests/test_packing.py checks the logits).
+other (tests/test_packing.py and, per attention implementation, tests/test_attention.py check the
+logits).
 """
 
 from __future__ import annotations

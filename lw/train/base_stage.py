@@ -72,7 +72,7 @@ def _train_base(cfg, tokenizer, work: Path) -> Path:
         dataset, collator = pack(dataset, base.pack_length), PackCollator(pad_token_id=tokenizer.pad_token_id)
     args = sft_config(cfg, work / "checkpoints", "none", args=dict(base.args), seed=base.seed,
                       where="trainer.base.args", pack_length=base.pack_length)
-    model = build_model(cfg.model, tokenizer, seed=base.seed)
+    model = build_model(cfg.model, tokenizer, seed=base.seed, packing=base.pack_length is not None, training=True)
     trainer = LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            data_collator=collator, eos_loss_weight=base.eos_loss_weight)
     trainer.train()

@@ -20,6 +20,7 @@ from trl import DPOConfig, DPOTrainer
 
 from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
+from lw.models import attention_implementation, local_device
 from lw.train import fit_and_save
 from lw.errors import UserError
 
@@ -50,6 +51,8 @@ def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
         raise UserError("trainer.args.max_length: set data.max_length instead (a longer pair is dropped and "
                          "counted, never truncated)")
     args.setdefault("use_cpu", not torch.cuda.is_available())
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+        attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
         return DPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                          run_name=cfg.run_name, max_length=max_length_of(cfg.data), **args)

@@ -12,6 +12,7 @@ from trl import SFTConfig, SFTTrainer
 
 from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
+from lw.models import attention_implementation, local_device, use_attention
 from lw.train import fit_and_save
 from lw.train.loss import count_items, lm_loss
 from lw.errors import UserError
@@ -79,6 +80,9 @@ def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, 
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
         raise UserError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
     max_length = pack_length if pack_length is not None else max_length_of(cfg.data)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+        attention_implementation(cfg.model, local_device(args["use_cpu"]), packing=pack_length is not None,
+                                 training=True)
     try:
         return SFTConfig(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
@@ -101,6 +105,9 @@ def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: s
     args = training_args(cfg, output_dir / "checkpoints", report_to)
     packed = "seq_lengths" in dataset.column_names
     collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
+    # The pipeline builds the model as for generation; packs may want another implementation.
+    use_attention(model, attention_implementation(cfg.model, local_device(args.use_cpu), packing=packed,
+                                                  training=True))
     return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                         data_collator=collator, eos_loss_weight=cfg.trainer.eos_loss_weight,
                         loss_weighting=cfg.trainer.loss_weighting, callbacks=callbacks)

@@ -123,7 +123,10 @@ def train(run_dir: Path) -> Path:
     args = trainer.training_args(cfg, run_dir / "checkpoints", "none")
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     dataset = load_from_disk(str(run_dir / "data" / "tokenized"))
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+    # Built with the attention implementation for training on this rank's device (packs on a GPU:
+    # one whose cost follows the samples), not the driver's.
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed,
+                        packing="seq_lengths" in dataset.column_names, training=True)
     # Workers report to nothing: the driver holds the W&B run and forwards rank 0's logs.
     log.info("ZeRO stage %s, world size %d", args.hf_deepspeed_config.get_value("zero_optimization.stage"),
              args.world_size)
