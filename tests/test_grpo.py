@@ -126,3 +126,18 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
     logged = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
     assert logged["config"]["trainer"]["kind"] == "grpo" and logged["config"]["reward"]["length"] == 1.0
     assert logged["summary"]["train/rewards/length_reward/mean"] == pytest.approx(rewards[-1], abs=1e-6)
+
+
+def test_committed_grpo_miniature_results_say_what_its_readme_says():
+    """experiments/grpo/README.md reports these plateaus and S_l values; the committed results must give them."""
+    from conftest import REPO
+    from lw.analysis import load_sweep, summarize
+
+    summary = summarize(load_sweep(REPO / "experiments" / "grpo" / "results" / "cpu"))
+    found = {(r.trainer, r.cap, r.seed): (r.plateau_words, round(r.S_l, 1)) for r in summary.itertuples()}
+    assert found == {("sft", 50, 0): (50, 57.3), ("sft", 50, 1): (50, 56.5), ("grpo", 50, 0): (297.5, 47.1),
+                     ("grpo", 50, 1): (225, 79.4), ("sft", 100, 0): (106, 89.6), ("sft", 100, 1): (102, 87.8)}
+    assert all(found[("grpo", 50, seed)][0] > 1.3 * 50 for seed in (0, 1))  # the hypothesis, as reported
+    readme = (REPO / "experiments" / "grpo" / "README.md").read_text()
+    for plateau, s_l in found.values():
+        assert f"| {plateau:g} |" in readme and f"| {s_l} |" in readme

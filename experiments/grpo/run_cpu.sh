@@ -20,6 +20,8 @@ for cap in 50 100; do
 done
 
 start=$SECONDS
+# A run directory resumes what it holds (a checkpoint, finished predictions): start the GRPO runs afresh.
+rm -rf "$WORK"/grpo-seed-0 "$WORK"/grpo-seed-1
 for seed in 0 1; do
   $LW experiment=grpo_mini seed=$seed trainer.init_from="$WORK/sft50-seed-$seed/model" logger.group=grpo_mini \
       hydra.run.dir="$WORK/grpo-seed-$seed" "$@"
@@ -32,6 +34,6 @@ for run in sft50-seed-0 sft50-seed-1 sft100-seed-0 sft100-seed-1 grpo-seed-0 grp
 done
 for seed in 0 1; do
   cp "$WORK/grpo-seed-$seed/reward_curve.png" "$OUT/reward_curve-seed-$seed.png"
-  cp "$WORK/grpo-seed-$seed/checkpoints/trainer_state.json" "$OUT/trainer_state-seed-$seed.json" 2>/dev/null || true
+  cp "$WORK/grpo-seed-$seed/train_log.json" "$OUT/train_log-seed-$seed.json"
 done
 "${LW_COMPARE:-lw-compare}" "$OUT"

@@ -258,9 +258,17 @@ def reward_curve(history: list[dict], path: Path, title: str) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [h["step"] for h in points]
-    ax.plot(steps, [h["reward"] for h in points], label="reward (weighted sum)", lw=2)
-    for key in sorted({k for h in points for k in h if k.startswith("rewards/") and k.endswith("/mean")}):
-        ax.plot(steps, [h.get(key) for h in points], label=key.split("/")[1], lw=1, alpha=0.7)
+    rewards = [h["reward"] for h in points]
+    ax.plot(steps, rewards, label="reward (weighted sum)", lw=1, alpha=0.5)
+    # Each step sees a few prompts, whose required lengths move the mean: the trend is the average.
+    window = max(1, len(rewards) // 6)
+    trend = [sum(rewards[max(0, i - window + 1): i + 1]) / len(rewards[max(0, i - window + 1): i + 1])
+             for i in range(len(rewards))]
+    ax.plot(steps, trend, label=f"reward, mean of the last {window} logged steps", lw=2)
+    components = sorted({k for h in points for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    if len(components) > 1:
+        for key in components:
+            ax.plot(steps, [h.get(key) for h in points], label=key.split("/")[1], lw=1, alpha=0.7)
     ax.set_xlabel("step")
     ax.set_ylabel("mean reward")
     ax.set_title(title)
