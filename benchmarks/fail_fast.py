@@ -33,7 +33,8 @@ def free_port() -> int:
 
 
 def timed(args: list[str], cwd: Path) -> tuple[float, int, str]:
-    env = {**os.environ, "LW_BENCH_KEY": "sk-benchmark", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "LW_BENCH_KEY": "sk-benchmark", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "WANDB_DIR": str(cwd)}
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "lw", *args], cwd=cwd, env=env, capture_output=True, text=True)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -52,14 +53,17 @@ def main() -> None:
                              + "\n" for i, n in enumerate(range(10, 10 + args.items))))
     (work / "judge.txt").write_text(TEMPLATE)
 
-    def score(base_url: str, run: str) -> list[str]:
+    def score(base_url: str, run: str, logger: str = "none") -> list[str]:
         return ["task=score", f"score.predictions={preds}", "judge=openai", f"judge.base_url={base_url}",
                 "judge.model=judge", "judge.api_key_env=LW_BENCH_KEY", f"judge.template={work / 'judge.txt'}",
-                "logger=none", f"hydra.run.dir={work / run}", f"cache_dir={work / 'cache'}"]
+                f"logger={logger}", f"hydra.run.dir={work / run}", f"cache_dir={work / 'cache'}"]
 
+    refused = f"http://127.0.0.1:{free_port()}/v1"
     cases: dict[str, list[str]] = {
         "floor: lw --cfg job": ["--cfg", "job", "logger=none"],
-        "unreachable judge (connection refused)": score(f"http://127.0.0.1:{free_port()}/v1", "refused"),
+        "unreachable judge (connection refused)": score(refused, "refused"),
+        # The default logger: a W&B run starts (offline without a key) before the task does.
+        "unreachable judge, W&B offline (the default logger)": score(refused, "refused_wandb", "wandb"),
     }
     refusing = OpenAIServer(lambda body, attempt: Reply(status=401, body='{"error": {"message": "bad key"}}'))
     with refusing:

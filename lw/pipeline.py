@@ -16,13 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import set_seed
 
 from lw.agentwrite import run_agentwrite
 from lw.config import Task
 from lw.errors import EXIT_DONE, EXIT_INCOMPLETE, Incomplete, UserError
 from lw.eval.benchmarks import load_items
-from lw.models import build_model, build_tokenizer
 from lw.pairs import run_dpo_pairs
 from lw.tracking import Tracker, start_tracker
 from lw.train.registry import trainer_for
@@ -35,7 +33,7 @@ RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required"
 def run(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    set_seed(cfg.seed)
+    seed_everything(cfg.seed, torch=cfg.task not in (Task.score, Task.agentwrite))
     if cfg.task == Task.train:
         # A bad trainer option fails here, before any data or weights are touched.
         trainer_for(cfg).training_args(cfg, run_dir / "checkpoints", "none")
@@ -48,7 +46,11 @@ def run(cfg: DictConfig) -> dict:
     from lw.launch.driver import is_first_node
 
     first_node = is_first_node(cfg.launcher)
-    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir) if cfg.task in (Task.prepare, Task.train) else None
+    tokenizer = None
+    if cfg.task in (Task.prepare, Task.train):
+        from lw.models import build_tokenizer
+
+        tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     metrics: dict = {}
     if cfg.task == Task.train and cfg.trainer.base is not None:
         # Before the W&B run starts, so that its config shows the init_from the run trains from.
@@ -87,6 +89,22 @@ def write_metrics(metrics: dict, start: float, run_dir: Path, tracker: Tracker) 
     log.info("results in %s", run_dir.resolve())
 
 
+def seed_everything(seed: int, torch: bool) -> None:
+    """Python's, NumPy's and (for the tasks that run a model) torch's generators. Scoring and
+    AgentWrite never import torch, so a mistyped judge URL fails in seconds, not after the imports."""
+    if torch:
+        from transformers import set_seed
+
+        set_seed(seed)
+    else:
+        import random
+
+        import numpy
+
+        random.seed(seed)
+        numpy.random.seed(seed)
+
+
 def resolve_base_stage(cfg: DictConfig, tokenizer) -> dict:
     """Train (or reuse) the cached base stage and start this run from it; the base's probe figures."""
     from lw.train.base_stage import ensure_base_model
@@ -120,6 +138,8 @@ def run_train(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer) -> di
         check_judges(cfg)
         dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
         metrics.update({f"data/{k}": v for k, v in stats.items()})
+        from lw.models import build_model
+
         model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
         model_dir = trainer.train(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
     metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker))

@@ -13,20 +13,18 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
-
-from datasets import Dataset
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from lw.data import toy
 from lw.data.drops import report_drops
-from lw.data.packing import pack, packing_summary
 from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import choose, clean_rows, mix_sizes, read_source
-from lw.jsonl import write_jsonl
-from lw.data.tokenization import row_lengths, row_sums, tokenize_messages
-from lw.models.chat_format import get_chat_format
-from lw.words import count_words
 from lw.errors import UserError
+from lw.jsonl import write_jsonl
+from lw.words import count_words
+
+if TYPE_CHECKING:  # datasets, TRL and torch load when a set is built, not when lw.data is imported
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +102,10 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     Unpacked rows hold input_ids and completion_mask; packed rows add seq_lengths. The samples
     go to run_dir/data/train.jsonl and the statistics to run_dir/packing_stats.json.
     """
+    from lw.data.packing import pack, packing_summary
+    from lw.data.tokenization import row_lengths, row_sums, tokenize_messages
+    from lw.models.chat_format import get_chat_format
+
     start = time.perf_counter()
     data_cfg = cfg.data
     check_settings(data_cfg)
