@@ -81,6 +81,7 @@ def refuse_secret_overrides(args: list[str]) -> None:
 
 
 _full_error = False  # the user asked for tracebacks (HYDRA_FULL_ERROR=1); set by main()
+_incomplete_jobs: list[str] = []  # a multirun's jobs that ended incomplete: the sweep goes on, lw exits 3
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -92,6 +93,15 @@ def _run(cfg: DictConfig) -> None:
     saved = os.environ.pop("HYDRA_FULL_ERROR", None)
     try:
         run(cfg)
+    except Incomplete as err:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            end_run(err, _full_error)
+        # One job's failed items (a flaky server) need not stop the other jobs of a sweep.
+        print(f"lw: incomplete: {cfg.run_name}: {one_line(err)}", file=sys.stderr)
+        _incomplete_jobs.append(cfg.run_name)
     except Exception as err:  # noqa: BLE001 (sorted by end_run: one line for the user's, a traceback for bugs)
         # Ended here, as SystemExit, Hydra adds no "Error executing job" line of its own.
         end_run(err, _full_error)
@@ -148,6 +158,10 @@ def main() -> None:
     try:
         refuse_secret_overrides(sys.argv[1:])
         _run()
+        if _incomplete_jobs:
+            raise Incomplete(f"{len(_incomplete_jobs)} job(s) of the sweep have items still failed "
+                             f"({', '.join(_incomplete_jobs)}): what finished is kept, and the same command "
+                             f"again does only the rest")
     except Exception as err:  # noqa: BLE001 (composition errors; the task's own end in _run)
         end_run(err, full_error)
     finally:

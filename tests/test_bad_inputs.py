@@ -266,6 +266,28 @@ def test_a_judge_failing_for_some_items_keeps_the_rest_and_exits_3(tmp_path, sco
         assert len(server.requests) - before == 1 and "item 2." in user_text(server.requests[-1]["body"])
 
 
+def test_a_sweep_goes_on_past_a_job_with_failed_items_and_exits_3(tmp_path, bench_data_dir):
+    lakes = predictions(tmp_path / "lakes.jsonl")
+    lakes.write_text(lakes.read_text().replace("rivers", "lakes"))
+    rivers = predictions(tmp_path / "rivers.jsonl")
+
+    def flaky(body, attempt):
+        return Reply(status=500) if "lakes, item 2." in user_text(body) else Reply(judge_json(4))
+
+    with OpenAIServer(flaky) as server:
+        result = run("-m", f"score.predictions={lakes},{rivers}", "task=score", "judge=openai",
+                     f"judge.base_url={server.base_url}", "judge.model=loopback-judge", "judge.api_key_env=null",
+                     "judge.retries=0", "eval=longbench_write", f"eval.longbench_write.data_dir={bench_data_dir}",
+                     "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path / 'cache'}",
+                     cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lw: incomplete")]
+    assert len(lines) == 2 and ": longbench_write: 1 of 6 judge requests failed" in lines[0]
+    assert lines[1].startswith("lw: incomplete: 1 job(s) of the sweep have items still failed")
+    metrics = [json.loads(m.read_text()) for m in (tmp_path / "sweep").glob("*/metrics.json")]
+    assert sorted(m["longbench_write/judge_failed"] for m in metrics) == [0, 1]  # both jobs ran
+
+
 # --- the HTTP client on its own: retries that make a flaky server usable ------------------------------
 
 def ask(server, prompts, timeout=5.0, retries=3):

@@ -141,3 +141,18 @@ def test_committed_grpo_miniature_results_say_what_its_readme_says():
     readme = (REPO / "experiments" / "grpo" / "README.md").read_text()
     for plateau, s_l in found.values():
         assert f"| {plateau:g} |" in readme and f"| {s_l} |" in readme
+
+
+def test_grpo_under_deepspeed_zero3_on_two_cpu_ranks(tmp_path, tiny_model):
+    """The same launcher as SFT and DPO: two ZeRO-3 ranks (gloo), then the driver's evaluation."""
+    run_dir = tmp_path / "run"
+    run_lw("trainer=grpo", f"trainer.init_from={tiny_model}", "launcher=deepspeed", "launcher.nproc_per_node=2",
+           "launcher.deepspeed=zero3_offload", "trainer.args.max_steps=3", "trainer.args.logging_steps=1",
+           "trainer.args.per_device_train_batch_size=8", "+trainer.args.max_completion_length=16",
+           "data.toy.max_words=10", "data.toy.num_samples=32", "eval.toy_ruler.lengths=[12]",
+           "eval.toy_ruler.samples_per_prompt=1", "generation.max_new_tokens=16", "logger=none",
+           f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=600)
+    logged = [json.loads(line) for line in (run_dir / "launch" / "train_log.jsonl").open()]
+    assert [r["step"] for r in logged if "rewards/length_reward/mean" in r] == [1, 2, 3]
+    assert (run_dir / "model" / "model.safetensors").exists() and (run_dir / "reward_curve.png").exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["ruler/n"] == 2
