@@ -27,8 +27,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from lw.jsonl import Appender, read_json_objects, read_resumable
-from lw.prompts import user_turn
+from lw.jsonl import Appender, read_resumable
+from lw.prompts import read_prompt_file
 from lw.words import count_words
 from lw.errors import Incomplete, MissingFile, UserError
 
@@ -260,31 +260,15 @@ def sha256(text: str) -> str:
 def read_instructions(path: str | Path) -> list[dict]:
     """{"id", "prompt"} per line: {"prompt": ...} (optional "id"), or a messages/ShareGPT row whose one
     user turn is the instruction. A bad line fails naming file, line and field."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFile(f"agentwrite.instructions: {path} does not exist")
-    rows: list[dict] = []
-    first_line: dict[str, str] = {}
-    for where, row in read_json_objects(path):
-        if "prompt" in row:
-            prompt, field = row["prompt"], "prompt"
-        elif "messages" in row or "conversations" in row:
-            prompt, field = user_turn(row, where), "messages"
-        else:
-            raise UserError(f"{where}: missing field 'prompt' (or 'messages' with one user turn)")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError(f"{where}: field '{field}' must hold a non-empty instruction")
-        iid = row.get("id", len(rows))
+    def check_id(iid, where: str) -> str:
+        # Step keys are "<id>:<step>".
         if not isinstance(iid, (str, int)) or isinstance(iid, bool) or not str(iid).strip() or ":" in str(iid):
             raise UserError(f"{where}: field 'id' must be a non-empty string or integer without ':', got {iid!r}")
-        iid = str(iid)
-        if iid in first_line:
-            raise UserError(f"{where}: duplicate id {iid!r} (first at line {first_line[iid]})")
-        first_line[iid] = where.rsplit(":", 1)[1]
-        rows.append({"id": iid, "prompt": prompt})
-    if not rows:
-        raise UserError(f"{path}: no instructions")
-    return rows
+        return str(iid)
+
+    rows = read_prompt_file(path, "agentwrite.instructions", "field '{field}' must hold a non-empty instruction",
+                            check_id)
+    return [{"id": r["id"], "prompt": r["prompt"]} for r in rows]
 
 
 # --- the task ---------------------------------------------------------------------------------------

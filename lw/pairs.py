@@ -23,10 +23,10 @@ import statistics
 import unicodedata
 from pathlib import Path
 
-from lw.jsonl import read_json_objects, read_resumable, write_jsonl
-from lw.prompts import user_turn
+from lw.jsonl import read_resumable, write_jsonl
+from lw.prompts import read_prompt_file
 from lw.words import count_words, length_score
-from lw.errors import Incomplete, MissingFile, UserError
+from lw.errors import Incomplete, UserError
 
 log = logging.getLogger(__name__)
 
@@ -115,38 +115,20 @@ def required_length(text: str) -> int | None:
 
 # --- prompts --------------------------------------------------------------------------------------
 
-def read_prompts(path: str | Path) -> list[dict]:
+def read_prompts(path: str | Path, setting: str = "pairs.prompts") -> list[dict]:
     """{"id", "prompt", "length" (or None)} per line of a prompts JSONL: `prompt` (optional `id`,
     `length`), or a messages/ShareGPT row whose one user turn is the prompt. Bad lines fail named."""
     from lw.eval.benchmarks import parse_length
 
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise MissingFile(f"pairs.prompts: {path} does not exist")
-    prompts: list[dict] = []
-    first_line: dict[str, str] = {}
-    for where, row in read_json_objects(path):
-        if "prompt" in row:
-            prompt = row["prompt"]
-        elif "messages" in row or "conversations" in row:
-            prompt = user_turn(row, where)
-        else:
-            raise UserError(f"{where}: missing field 'prompt' (or 'messages' with a user turn)")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError(f"{where}: field 'prompt' must be a non-empty string")
-        length = row.get("length")
-        if length is not None:
-            length = parse_length(length, where)
-        pid = str(row.get("id", len(prompts)))
-        if "#" in pid:
-            raise UserError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {pid!r}")
-        if pid in first_line:
-            raise UserError(f"{where}: duplicate id {pid!r} (first at line {first_line[pid]})")
-        first_line[pid] = where.rsplit(":", 1)[1]
-        prompts.append({"id": pid, "prompt": prompt, "length": length})
-    if not prompts:
-        raise UserError(f"{path}: no prompts")
-    return prompts
+    def check_id(pid, where: str) -> str:
+        if "#" in str(pid):
+            raise UserError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {str(pid)!r}")
+        return str(pid)
+
+    rows = read_prompt_file(path, setting, "field 'prompt' must be a non-empty string", check_id)
+    return [{"id": r["id"], "prompt": r["prompt"],
+             "length": None if r["row"].get("length") is None else parse_length(r["row"]["length"], r["where"])}
+            for r in rows]
 
 
 def benchmark_prompts(cfg) -> list[dict]:

@@ -72,9 +72,25 @@ def test_prompts_come_with_their_required_lengths(tmp_path):
     rows, counts = prompt_rows(compose_lw("trainer=grpo", "data=prompts", f"data.path={path}"))
     assert [r["length"] for r in rows] == [300, 2000, None]
     assert counts == {"length_from_field": 1, "length_from_text": 1, "length_unknown": 1}
+    with pytest.raises(FileNotFoundError, match=r"data.path: .*none.jsonl does not exist"):
+        prompt_rows(compose_lw("trainer=grpo", "data=prompts", f"data.path={tmp_path / 'none.jsonl'}"))
     toy_rows, _ = prompt_rows(compose_lw("experiment=grpo_mini"))
     lengths = [r["length"] for r in toy_rows]
     assert len(toy_rows) == 2000 and min(lengths) == 10 and max(lengths) == 200  # not capped at the SFT's 50
+
+
+def test_prompts_without_a_length_and_no_judge_are_dropped_and_counted(tmp_path):
+    from lw.models import build_tokenizer
+    from lw.train.grpo import build_dataset
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Write a 30-word note."}\n{"prompt": "Write something."}\n')
+    cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x")
+    with pytest.raises(UserError, match=r"1 of 2 prompts \(50%\) were dropped.*without a required length"):
+        build_dataset(cfg, None, tmp_path / "run")
+    cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x", "data.max_drop_share=1")
+    dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
+    assert dataset["length"] == [30] and stats["dropped_no_length"] == 1 and stats["prompts_in"] == 2
 
 
 def test_max_completion_length_follows_the_longest_required_length():

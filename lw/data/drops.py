@@ -31,6 +31,8 @@ UNASKED = {
                            "(data.overlong=truncate)", "raise {longer}"),
     "over_max_length": ("longer than data.max_length={max_length} tokens, prompt and the longer answer "
                         "(pairs are never truncated)", "raise {longer}"),
+    "no_length": ("without a required length, and there is no quality reward to score them (reward.quality=0)",
+                  "give them a `length` field, or set reward.quality with judge=openai"),
 }
 BAD = ("bad ({reason}, data.on_bad_sample=drop)",
        "fix them in the source (data.on_bad_sample=error names the file, line and field)")
@@ -54,9 +56,11 @@ def percent(part: int, whole: int) -> str:
 
 
 def samples_read(stats: Mapping) -> tuple[int, str]:
-    """How many samples (or preference pairs) the run read, and what it calls them."""
+    """How many samples (preference pairs, GRPO prompts) the run read, and what it calls them."""
     if "pairs_in" in stats:
         return stats["pairs_in"], "pairs"
+    if "prompts_in" in stats:
+        return stats["prompts_in"], "prompts"
     return stats.get("sequences_in", 0), "samples"
 
 

@@ -93,7 +93,7 @@ def prompt_rows(cfg) -> tuple[list[dict], Counter]:
     elif source == "prompts":
         if not data_cfg.path:
             raise UserError("data=prompts needs data.path=FILE: a JSONL of {\"prompt\": ..., \"length\": N}")
-        rows = read_prompts(data_cfg.path)
+        rows = read_prompts(data_cfg.path, "data.path")
     elif source in ("messages", "mix"):
         from omegaconf import OmegaConf
 
@@ -121,19 +121,14 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
     Without a judge a prompt that names no length cannot be rewarded: it is dropped and counted
     (the run stops when that is more than data.max_drop_share of the prompts).
     """
+    from lw.data.drops import report_drops
+
     rows, counts = prompt_rows(cfg)
-    stats = {"prompts": len(rows), **counts}
+    stats = {"prompts_in": len(rows), **counts}
     if float(cfg.reward.quality) == 0:
         kept = [row for row in rows if row["length"] is not None]
         stats["dropped_no_length"] = len(rows) - len(kept)
-        if stats["dropped_no_length"]:
-            share = stats["dropped_no_length"] / max(len(rows), 1)
-            message = (f"data: {stats['dropped_no_length']} of {len(rows)} prompts ({share:.2%}) name no required "
-                       f"length and there is no quality reward (reward.quality=0): they cannot be rewarded")
-            if share > cfg.data.max_drop_share:
-                raise UserError(f"{message}; give them a `length` field, set reward.quality with judge=openai, or "
-                                f"set data.max_drop_share=1 to go on without them")
-            log.warning("%s and were dropped", message)
+        report_drops(stats, cfg.data)
         rows = kept
     if not rows:
         raise UserError("trainer=grpo: no prompt is left to train on")
