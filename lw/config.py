@@ -48,10 +48,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class SamplingPreset:
+    """A model family's official sampling values (docs/science.md, "Evaluating released checkpoints");
+    `sampling=official` copies them into `generation`. The defaults are lw's own (`sampling=lw`)."""
+
+    temperature: float = 0.5
+    top_p: float = 1.0
+    top_k: Optional[int] = None  # null: no top-k cut
+    max_new_tokens: int = 32768
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # short name, used in run names
     path: Optional[str] = None  # hub id or local directory; null builds the tiny model
-    chat_format: str = MISSING  # llama3_1 | glm4
+    # Training formats: glm4 | llama3_1 | plain. Inference only: longwriter_glm4 | longwriter_llama3_1
+    # (the official LongWriter inference prompts) | native (the tokenizer's own chat template).
+    chat_format: str = MISSING
+    # End-of-turn tokens generation stops on, beside the tokenizer's EOS and the ids the checkpoint's
+    # generation_config.json lists (lw.models.stops.stop_token_ids).
+    stop_tokens: List[str] = field(default_factory=list)
+    official_sampling: SamplingPreset = field(default_factory=SamplingPreset)
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
     # auto: with packing on a GPU, one whose cost follows the samples, not the pack (flash_attention_2
@@ -191,7 +208,10 @@ class GenerationConfig:
     backend: str = "hf"  # hf | vllm | openai
     temperature: float = 0.5
     top_p: float = 1.0
+    top_k: Optional[int] = None  # null: no top-k cut (hf: top_k=0, vllm: -1, openai: not sent)
     max_new_tokens: int = 32768
+    # openai: strings the server stops at (sent as `stop` when not empty); hf and vllm stop on token ids
+    stop: List[str] = field(default_factory=list)
     batch_size: int = 8  # hf: sequences per generate() call; vllm: prompts per call (results saved per call)
     # openai: any OpenAI-compatible server (an API model, or `vllm serve`)
     base_url: Optional[str] = None
