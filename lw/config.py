@@ -212,7 +212,16 @@ class GenerationConfig:
     max_new_tokens: int = 32768
     # openai: strings the server stops at (sent as `stop` when not empty); hf and vllm stop on token ids
     stop: List[str] = field(default_factory=list)
-    batch_size: int = 8  # hf: sequences per generate() call; vllm: prompts per call (results saved per call)
+    batch_size: int = 8  # hf: most requests decoded together (static: per generate() call); vllm: prompts per call
+    # hf: continuous (transformers' paged-attention manager: a request starts as soon as the KV cache has room
+    # and is saved the step it ends) | static (batches of batch_size run until their longest answer ends)
+    batching: str = "continuous"
+    # hf continuous: the KV cache, in blocks of kv_block_size tokens (null: enough for batch_size of the
+    # largest requests), within memory_fraction of the device memory the model leaves free (CPU: of the RAM)
+    kv_cache_blocks: Optional[int] = None
+    kv_block_size: int = 256
+    max_batch_tokens: int = 1024  # hf continuous: tokens per forward step (prompts are prefilled in chunks of it)
+    memory_fraction: float = 0.8
     # openai: any OpenAI-compatible server (an API model, or `vllm serve`)
     base_url: Optional[str] = None
     model: Optional[str] = None  # the served model's name
