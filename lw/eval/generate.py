@@ -121,7 +121,8 @@ class HfBackend:
                 output = model.generate(
                     input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                     do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
-                    top_p=cfg.top_p, top_k=cfg.top_k or 0,  # 0: no top-k cut, not transformers' default 50
+                    top_p=cfg.top_p,  # top_k 0: no top-k cut, not transformers' default 50
+                    top_k=(cfg.top_k or 0) if cfg.temperature > 0 else None,
                     max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id, eos_token_id=self.stop_ids,
                 )
             for item, ids in zip(batch, output[:, width:]):
