@@ -52,7 +52,7 @@ class TinyModelConfig:
 
 @dataclass
 class SamplingPreset:
-    """A model family's official sampling values (docs/science.md, "Evaluating released checkpoints");
+    """A model family's official sampling values (docs/science.md, "Evaluating real checkpoints");
     `sampling=official` copies them into `generation`. The defaults are lw's own (`sampling=lw`)."""
 
     temperature: float = 0.5
