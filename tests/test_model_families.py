@@ -166,8 +166,6 @@ def test_bad_model_inputs_are_one_line(tmp_path, tiny_model):
     assert "model.chat_format=native" in line and "has no chat template" in line
     line = user_error(run_lw(*base, 'model.stop_tokens=["<|eot_id|>"]', cwd=tmp_path, check=False))
     assert "model.stop_tokens: '<|eot_id|>' is not a token" in line
-    line = user_error(run_lw("sampling=offical", "--cfg", "job", cwd=tmp_path, check=False))
-    assert "sampling/offical" in line and "official_glm4" in line
     line = user_error(run_lw("task=prepare", "model.chat_format=longwriter_llama3_1", "data.toy.num_samples=8",
                              "logger=none", f"hydra.run.dir={tmp_path / 'prep'}", cwd=tmp_path, check=False))
     assert "model.chat_format=longwriter_llama3_1 is an inference format" in line
