@@ -39,6 +39,9 @@ class TinyModelConfig:
     """A random-init model built from config on CPU: the same code path as the real models."""
 
     architecture: str = "llama"  # llama | glm
+    # word: the word-level miniature tokenizer; glm4_chat | llama3_1_instruct: stand-ins for the real chat
+    # models' tokenizers, with their special tokens and chat templates (lw/models/tiny.py)
+    family: str = "word"
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -49,7 +52,7 @@ class TinyModelConfig:
 
 @dataclass
 class SamplingPreset:
-    """A model family's official sampling values (docs/science.md, "Evaluating released checkpoints");
+    """A model family's official sampling values (docs/science.md, "Evaluating real checkpoints");
     `sampling=official` copies them into `generation`. The defaults are lw's own (`sampling=lw`)."""
 
     temperature: float = 0.5

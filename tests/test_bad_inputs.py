@@ -165,7 +165,9 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
     ("seed=abc", "lw: error: Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("task=nope", "lw: error: Error merging override task=nope: Invalid value 'nope', expected one of [train, prepare"),
     ("model=nope", "lw: error: In 'config': Could not find 'model/nope'; available options in 'model': glm4_9b, "
-                   "llama3_1_8b, tiny"),
+                   "glm4_9b_chat, llama3_1_8b, llama3_1_8b_instruct, longwriter_glm4_9b, longwriter_llama3_1_8b, tiny"),
+    ("sampling=nope", "lw: error: In 'config': Could not find 'sampling/nope'; available options in 'sampling': lw, "
+                      "official, official_glm4, official_llama3_1, official_vllm"),
     ("sed=1", "lw: error: Could not override 'sed'; To append to your config use +sed=1: Key 'sed' not in 'LwConfig'"),
     ("judge.api_key=sk-secret-value", "lw: error: judge.api_key: secrets are never passed as overrides"),
     ("data.max_drop_share=2", "lw: error: data.max_drop_share"),

@@ -23,6 +23,7 @@ from lw import llm
 from lw.errors import SHOWN_FAILURES, Incomplete
 from lw.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
+from lw.models.stops import stop_token_ids, strip_end_of_turn
 from lw.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class HfBackend:
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, chat_format_name: str, gen_cfg, seed: int = 0):
+    def __init__(self, model, tokenizer, chat_format_name: str, gen_cfg, seed: int = 0, stop_tokens=()):
         import torch
 
         if torch.cuda.is_available() and model.device.type == "cpu":
@@ -105,7 +106,7 @@ class HfBackend:
         self.chat_format = get_chat_format(chat_format_name)
         self.cfg = gen_cfg
         self.seed = seed
-        self.stop_ids = [tokenizer.eos_token_id]
+        self.stop_ids = stop_token_ids(tokenizer, stop_tokens, self.chat_format, model.generation_config)
         if gen_cfg.get("batching", "continuous") not in ("continuous", "static"):
             raise UserError(f"unknown generation.batching {gen_cfg.batching!r}; choose continuous or static")
 
@@ -118,6 +119,13 @@ class HfBackend:
         if max_new <= 0:
             raise UserError(f"a prompt of {prompt_tokens} tokens leaves no room in the model's context of {context}")
         return max_new
+
+    def answer(self, ids) -> str:
+        """The generated ids up to the first stop token, as text without special tokens."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        stops = set(self.stop_ids)
+        end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
+        return self.tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
 
     def generate(self, items: list[dict], save: Save) -> list:
         if self.cfg.get("batching", "continuous") == "static":
@@ -136,7 +144,7 @@ class HfBackend:
                         max_batch_tokens=cfg.max_batch_tokens, fraction=cfg.memory_fraction)
 
         def finished(request, ids: list[int]) -> None:
-            save(by_id[request.id], self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+            save(by_id[request.id], self.answer(ids))
 
         failed = generate_continuous(self.model, requests, self.generation_config(), memory, self.seed, finished)
         return [(by_id[request.id], error) for request, error in failed]
@@ -162,7 +170,7 @@ class HfBackend:
                 output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                                         generation_config=config)
             for item, ids in zip(batch, output[:, width:]):
-                save(item, tokenizer.decode(ids, skip_special_tokens=True).strip())
+                save(item, self.answer(ids))
         return []
 
 
@@ -189,9 +197,11 @@ class VllmBackend:
                        tensor_parallel_size=gen_cfg.tensor_parallel_size,
                        gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
                        max_model_len=gen_cfg.max_model_len, **({"hf_overrides": overrides} if overrides else {}))
+        stops = stop_token_ids(tokenizer, model_cfg.stop_tokens, self.chat_format, _generation_config(model_path))
         self.params = SamplingParams(temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                                     top_k=gen_cfg.top_k or -1,  # -1: no top-k cut
                                      max_tokens=gen_cfg.max_new_tokens, seed=seed,
-                                     stop_token_ids=[tokenizer.eos_token_id], skip_special_tokens=True)
+                                     stop_token_ids=stops, skip_special_tokens=True)
 
     def generate(self, items: list[dict], save: Save) -> list:
         for start in range(0, len(items), self.batch_size):
@@ -207,15 +217,33 @@ class VllmBackend:
         return []
 
 
+def _generation_config(model_path: str):
+    """The checkpoint's generation_config.json (its end-of-turn ids), or None where it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path)
+    except (OSError, ValueError):
+        return None
+
+
 class OpenAIBackend:
-    """Chat completions on an OpenAI-compatible server, `concurrency` requests in flight."""
+    """Chat completions on an OpenAI-compatible server, `concurrency` requests in flight.
+
+    The server renders the prompt with the served model's chat template and stops on its
+    generation_config's end-of-turn ids (lw saves both with every trained model). What is sent beyond
+    the prompt: temperature, top_p, max_tokens; `top_k` when generation.top_k is set (vLLM and
+    transformers serve accept it; the OpenAI API refuses it: use sampling=lw there); `stop` when
+    generation.stop lists strings. A trailing end-of-turn marker in an answer (model.stop_tokens,
+    generation.stop) is stripped."""
 
     name = "openai"
 
-    def __init__(self, gen_cfg):
+    def __init__(self, gen_cfg, end_markers=()):
         if not gen_cfg.model:
             raise UserError("generation=openai needs generation.model (the served model's name)")
         self.cfg = gen_cfg
+        self.end_markers = [*end_markers, *gen_cfg.stop]
         # A missing key or URL fails here, before any request.
         self.endpoint = llm.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
                                      "generation")
@@ -227,7 +255,8 @@ class OpenAIBackend:
 
         async def work(client, item):
             return await llm.chat(client, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
-                                  top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
+                                  top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, top_k=cfg.top_k,
+                                  stop=list(cfg.stop) or None)
 
         def on_error(item, error):
             failed.append((item, error))
@@ -235,7 +264,8 @@ class OpenAIBackend:
                 log.warning("generation failed for id %s: %s%s", item["id"], error,
                             "; further failures are counted, not shown" if len(failed) == SHOWN_FAILURES else "")
 
-        llm.run_bounded(items, work, cfg.concurrency, lambda item, text: save(item, text.strip()), on_error)
+        llm.run_bounded(items, work, cfg.concurrency,
+                        lambda item, text: save(item, strip_end_of_turn(text, self.end_markers)), on_error)
         return failed
 
 
@@ -243,7 +273,7 @@ def build_backend(cfg, model_path: str | None):
     """The configured backend; hf and vllm load `model_path` (a checkpoint or hub id)."""
     backend = cfg.generation.backend
     if backend == "openai":
-        return OpenAIBackend(cfg.generation)
+        return OpenAIBackend(cfg.generation, end_markers=cfg.model.stop_tokens)
     if backend not in ("hf", "vllm"):
         raise UserError(f"unknown generation.backend {backend!r}; choose hf, vllm or openai")
     from lw.models import build_model, build_tokenizer
@@ -254,4 +284,5 @@ def build_backend(cfg, model_path: str | None):
             raise UserError("generation=vllm needs a model path (model.path or a trained checkpoint)")
         return VllmBackend(model_path, tokenizer, cfg.model, cfg.generation, seed=cfg.seed)
     model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed)
-    return HfBackend(model, tokenizer, cfg.model.chat_format, cfg.generation, seed=cfg.seed)
+    return HfBackend(model, tokenizer, cfg.model.chat_format, cfg.generation, seed=cfg.seed,
+                     stop_tokens=cfg.model.stop_tokens)

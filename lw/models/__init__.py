@@ -48,7 +48,7 @@ def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
     """The tokenizer of `path` (a checkpoint) or of the configured model."""
     path = path or model_cfg.path
     if path is None:
-        return tiny_tokenizer(cache_dir)
+        return tiny_tokenizer(cache_dir, model_cfg.tiny.family if model_cfg.tiny is not None else "word")
     tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
                                 path)
     if tokenizer.pad_token is None:

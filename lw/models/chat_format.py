@@ -5,10 +5,16 @@ is a training target or not. Tokenizing segment by segment keeps the boundary be
 answer exact, so the loss mask is exact too. Generation renders the same format up to the start
 of the assistant's answer, so training and inference never disagree about the template.
 
+Training formats (loss on answers and the EOS that closes each one):
 - glm4:     [gMASK]<sop><|user|>\\n{prompt}<|assistant|>\\n{answer}EOS
 - llama3_1: BOS[INST]{prompt}[/INST]{answer}EOS   (the paper's format for the Llama-3.1 base)
+- plain:    BOS{head} {body}EOS                    (the base stage's language modelling)
 
-Loss is on answers and the EOS that closes each one.
+Inference only (they refuse to train, in one line):
+- longwriter_glm4:     [gMASK]<sop><|user|>\\n{prompt}<|assistant|>, the model writes the newline: the
+                       released LongWriter-glm4-9b's build_chat_input (vllm_inference.py line 24)
+- longwriter_llama3_1: tokenizer("[INST]{prompt}[/INST]"), i.e. one BOS (evaluation/pred.py lines 34-35)
+- native:              the tokenizer's own chat template (tokenizer.apply_chat_template)
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ class Segment:
 
 class ChatFormat:
     name: str
+    trainable = True  # False: an inference format, which refuses to render training conversations
+    # End-of-turn tokens a model prompted in this format may write; generation stops on those the
+    # tokenizer has (lw.models.stops), beside its EOS and model.stop_tokens.
+    stop_tokens: tuple[str, ...] = ()
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> list[Segment]:
         raise NotImplementedError
@@ -43,6 +53,8 @@ class ChatFormat:
     def tokenize_many(self, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Sequence[dict]],
                       add_generation_prompt: bool = False) -> list[tuple[list[int], list[int]]]:
         """`tokenize` for many conversations, with one batched tokenizer call for all their texts."""
+        if not add_generation_prompt:
+            self.refuse_training()
         rendered = [self.render(messages, add_generation_prompt) for messages in conversations]
         texts = [s.content for segments in rendered for s in segments if isinstance(s.content, str)]
         encoded = iter(encode_texts(tokenizer, texts) if texts else [])
@@ -80,6 +92,15 @@ class ChatFormat:
         ids, _ = self.tokenize(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return ids
 
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+        """The generation prompt of one user turn as text, special tokens written out."""
+        return self.text(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+    def refuse_training(self) -> None:
+        if not self.trainable:
+            raise UserError(f"model.chat_format={self.name} is an inference format (evaluation only): it cannot "
+                            f"render training answers; train with model.chat_format=glm4, llama3_1 or plain")
+
 
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of each text (no special tokens added), as `tokenizer(texts)` gives them.
@@ -106,6 +127,7 @@ def _check_turns(messages: Sequence[dict], add_generation_prompt: bool) -> None:
 
 class Glm4(ChatFormat):
     name = "glm4"
+    stop_tokens = ("<|user|>", "<|observation|>")
     jinja = ("[gMASK]<sop>{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}"
              "<|assistant|>\n{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
 
@@ -152,11 +174,80 @@ class Plain(ChatFormat):
         return segments
 
 
-CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (Glm4(), Llama31(), Plain())}
+class LongWriterGlm4(ChatFormat):
+    """The released LongWriter-glm4-9b's inference prompt: its tokenizer's build_chat_input, which
+    encodes the role token, "\\n" and the message separately, so the segments here are separate too."""
+
+    name = "longwriter_glm4"
+    trainable = False
+    stop_tokens = ("<|user|>", "<|observation|>")
+
+    def render(self, messages, add_generation_prompt=False):
+        _check_turns(messages, add_generation_prompt)
+        if not add_generation_prompt:
+            self.refuse_training()
+        segments = [Segment("[gMASK]<sop>")]
+        for m in messages:
+            if m["role"] == "user":
+                segments += [Segment("<|user|>"), Segment("\n"), Segment(m["content"]), Segment("<|assistant|>")]
+            else:  # an earlier answer, as build_chat_input writes history: "\n" then the text
+                segments += [Segment("\n"), Segment(m["content"])]
+        return segments
+
+
+class LongWriterLlama31(ChatFormat):
+    """The released LongWriter-llama3.1-8b's inference prompt: tokenizer("[INST]{prompt}[/INST]"), whose
+    post-processor adds one BOS (training prepended a second by hand; inference does not)."""
+
+    name = "longwriter_llama3_1"
+    trainable = False
+
+    def render(self, messages, add_generation_prompt=False):
+        _check_turns(messages, add_generation_prompt)
+        if not add_generation_prompt:
+            self.refuse_training()
+        segments = [Segment(BOS)]
+        for m in messages:
+            segments.append(Segment(f"[INST]{m['content']}[/INST]" if m["role"] == "user" else m["content"]))
+        return segments
+
+
+class Native(ChatFormat):
+    """The tokenizer's own chat template (the baselines' chat models: GLM-4-9B-chat, Llama-3.1-8B-Instruct)."""
+
+    name = "native"
+    trainable = False
+
+    def _template(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError(f"model.chat_format=native: the tokenizer of {tokenizer.name_or_path or 'this model'!r} "
+                            f"has no chat template (tokenizer_config.json chat_template or chat_template.jinja); "
+                            f"pick a format: glm4, llama3_1, longwriter_glm4, longwriter_llama3_1 or plain")
+
+    def tokenize_many(self, tokenizer, conversations, add_generation_prompt=False):
+        if not add_generation_prompt:
+            self.refuse_training()
+        self._template(tokenizer)
+        results = []
+        for messages in conversations:
+            ids = list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False))
+            results.append((ids, [0] * len(ids)))
+        return results
+
+    def text(self, tokenizer, messages, add_generation_prompt=False):
+        if not add_generation_prompt:
+            self.refuse_training()
+        self._template(tokenizer)
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+
+CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (Glm4(), Llama31(), Plain(), LongWriterGlm4(),
+                                                           LongWriterLlama31(), Native())}
 
 
 def get_chat_format(name: str) -> ChatFormat:
     try:
         return CHAT_FORMATS[name]
     except KeyError:
-        raise UserError(f"unknown chat format {name!r}; choose from {sorted(CHAT_FORMATS)}") from None
+        raise UserError(f"model.chat_format={name}: unknown chat format; choose from {sorted(CHAT_FORMATS)}") from None

@@ -84,4 +84,4 @@ def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, call
     args = training_args(cfg, output_dir / "checkpoints", report_to)
     trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            callbacks=callbacks)
-    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format)
+    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)

@@ -233,7 +233,7 @@ def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, call
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
-    final = fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format)
+    final = fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
         (Path(output_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")

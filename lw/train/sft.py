@@ -116,4 +116,4 @@ def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: s
 def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
     trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to, callbacks)
-    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format)
+    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
