@@ -113,14 +113,17 @@ def glm_chat_model(tokenizers):
         head.bias[tokenizer.convert_tokens_to_ids("<|user|>")] = 10.0
         head.bias[tokenizer.encode(" river", add_special_tokens=False)[0]] = 5.0
     model.lm_head = head
-    model.generation_config.min_new_tokens = 3  # the stop ids are masked for 3 tokens: "river" x 3, then <|user|>
     return model_cfg, tokenizer, model
 
 
 def test_a_glm_chat_model_stops_at_user_and_nothing_special_is_saved(tmp_path, glm_chat_model):
     model_cfg, tokenizer, model = glm_chat_model
-    gen_cfg = OmegaConf.structured(GenerationConfig(temperature=0.0, max_new_tokens=40, batch_size=2))
+    gen_cfg = OmegaConf.structured(GenerationConfig(temperature=0.0, max_new_tokens=40, batch_size=2,
+                                                    batching="static"))
     backend = HfBackend(model, tokenizer, model_cfg.chat_format, gen_cfg, stop_tokens=model_cfg.stop_tokens)
+    config = backend.generation_config()
+    config.min_new_tokens = 3  # the stop ids are masked for 3 tokens: "river" x 3, then <|user|>
+    backend.generation_config = lambda: config
     user = tokenizer.convert_tokens_to_ids("<|user|>")
     # Without the stop set (the tokenizer's EOS only) nothing would end the turn before max_new_tokens.
     assert user not in stop_token_ids(tokenizer) and user in backend.stop_ids
@@ -130,6 +133,23 @@ def test_a_glm_chat_model_stops_at_user_and_nothing_special_is_saved(tmp_path, g
     word = tokenizer.decode(tokenizer.encode(" river", add_special_tokens=False)[:1])
     assert [r["response"] for r in rows] == [(word * 3).strip()] * 3
     assert not any(token in out.read_text() for token in ["<|", "[gMASK]", "<sop>"])
+
+
+def test_continuous_batching_stops_at_user_too(tmp_path, glm_chat_model):
+    """The engine has no min_new_tokens: the rigged model ends its turn at once, and the run takes a
+    couple of forward steps instead of the 40 it would take without <|user|> among the stop ids."""
+    model_cfg, tokenizer, model = glm_chat_model
+    gen_cfg = OmegaConf.structured(GenerationConfig(temperature=0.0, max_new_tokens=40, batch_size=2))
+    backend = HfBackend(model, tokenizer, model_cfg.chat_format, gen_cfg, stop_tokens=model_cfg.stop_tokens)
+    steps = []
+    handle = model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        generate(backend, [{"id": str(i), "prompt": f"{PROMPT} {i}"} for i in range(3)], tmp_path / "p.jsonl")
+    finally:
+        handle.remove()
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in rows] == ["", "", ""]
+    assert 1 <= len(steps) < 10
 
 
 def test_sampling_presets_land_in_generation_per_model():
