@@ -1,12 +1,14 @@
 """GPU figures for the paper-scale setup, stage by stage (experiments/gpu_check.sh runs each under a
 timeout and keeps going when one fails). Every stage merges its figures into one JSON file.
 
-  train     tokens/s and MFU of the GLM-4-9B architecture (conf/model/glm4_9b.yaml's numbers, random
-            weights, no download) under DeepSpeed ZeRO-3 with optimizer and parameter CPU offload
-            (conf/deepspeed/*.json, the HF Trainer filling "auto") on one GPU with 32k-token packs,
-            bf16, activation checkpointing: what lw's workers run. The offload needs about 18 bytes
-            of host RAM per parameter (169 GB at full depth), so the depth is cut to what the host
-            holds; width, vocabulary and pack length stay the paper's.
+  train     lw's SFT path as the workers run it, on the GLM-4-9B architecture (conf/model/glm4_9b.yaml's
+            numbers, random weights, no download; 12 of its 40 layers on one GPU): 32k-token packs of a
+            LongWriter-like length mix from lw's packer, lw's pack collator and SFT trainer,
+            `attn_implementation: auto`, bf16, activation checkpointing, under the DeepSpeed config --ds
+            (zero3: no offload; zero3_offload: optimizer states and parameters to the host, torch
+            AdamW; zero3_offload_cpuadam: the same with DeepSpeed's CPU Adam). It records tokens/s, MFU
+            from per-sample FLOPs (lw/launch/flops.py) and where each step's time goes (the engine's
+            forward, backward and optimizer step, timed apart).
   generate  generation=hf on the full-depth architecture: static batches vs continuous batching on
             LongBench-Write's spread of answer lengths (scaled down, EOS ignored), batch-1 decode
             against the memory-bandwidth bound (a device copy, timed), with and without a static
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -81,15 +84,94 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+def packed_mix(vocab: int, pack_length: int, packs: int):
+    """Packs of a LongWriter-like length mix (benchmarks/packed_attention.py's: a few long answers,
+    many short chats) through lw's packer, as `data.pack_length` packs the training set."""
+    import torch
+    from datasets import Dataset
+
+    from benchmarks.packed_attention import length_mix
+    from lw.data.packing import pack
+
+    # Twice the samples needed: best fit decreasing leaves the last packs part-filled; the fullest are kept.
+    lengths = [n for seed in range(2 * packs) for n in length_mix(pack_length, seed)]
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(0, vocab, (n,), generator=generator).tolist(),
+             "completion_mask": [0] * min(64, n // 4) + [1] * (n - min(64, n // 4))} for n in lengths]
+    packed = pack(Dataset.from_list(rows), pack_length)
+    fill = [sum(lengths) for lengths in packed["seq_lengths"]]
+    return packed.select(sorted(range(len(fill)), key=lambda i: -fill[i])[:packs])
+
+
+def deepspeed_label(ds_config: dict) -> dict:
+    """What a DeepSpeed config offloads and which optimizer steps, as the record states it."""
+    zero = ds_config["zero_optimization"]
+    moved = [what for what, key in (("optimizer states", "offload_optimizer"), ("parameters", "offload_param"))
+             if zero.get(key, {}).get("device") == "cpu"]
+    optimizer = "torch AdamW" if "optimizer" not in ds_config else (
+        "DeepSpeed CPU Adam" if "optimizer states" in moved else "DeepSpeed FusedAdam")
+    return {"zero_stage": zero["stage"], "offload": " and ".join(moved) + " to CPU" if moved else "none",
+            "optimizer": optimizer + (" on the host CPU" if "optimizer states" in moved else " beside the model")}
+
+
+class StepBreakdown:
+    """Wall time of the DeepSpeed engine's forward, backward and optimizer step in each training step
+    (the GPU synchronized around each), and the sample lengths of each forward's packs, read from the
+    position ids the pack collator restarts per sample."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.steps = cuda, []
+
+    def wall(self) -> float:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.time()
+
+    def install(self, engine) -> None:
+        for name in ("forward", "backward", "step"):
+            setattr(engine, name, self._timed(name, getattr(engine, name)))
+
+    def _timed(self, name, method):
+        import torch
+
+        def timed(*a, **k):
+            if name == "forward":
+                self.steps.append({"lengths": _sample_lengths(k.get("position_ids"))})
+            if self.cuda:
+                torch.cuda.synchronize()
+            start = time.time()
+            result = method(*a, **k)
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.steps[-1][f"{name}_seconds"] = self.steps[-1].get(f"{name}_seconds", 0) + time.time() - start
+            return result
+        return timed
+
+
+def _sample_lengths(position_ids) -> list[int]:
+    import torch
+
+    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist() + [position_ids.shape[1]]
+    return [b - a for a, b in zip(starts, starts[1:])]
+
+
 def train(args) -> int:
+    """lw's SFT path on packs: LongWriter-like 32k packs from lw's packer, lw's pack collator and
+    trainer, `attn_implementation: auto`, under the DeepSpeed config --ds; MFU from per-sample FLOPs."""
     import deepspeed
     import psutil
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig
 
-    from lw.launch.flops import train_flops_per_token
+    from lw.data.packing import PackCollator
+    from lw.launch.flops import train_flops
     from lw.launch.topology import single_process_env
-    from lw.models import parameter_counts
+    from lw.models import attention_implementation, parameter_counts, use_attention
+    from lw.models.tiny import tiny_tokenizer
+    from lw.train.sft import LwSFTTrainer
     from lw.train.worker import skip_cpu_shm_comm
 
     cuda = torch.cuda.is_available()
@@ -97,77 +179,86 @@ def train(args) -> int:
     if not cuda:  # as lw's worker: no compiled shared-memory all-reduce on CPU
         skip_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
+    label = deepspeed_label(ds_config)
     full = glm4_9b_config(args.smoke)
-    layers = args.layers or layers_for_host(full, args.host_fraction)
+    layers = args.layers
+    if label["offload"] != "none":  # the offloaded states must fit the host
+        layers = min(layers, layers_for_host(full, args.host_fraction))
     config = glm4_9b_config(args.smoke, layers)
     counts = parameter_counts(config)
-    params, embedding = counts["total"], counts["embedding"]
-    full_params = parameter_counts(full)["total"]
-    seq_len = 128 if args.smoke else args.seq_len
-    ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
-    out_dir = tempfile.mkdtemp(prefix="gpu_check_")
-    training_args = TrainingArguments(
-        output_dir=out_dir, deepspeed=ds_config, bf16=cuda, use_cpu=not cuda, ddp_backend=None if cuda else "gloo",
-        per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=args.warmup + args.steps,
-        learning_rate=1e-5, lr_scheduler_type="cosine", weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
-        gradient_checkpointing=True, logging_steps=1, save_strategy="no", report_to="none",
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True)
+    pack_length = 512 if args.smoke else args.seq_len
+    steps = args.warmup + args.steps
+    implementation = attention_implementation(SimpleNamespace(attn_implementation="auto"), "cuda" if cuda else "cpu",
+                                              packing=True, training=True)
+    packs = packed_mix(config.vocab_size, pack_length, steps)
+    training_args = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="gpu_check_"), deepspeed=ds_config, bf16=cuda, use_cpu=not cuda,
+        ddp_backend=None if cuda else "gloo", per_device_train_batch_size=1, gradient_accumulation_steps=1,
+        max_steps=steps, learning_rate=1e-5, lr_scheduler_type="cosine", weight_decay=0.1, adam_beta1=0.9,
+        adam_beta2=0.95, activation_checkpointing=True, logging_steps=1, save_strategy="no", report_to="none",
+        dataloader_num_workers=0, disable_tqdm=True, max_length=pack_length, completion_only_loss=True)
     started = time.time()
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)  # zero.Init
+    use_attention(model, implementation)
     build_seconds = time.time() - started
+    breakdown = StepBreakdown(cuda)
 
-    class RandomPacks(torch.utils.data.Dataset):
-        def __len__(self):
-            return args.warmup + args.steps
-
-        def __getitem__(self, i):
-            ids = torch.randint(0, config.vocab_size, (seq_len,), generator=torch.Generator().manual_seed(i))
-            return {"input_ids": ids, "labels": ids.clone()}
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.seconds: list[float] = []
+    class Install(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            breakdown.install(trainer.model_wrapped)  # the DeepSpeed engine, made by train()
 
         def on_step_begin(self, *a, **k):
-            if cuda:
-                torch.cuda.synchronize()
-            self.start = time.time()
+            self.start = breakdown.wall()
 
         def on_step_end(self, *a, **k):
-            if cuda:
-                torch.cuda.synchronize()
-            self.seconds.append(time.time() - self.start)
+            breakdown.steps[-1]["total_seconds"] = breakdown.wall() - self.start
 
-    timer = StepTimer()
-    trainer = Trainer(model=model, args=training_args, train_dataset=RandomPacks(), callbacks=[timer])
-    key = f"train_{args.ds}_{seq_len}"
+    tokenizer = tiny_tokenizer(tempfile.mkdtemp())
+    trainer = LwSFTTrainer(model=model, args=training_args, train_dataset=packs, processing_class=tokenizer,
+                           data_collator=PackCollator(pad_token_id=tokenizer.pad_token_id), callbacks=[Install()])
+    key = f"train_{args.ds}_{pack_length}"
     try:
         trainer.train()
     except torch.cuda.OutOfMemoryError as e:
-        record(args.out, key, {"oom": True, "layers": layers, "seq_len": seq_len, "error": str(e)[:300],
-                               "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+        record(args.out, key, {"oom": True, "layers": layers, "pack_tokens": pack_length, "error": str(e)[:300],
+                               "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), **label})
         return 2
-    timed = timer.seconds[args.warmup:]
-    step = sum(timed) / len(timed)
-    tokens_per_s = seq_len / step
-    flops = train_flops_per_token(config, params, embedding, seq_len)
-    full_flops = train_flops_per_token(full, full_params, embedding, seq_len)
-    peak = peak_flops()
     record(args.out, key, {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "deepspeed_config": args.ds, "zero_stage": 3, "offload": "optimizer+parameters to CPU",
-        "layers": layers, "full_depth_layers": full.num_hidden_layers, "parameters": params,
-        "full_depth_parameters": full_params, "seq_len": seq_len, "micro_batch": 1,
-        "model_build_seconds": round(build_seconds, 1), "step_seconds": [round(s, 3) for s in timer.seconds],
-        "tokens_per_second": round(tokens_per_s, 1),
-        "train_flops_per_token": flops, "mfu": round(flops * tokens_per_s / peak, 4) if peak else None,
-        # Compute scales with depth, the optimizer's host work with the parameter count: a range.
-        "full_depth_tokens_per_second_if_compute_bound": round(tokens_per_s * flops / full_flops, 1),
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds, **label,
+        "attention_implementation": implementation, "data": "LongWriter-like length mix packed by lw.data.packing, "
+        "lw's PackCollator (padding-free, position ids restart per sample), lw's SFT trainer",
+        "layers": layers, "full_depth_layers": full.num_hidden_layers, "parameters": counts["total"],
+        "pack_tokens": pack_length, "micro_batch_packs": 1, "model_build_seconds": round(build_seconds, 1),
+        **throughput(breakdown.steps, args.warmup, config, counts, train_flops),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "host_rss_gib": round(psutil.Process().memory_info().rss / 2**30, 2),
         "loss": [round(r["loss"], 4) for r in trainer.state.log_history if "loss" in r],
     })
     return 0
+
+
+def throughput(steps: list[dict], warmup: int, config, counts: dict, train_flops) -> dict:
+    """Tokens/s and MFU over the steps after warm-up, and where their time went."""
+    timed = steps[warmup:] or steps
+    for s in steps:  # the loss, the trainer's metrics and logging: outside the engine's calls
+        s["other_seconds"] = s["total_seconds"] - sum(s.get(f"{p}_seconds", 0) for p in ("forward", "backward", "step"))
+    parts = ("forward", "backward", "step", "other")
+    seconds = sum(s["total_seconds"] for s in timed)
+    tokens = sum(sum(s["lengths"]) for s in timed)
+    flops = sum(train_flops(config, counts["total"], counts["embedding"], s["lengths"]) for s in timed)
+    peak = peak_flops()
+    return {
+        "flops_convention": "lw.launch.flops.train_flops: 6 x matmul parameters a token + 12 x layers x heads x "
+                            "head_dim x the causal pairs within each sample (not the pack's dense square)",
+        "samples_per_pack": [len(s["lengths"]) for s in steps], "real_tokens_per_step": [sum(s["lengths"]) for s in
+                                                                                          steps],
+        "seconds_per_step": {p: [round(s.get(f"{p}_seconds", 0), 3) for s in steps] for p in parts},
+        "share_of_timed_seconds": {p: round(sum(s.get(f"{p}_seconds", 0) for s in timed) / seconds, 3) for p in parts},
+        "tokens_per_second": round(tokens / seconds, 1),
+        "model_flops_per_token": round(flops / tokens),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+    }
 
 
 def dpo(args) -> int:
@@ -189,7 +280,7 @@ def dpo(args) -> int:
         skip_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     full = glm4_9b_config(args.smoke)
-    layers = args.layers or layers_for_host(full, args.host_fraction)
+    layers = min(args.layers, layers_for_host(full, args.host_fraction))
     config = glm4_9b_config(args.smoke, layers)
     seq_len = 128 if args.smoke else args.seq_len
     prompt_len = min(args.prompt_len, seq_len // 4)
@@ -223,8 +314,8 @@ def dpo(args) -> int:
         record(args.out, f"dpo_{seq_len}", {"oom": True, "layers": layers, "error": str(e)[:300]})
         return 2
     record(args.out, f"dpo_{seq_len}", {
-        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds, "layers": layers,
-        "full_depth_layers": full.num_hidden_layers, "pair_tokens": [seq_len, prompt_len + (seq_len - prompt_len) // 2],
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds,
+        **deepspeed_label(ds_config), "layers": layers, "full_depth_layers": full.num_hidden_layers, "pair_tokens": [seq_len, prompt_len + (seq_len - prompt_len) // 2],
         "reference_pass_seconds_per_pair": round(reference_seconds / pairs, 2),
         "train_seconds_per_pair": round((time.time() - started) / pairs, 2),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
@@ -259,9 +350,11 @@ def grpo(args) -> int:
     tokenizer = tiny_tokenizer(tempfile.mkdtemp())
     tokenizer.chat_template = get_chat_format("glm4").jinja
     full = glm4_9b_config(args.smoke)
-    layers = args.layers or layers_for_host(full, args.host_fraction)
+    layers = min(args.layers, layers_for_host(full, args.host_fraction))
     config = glm4_9b_config(args.smoke, layers)
     config.vocab_size = len(tokenizer)
+    # GLM-4's pad and eos ids lie outside the tiny tokenizer's vocabulary: take the tokenizer's.
+    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     new_tokens = 32 if args.smoke else args.new_tokens
     steps = args.warmup + args.steps
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Write a {n}-word note about rivers."}],
@@ -282,8 +375,9 @@ def grpo(args) -> int:
         return 2
     logged = [r for r in trainer.state.log_history if "reward" in r]
     record(args.out, "grpo", {
-        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds, "layers": layers,
-        "full_depth_layers": full.num_hidden_layers, "completions_per_step": 8, "max_completion_tokens": new_tokens,
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds,
+        **deepspeed_label(ds_config), "layers": layers, "full_depth_layers": full.num_hidden_layers,
+        "completions_per_step": 8, "max_completion_tokens": new_tokens,
         "step_seconds_after_warmup": [round(r["step_time"], 2) for r in logged[args.warmup:] if "step_time" in r],
         "mean_completion_tokens": [round(r["completions/mean_length"], 1) for r in logged],
         "length_reward": [round(r["reward"], 4) for r in logged],
@@ -371,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny GLM on CPU: checks this script")
     parser.add_argument("--ds", default="zero3_offload", help="conf/deepspeed/<name>.json")
     parser.add_argument("--seq-len", type=int, default=32768)
-    parser.add_argument("--layers", type=int, default=None, help="default: as many as the host RAM holds")
+    parser.add_argument("--layers", type=int, default=12, help="of the 40; with offload at most what the host holds")
     parser.add_argument("--host-fraction", type=float, default=0.5, help="of the available host RAM, for states")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)

@@ -44,7 +44,7 @@ from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
-from lw.launch.flops import train_flops_per_token
+from lw.launch.flops import attention_flops_per_pair, causal_pairs, matmul_flops_per_token, train_flops_per_token
 from lw.models import (apply_config_overrides, attention_implementation, flash_attention_installed, local_device,
                        parameter_counts)
 from lw.train.registry import trainer_for
@@ -77,8 +77,12 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
     shape = trainer.plan(cfg, args, counts, nnodes, hf_config) if hasattr(trainer, "plan") else {}
     data = plan_data(cfg, args, world, shape.get("sequences_per_row", 1), shape.get("tokens_per_sequence"))
     attention = plan_attention(cfg, args, hf_config, counts, data, data.pop("pack_sequence_lengths"))
-    deepspeed = plan_deepspeed(cfg, args, hf_config, world, data["total_steps"]) \
-        if cfg.launcher.kind != "local" else None
+    deepspeed = None
+    if cfg.launcher.kind != "local":
+        choice = plan_offload(cfg, args, hf_config, counts, data["tokens_per_sequence"], shape, attention,
+                              data["total_steps"], cfg.plan.gpu_memory_gib)
+        deepspeed = {**plan_deepspeed(cfg, args, hf_config, world, data["total_steps"], choice["chosen"]),
+                     "choice": choice}
     memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed,
                          shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
                          shape.get("host_per_node", {}), shape.get("full_logits", True), attention)
@@ -91,8 +95,7 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                   "vocab_size": hf_config.vocab_size,
                   "max_position_embeddings": getattr(hf_config, "max_position_embeddings", None),
                   "config_overrides": OmegaConf.to_container(cfg.model.config_overrides, resolve=True),
-                  "train_flops_per_token": train_flops_per_token(hf_config, counts["total"], counts["embedding"],
-                                                                 data["tokens_per_sequence"])},
+                  **plan_flops(hf_config, counts, data, attention)},
         "launcher": {"kind": cfg.launcher.kind, "nnodes": nnodes, "nproc_per_node": nproc, "world_size": world,
                      "command": launch_command(cfg, run_dir)},
         "data": data,
@@ -246,7 +249,7 @@ def _activation_bytes(cfg: DictConfig, args) -> int:
 def attention_pairs(pack_sequence_lengths: list[list[int]], micro_batch: int) -> tuple[int, int]:
     """(query, key) pairs of the packs: each sample's causal attention on its own, and one dense mask
     over each padding-free row (the collator joins `micro_batch` packs into one row)."""
-    per_sample = sum(n * (n + 1) // 2 for pack in pack_sequence_lengths for n in pack)
+    per_sample = causal_pairs(pack_sequence_lengths)
     totals = [sum(pack) for pack in pack_sequence_lengths]
     dense = sum(sum(totals[i:i + micro_batch]) ** 2 for i in range(0, len(totals), micro_batch))
     return per_sample, dense
@@ -279,10 +282,8 @@ def plan_attention(cfg: DictConfig, args, hf_config, counts: dict, data: dict,
         mix = "plan.sources"
         assumptions.append("attention pairs from plan.sources: every sample at its source's mean length, every row "
                            "equally full (a real spread of lengths costs more per sample: sdpa's excess is smaller)")
-    heads = hf_config.num_attention_heads
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
-    flops_per_pair = 3 * 4 * hf_config.num_hidden_layers * heads * head_dim  # forward and backward, all layers
-    model_flops = train_flops_per_token(hf_config, counts["total"], counts["embedding"], 0) * data["tokens"]
+    flops_per_pair = attention_flops_per_pair(hf_config)
+    model_flops = matmul_flops_per_token(hf_config, counts["total"], counts["embedding"]) * data["tokens"]
     per_sample_flops = model_flops + flops_per_pair * per_sample
     row = micro * data["pack_length"]
     a = _activation_bytes(cfg, args)
@@ -294,6 +295,20 @@ def plan_attention(cfg: DictConfig, args, hf_config, counts: dict, data: dict,
             "sdpa_extra_flops_share": round(flops_per_pair * (dense - per_sample) / per_sample_flops, 4),
             "sdpa_mask_bytes": row**2 * (1 + a * held),
             "assumptions": assumptions}
+
+
+def plan_flops(hf_config, counts: dict, data: dict, attention: dict) -> dict:
+    """Model FLOPs per trained token (lw/launch/flops.py's convention): with packs, attention within
+    each sample of the planned length mix, not over the pack; without, a sequence of full length."""
+    matmul = matmul_flops_per_token(hf_config, counts["total"], counts["embedding"])
+    if "per_sample_pairs" in attention:
+        per_token = matmul + attention_flops_per_pair(hf_config) * attention["per_sample_pairs"] / data["tokens"]
+        basis = f"attention within each sample of {attention['length_mix']}"
+    else:
+        per_token = train_flops_per_token(hf_config, counts["total"], counts["embedding"], data["tokens_per_sequence"])
+        basis = f"one sample of {data['tokens_per_sequence']} tokens per sequence (an upper bound)"
+    return {"train_flops_per_token": per_token, "train_flops_basis": basis,
+            "matmul_flops_per_token": matmul}
 
 
 # ------------------------------------------------------------------------------------ deepspeed
@@ -309,15 +324,17 @@ class _ArgsAtWorldSize:
         return getattr(self._args, name)
 
 
-def plan_deepspeed(cfg: DictConfig, args, hf_config, world: int, total_steps: int) -> dict:
-    """The DeepSpeed config with its "auto" values filled as the HF Trainer fills them, validated."""
+def plan_deepspeed(cfg: DictConfig, args, hf_config, world: int, total_steps: int, name: str | None = None) -> dict:
+    """The DeepSpeed config (`name`, else launcher.deepspeed) with its "auto" values filled as the
+    HF Trainer fills them, validated."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
 
     from lw.launch.driver import deepspeed_config_path, load_deepspeed_config
 
-    path = deepspeed_config_path(cfg.launcher.deepspeed)
-    raw = load_deepspeed_config(cfg.launcher.deepspeed)
+    name = name or cfg.launcher.deepspeed
+    path = deepspeed_config_path(name)
+    raw = load_deepspeed_config(name)
     planned = _ArgsAtWorldSize(args, world)
     filled = HfTrainerDeepSpeedConfig(raw)  # also registers itself globally: unset below
     try:
@@ -383,11 +400,11 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
 
         offload_opt = deepspeed["offload_optimizer"] == "cpu"
         offload_param = deepspeed["offload_param"] == "cpu"
-        cpu_mem, gpu_mem, _ = estimate_zero3_model_states_mem_needs(
+        cpu_mem, _, _ = estimate_zero3_model_states_mem_needs(
             params, largest, num_gpus_per_node=nproc, num_nodes=nnodes, cpu_offload=offload_opt,
             cpu_offload_params=offload_param, zero_init=True, additional_buffer_factor=1.5)
         zero = deepspeed["config"]["zero_optimization"]
-        gpu["model_states"] = gpu_mem
+        gpu.update(zero3_gpu_states(params, largest, nproc * nnodes, offload_opt, offload_param))
         gpu["communication_buffers"] = 2 * (zero.get("stage3_prefetch_bucket_size", 0)
                                             + 2 * zero.get("reduce_bucket_size", 0))
         host_per_node["model_states_deepspeed_estimate"] = cpu_mem
@@ -401,7 +418,12 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
         assumptions.append("no DeepSpeed: weights, gradients and Adam moments all on the device")
     gpu.update({f"activations_{k}": v for k, v in activations.items()})
     gpu.update(trainer_gpu or {})
-    host_per_node.update(trainer_host or {})
+    trainer_host = dict(trainer_host or {})
+    if "reference_bf16_params" in trainer_host and deepspeed is not None and deepspeed["offload_param"] != "cpu":
+        # A reference model sharded like the policy: without parameter offload its 16-bit shards stay
+        # on the GPUs, one world's share per rank.
+        gpu["reference_params_partition"] = trainer_host.pop("reference_bf16_params") * nnodes / (nproc * nnodes)
+    host_per_node.update(trainer_host)
     total = sum(gpu.values())
     budget = cfg.plan.gpu_memory_gib
     return {
@@ -413,6 +435,90 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
         "host_per_node_gib": {k: round(v / GIB, 2) for k, v in host_per_node.items()},
         "assumptions": assumptions,
     }
+
+
+# -------------------------------------------------------------------------------------- offload
+
+# Left free on each GPU beyond the estimate: the CUDA context, NCCL's buffers, allocator fragmentation.
+HEADROOM_GIB = 4.0
+# What `launcher.deepspeed: auto` chooses from, fastest first (measured: conf/deepspeed/README.md).
+AUTO_DEEPSPEED = ("zero3", "zero3_offload")
+
+
+def zero3_gpu_states(params: int, largest: int, world: int, offload_optimizer: bool, offload_param: bool) -> dict:
+    """Bytes per rank of ZeRO-3's model states on the GPU, as DeepSpeed allocates them with bf16
+    (grad_accum_dtype = the model's dtype): each rank's partition of P/world parameters keeps its
+    16-bit parameters (2 bytes), its 16-bit gradient partition (2), its fp32 master copy (4) and
+    Adam's two fp32 moments (8): 16 bytes a parameter without offload. The optimizer offload moves
+    all but the 16-bit parameters to the host, the parameter offload those too. The layer being
+    computed is gathered whole: its 16-bit parameters and gradients, 4 bytes a parameter.
+    (DeepSpeed's estimator counts 18 without offload: the step's fp32 gradient of a sub-group,
+    which exists only after the backward pass has freed the activations.)"""
+    share = params / world
+    per_param = 0 if offload_param else 2
+    if not offload_optimizer:
+        per_param += 2 + 4 + 8
+    return {"model_states": per_param * share, "gathered_layer": 4 * largest}
+
+
+def plan_offload(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, shape: dict, attention: dict,
+                 total_steps: int, budget_gib: float) -> dict:
+    """Which DeepSpeed config the run uses and why: launcher.deepspeed as given, or for `auto` the
+    fastest of AUTO_DEEPSPEED whose estimated GPU memory per rank fits `budget_gib` less headroom."""
+    requested = cfg.launcher.deepspeed
+    nproc, nnodes = _world(cfg.launcher)
+    estimates = {}
+    for name in AUTO_DEEPSPEED:
+        filled = plan_deepspeed(cfg, args, hf_config, nproc * nnodes, total_steps, name)
+        memory = plan_memory(cfg, args, hf_config, counts, seq_len, nproc, nnodes, filled,
+                             shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
+                             shape.get("host_per_node", {}), shape.get("full_logits", True), attention)
+        estimates[name] = memory["gpu_per_rank_total_gib"]
+    limit = budget_gib - HEADROOM_GIB
+    fits = estimates["zero3"] <= limit
+    if requested != "auto":
+        chosen, how = requested, "as set in launcher.deepspeed"
+    else:
+        chosen = next((n for n in AUTO_DEEPSPEED if estimates[n] <= limit), AUTO_DEEPSPEED[-1])
+        how = "launcher.deepspeed=auto: the fastest that fits"
+    states = zero3_gpu_states(counts["total"], counts["largest_layer"], nproc * nnodes, False, False)
+    reason = (f"without offload a rank needs {estimates['zero3']:.1f} GiB (ZeRO-3 states "
+              f"{states['model_states'] / GIB:.1f} GiB at 16 bytes a parameter over {nproc * nnodes} ranks, the rest "
+              f"activations and the gathered layer); with parameter+optimizer offload {estimates['zero3_offload']:.1f}"
+              f" GiB; {budget_gib:g} GiB per GPU less {HEADROOM_GIB:g} GiB headroom: "
+              + ("fits without offload" if fits else "does not fit without offload"))
+    return {"requested": requested, "chosen": chosen, "how": how, "fits_without_offload": fits,
+            "gpu_per_rank_gib": estimates, "gpu_memory_gib": budget_gib, "headroom_gib": HEADROOM_GIB,
+            "reason": reason}
+
+
+def resolve_deepspeed(cfg: DictConfig) -> str:
+    """launcher.deepspeed for the workers: as given, or for `auto` the planner's choice at start (no
+    data read: one sequence of the planned length). The budget is this machine's GPU when it has
+    one (the driver runs on a node of the job), else plan.gpu_memory_gib."""
+    if cfg.launcher.deepspeed != "auto":
+        return cfg.launcher.deepspeed
+    import torch
+
+    from lw.data.settings import max_length_of
+
+    trainer = trainer_for(cfg)
+    args = trainer.training_args(cfg, Path(tempfile.gettempdir()) / "lw-plan", "none")
+    hf_config = model_config(cfg)
+    counts = parameter_counts(hf_config)
+    nproc, nnodes = _world(cfg.launcher)
+    shape = trainer.plan(cfg, args, counts, nnodes, hf_config) if hasattr(trainer, "plan") else {}
+    seq_len = shape.get("tokens_per_sequence") or cfg.data.pack_length or max_length_of(cfg.data)
+    packing = bool(cfg.data.pack_length)
+    held = 1 if args.activation_checkpointing else hf_config.num_hidden_layers
+    row = args.per_device_train_batch_size * seq_len
+    attention = {"implementation": attention_implementation(cfg.model, "cuda", packing=packing, training=True),
+                 "packing": packing, "sdpa_mask_bytes": row**2 * (1 + _activation_bytes(cfg, args) * held)}
+    budget = torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() \
+        else cfg.plan.gpu_memory_gib
+    choice = plan_offload(cfg, args, hf_config, counts, seq_len, shape, attention, max(args.max_steps, 1), budget)
+    log.info("launcher.deepspeed=auto: %s (%s)", choice["chosen"], choice["reason"])
+    return choice["chosen"]
 
 
 # --------------------------------------------------------------------------------------- launch
@@ -462,6 +568,8 @@ def format_plan(plan: dict) -> str:
         ds = plan["deepspeed"]
         lines.append(f"  deepspeed  ZeRO-{ds['stage']}, optimizer offload {ds['offload_optimizer']}, parameter "
                      f"offload {ds['offload_param']}, optimizer {ds['optimizer']} ({ds['file']})")
+        choice = ds["choice"]
+        lines.append(f"  offload    {choice['chosen']} ({choice['how']}): {choice['reason']}")
     if plan["trainer"].get("generation"):
         lines.append(f"  generation {plan['trainer']['generation']}")
     if plan["trainer"].get("reference"):

@@ -163,14 +163,23 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
     assert plan["model"]["parameters"] == pytest.approx(parameters, rel=0.01)
     assert plan["trainer"]["kind"] == "dpo" and plan["trainer"]["sequences_per_example"] == 2
     assert plan["trainer"]["reference"].startswith("precomputed")
-    assert plan["launcher"]["world_size"] == 8 and plan["deepspeed"]["offload_param"] == "cpu"
+    # No full logits (TRL's fused LM head): even two 32k sequences a pair fit 8 x 80 GiB without offload.
+    assert plan["launcher"]["world_size"] == 8 and plan["deepspeed"]["choice"]["chosen"] == "zero3"
+    assert plan["deepspeed"]["offload_param"] == "none"
     assert plan["data"]["sequences"] == 54000 and plan["data"]["total_steps"] > 0
     assert plan["memory"]["gpu_per_rank_gib"]["activations_logits_and_loss"] == 0  # TRL's fused LM head
     assert plan["memory"]["fits_gpu"]
     loaded = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false"), tmp_path)
-    host = loaded["memory"]["host_per_node_gib"]
-    assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
+    # The reference model is sharded like the policy: its 16-bit shards on the GPUs without offload,
+    # on the host with it.
+    gpu = loaded["memory"]["gpu_per_rank_gib"]
+    assert gpu["reference_params_partition"] == pytest.approx(2 * parameters / 8 / 2**30, rel=0.01)
     assert loaded["memory"]["gpu_per_rank_total_gib"] > plan["memory"]["gpu_per_rank_total_gib"]
+    offloaded = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
+                                      "launcher.deepspeed=zero3_offload"), tmp_path)
+    host = offloaded["memory"]["host_per_node_gib"]
+    assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
+    assert "reference_params_partition" not in offloaded["memory"]["gpu_per_rank_gib"]
 
 
 def test_committed_dpo_miniature_results_say_what_its_readme_says():

@@ -14,6 +14,7 @@ from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")
 PAPER = {"longwriter_glm4_9b": 9.40e9, "longwriter_llama3_1_8b": 8.03e9}
+OFFLOAD = {"longwriter_glm4_9b": True, "longwriter_llama3_1_8b": False}  # on 8 x 80 GiB (launcher.deepspeed=auto)
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +52,26 @@ def test_paper_plans_follow_the_paper(plans, name):
     assert optimizer == {"learning_rate": 1e-5, "lr_scheduler_type": "cosine", "warmup_steps": data["warmup_steps"],
                          "weight_decay": 0.1, "adam_betas": [0.9, 0.95], "bf16": True,
                          "activation_checkpointing": True}
-    assert (deepspeed["stage"], deepspeed["offload_optimizer"], deepspeed["offload_param"]) == (3, "cpu", "cpu")
+    # launcher.deepspeed=auto on 8 x 80 GiB: GLM-4-9B's 32k-token logits and their fp32 loss (46 GiB,
+    # vocabulary 151,552) plus 16 bytes a parameter over 8 ranks exceed 80 GiB less 4 of headroom, so
+    # its states go to the host; Llama-3.1-8B's (39 GiB, vocabulary 128,256) fit without offload.
+    choice, offload = deepspeed["choice"], OFFLOAD[name]
+    assert (choice["requested"], choice["chosen"], choice["fits_without_offload"]) == (
+        "auto", "zero3_offload" if offload else "zero3", not offload)
+    assert (choice["gpu_per_rank_gib"]["zero3"] > 80 - 4) == offload
+    assert choice["gpu_per_rank_gib"]["zero3_offload"] < 80 - 4
+    assert (deepspeed["stage"], deepspeed["offload_optimizer"], deepspeed["offload_param"]) == (
+        (3, "cpu", "cpu") if offload else (3, "none", "none"))
+    assert deepspeed["optimizer"] == "torch AdamW (the trainer's)"  # measured faster than DeepSpeed's CPU Adam
     config = deepspeed["config"]
     assert config["train_batch_size"] == 8 and config["train_micro_batch_size_per_gpu"] == 1
     assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
-    assert config["optimizer"]["params"] == {"lr": 1e-5, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+    assert "optimizer" not in config
     assert config["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096  # "auto" filled from the model
     memory = plan["memory"]
     # Host RAM of the offload: 18 bytes per parameter on the one node (fp32 weights, Adam, fp32 grads, bf16).
     assert sum(v for k, v in memory["host_per_node_gib"].items() if "estimate" not in k) == pytest.approx(
-        18 * model["parameters"] / 1024**3, rel=1e-3)
+        18 * model["parameters"] / 1024**3 if offload else 0, rel=1e-3)
     assert memory["fits_gpu"] and memory["gpu_per_rank_gib"]["activations_logits_and_loss"] > 30
     command = plan["launcher"]["command"]
     assert "--nproc-per-node 8" in command and command.endswith(f"-m lw.train.worker {command.split()[-1]}")
@@ -76,8 +87,18 @@ def test_paper_plans_follow_the_paper(plans, name):
     assert attention["sdpa_over_per_sample_attention_flops"] == pytest.approx(attention["dense_pairs"] / per_sample,
                                                                                rel=1e-3)
     assert attention["sdpa_mask_bytes"] == 32768**2 * (1 + 2)  # the boolean mask and one layer's bf16 copy
+    # Model FLOPs per token: the matrix multiplies (neither paper model ties its output layer) and
+    # attention within each sample of plan.sources, 12 x layers x heads x head width a causal pair.
+    heads, head_dim = (32, 128)
+    matmul = 6 * (model["parameters"] - model["vocab_size"] * model["hidden_size"])
+    assert model["matmul_flops_per_token"] == matmul
+    assert model["train_flops_per_token"] == pytest.approx(
+        matmul + 12 * model["layers"] * heads * head_dim * per_sample / data["tokens"], rel=1e-9)
     line = next(x for x in plans[1].stdout.splitlines() if x.startswith(f"plan for experiment-{name}"))
     block = plans[1].stdout.split(line, 1)[1]
+    assert f"  offload    {choice['chosen']} (launcher.deepspeed=auto: the fastest that fits): without offload a " \
+           f"rank needs {choice['gpu_per_rank_gib']['zero3']:.1f} GiB" in block
+    assert ("does not fit without offload" if offload else "fits without offload") in block
     assert f"  attention  {attention['implementation']} (auto, on cuda, packs from plan.sources): cost follows the " \
            f"samples; sdpa would need a 3.0 GiB mask for each 32768-token row and " \
            f"{attention['sdpa_over_per_sample_attention_flops']:.1f}x the attention FLOPs" in block
@@ -191,3 +212,44 @@ def test_the_paper_grpo_plan_counts_completions_and_plans_their_generation(plans
     assert memory["gpu_per_rank_gib"]["generation_vllm_share"] == pytest.approx(0.3 * 80)
     assert memory["fits_gpu"] and plan["deepspeed"]["stage"] == 3
     assert any("generation and the training pass do not overlap" in a for a in plan["assumptions"])
+
+
+def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_path):
+    """The estimate against the first H200 run (12 of GLM-4-9B's 40 layers, one GPU, 32k tokens,
+    conf/deepspeed/README.md): measured peaks 114.6 GiB without offload, 61.5 GiB with it."""
+    glm = ("experiment=longwriter_glm4_9b",)
+    h200 = build_plan(compose_lw(*glm, "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1",
+                                 "plan.gpu_memory_gib=141"), tmp_path / "h200")
+    choice = h200["deepspeed"]["choice"]
+    assert 114.6 <= choice["gpu_per_rank_gib"]["zero3"] <= 114.6 * 1.05
+    assert 61.5 * 0.95 <= choice["gpu_per_rank_gib"]["zero3_offload"] <= 61.5 * 1.05
+    assert (choice["chosen"], choice["fits_without_offload"]) == ("zero3", True)
+    assert (h200["deepspeed"]["offload_optimizer"], h200["deepspeed"]["offload_param"]) == ("none", "none")
+    assert h200["memory"]["gpu_per_rank_gib"]["model_states"] == pytest.approx(16 * 3689048064 / 1024**3, abs=1e-3)
+    assert "fits without offload" in choice["reason"]
+    # 8 x H200: the full model fits without offload; one 24 GiB GPU needs it.
+    assert build_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "8h200")["deepspeed"]["choice"][
+        "chosen"] == "zero3"
+    small = build_plan(compose_lw(*glm, "launcher.nproc_per_node=1", "plan.gpu_memory_gib=24"), tmp_path / "small")
+    assert (small["deepspeed"]["choice"]["chosen"], small["deepspeed"]["offload_param"]) == ("zero3_offload", "cpu")
+    # An explicit choice is kept, and the plan still says whether it needed to offload.
+    kept = build_plan(compose_lw(*glm, "launcher.deepspeed=zero3_offload_cpuadam", "plan.gpu_memory_gib=141"),
+                      tmp_path / "kept")
+    assert kept["deepspeed"]["choice"]["chosen"] == "zero3_offload_cpuadam"
+    assert kept["deepspeed"]["choice"]["fits_without_offload"] and kept["deepspeed"]["offload_param"] == "cpu"
+
+
+def test_the_dpo_plan_holds_two_sequences_a_pair_and_grpo_one_a_completion(plans):
+    """Activation memory per rank: a DPO pair is its chosen and its rejected answer in one batch;
+    a GRPO training sequence is one prompt and one completion."""
+    gib = 1024**3
+    dpo, grpo = plans[0]["longwriter_glm4_9b_dpo"], plans[0]["longwriter_glm4_9b_grpo"]
+    for plan, sequences in ((dpo, 2), (grpo, 1)):
+        memory, data, model = plan["memory"]["gpu_per_rank_gib"], plan["data"], plan["model"]
+        micro = plan["deepspeed"]["config"]["train_micro_batch_size_per_gpu"]
+        tokens = micro * sequences * data["tokens_per_sequence"]  # 2 x 32,768 a DPO pair; 1,024 + 16,384 GRPO
+        assert memory["activations_layer_inputs"] == round(model["layers"] * tokens * model["hidden_size"] * 2 / gib, 3)
+    assert dpo["data"]["tokens_per_sequence"] == 32768 and dpo["trainer"]["sequences_per_example"] == 2
+    # DPO's reference pass is precomputed (no second model); GRPO at beta 0 has none.
+    assert "reference_largest_layer" not in dpo["memory"]["gpu_per_rank_gib"]
+    assert "reference_largest_layer" not in grpo["memory"]["gpu_per_rank_gib"]

@@ -88,7 +88,7 @@ def test_slurm_sweep_composes_and_refuses_to_submit_without_a_cluster(tmp_path):
     assert OmegaConf.select(cfg, "hydra.launcher.nodes") == 2  # one knob: launcher.nnodes
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 8
     assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.launcher.kind == "slurm"
-    assert cfg.launcher.deepspeed == "zero3_offload_cpuadam"  # the experiment's choice survives
+    assert cfg.launcher.deepspeed == "auto"  # the experiment's choice survives
     result = run_lw("-m", "launcher=slurm", "experiment=smoke", "logger=none", cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert 'Could not detect "srun"' in result.stderr
@@ -223,3 +223,16 @@ def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
     assert loaded.trainer.args.max_steps == 6 and loaded.launcher.deepspeed == "zero3_offload"
     assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3
     assert (tmp_path / "launch" / "command.sh").read_text().endswith(f"lw.train.worker {tmp_path}\n")
+
+
+@pytest.mark.parametrize("gpu_gib, offload", [(80, False), (24, True)])
+def test_workers_get_the_planners_deepspeed_config_for_auto(tmp_path, gpu_gib, offload):
+    """launcher.deepspeed=auto: the driver writes ZeRO-3 without offload where the plan fits the GPUs
+    (Llama-3.1-8B, 32k packs, 8 x 80 GiB), parameter+optimizer offload where it does not."""
+    cfg = compose_lw("experiment=longwriter_llama3_1_8b", f"plan.gpu_memory_gib={gpu_gib}")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    assert cfg.launcher.deepspeed == "auto"
+    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)])
+    zero = json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]
+    assert zero["stage"] == 3 and ("offload_param" in zero) == ("offload_optimizer" in zero) == offload

@@ -9,7 +9,8 @@ evaluates the saved model in the driver's process.
 RUN_DIR/launch/ holds
     config.yaml      the resolved config the workers load (.hydra/config.yaml keeps Hydra's
                      interpolations, which resolve only inside Hydra)
-    deepspeed.json   the DeepSpeed config as given ("auto" values are filled by the trainer)
+    deepspeed.json   the DeepSpeed config as given, or the planner's choice for launcher.deepspeed=auto
+                     ("auto" values inside it are filled by the trainer)
     command.sh       the exact launch command, re-runnable by hand
     workers.log      every rank's output, prefixed with its local rank ("[default1]:")
     ranks/           one folder per rank attempt, written by torchrun (stdout.log, stderr.log)
@@ -122,7 +123,9 @@ def write_launch_files(cfg, run_dir: Path, command: list[str]) -> None:
     # Secrets (an API key read from the environment) never reach the disk; workers need none.
     resolved = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     _write_atomic(launch_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    _write_atomic(launch_dir / "deepspeed.json", deepspeed_config_path(cfg.launcher.deepspeed).read_text())
+    from lw.plan import resolve_deepspeed  # `auto`: the planner's choice for this topology
+
+    _write_atomic(launch_dir / "deepspeed.json", deepspeed_config_path(resolve_deepspeed(cfg)).read_text())
     _write_atomic(launch_dir / "command.sh", "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
 
 
