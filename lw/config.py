@@ -216,12 +216,17 @@ class JudgeConfig:
     base_url: Optional[str] = None
     model: Optional[str] = None
     temperature: float = 0.5
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = None  # null: the server's limit (the official judge: 1024)
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key
     concurrency: int = 16
     timeout: float = 120.0  # seconds per request
     retries: int = 5  # transport retries (429, 5xx, timeouts) with exponential backoff
-    parse_retries: int = 2  # new samples asked for when a reply has no valid scores
+    attempts: int = 3  # replies sampled at most per judgement until one has valid scores (official: 5)
+    # integer: every score an integer 1-5; numeric: anything float() takes (the official judge)
+    scores: str = "integer"
+    # lenient: JSON in fences or amid text, single quotes, broken free text; official: a ```json block
+    # or else the whole reply, newlines removed, through json.loads (the official judge)
+    extraction: str = "lenient"
     retry_unparseable: bool = True  # a rerun asks again for judgements cached as unparseable
     cache: bool = True  # reuse judgements by (judge model, prompt, response) from cache_dir/judge
 
