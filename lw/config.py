@@ -142,9 +142,12 @@ class DataConfig:
 
 
 class LossWeighting(str, Enum):
-    token_mean = "token_mean"  # every target token of the global batch weighs the same (the paper's)
-    sequence_mean = "sequence_mean"  # every sequence weighs the same, whatever its length
+    token_mean = "token_mean"  # every target token of the global batch weighs the same
+    sequence_mean = "sequence_mean"  # every sequence weighs the same, whatever its length (LongAlign's)
     pack_mean = "pack_mean"  # mean over each pack (row), then over packs
+    # each pack's token mean times its number of sequences / 30, then the mean over packs: the
+    # released LongWriter training code's --pack_loss (lw/train/loss.py)
+    pack_sequences_over_30 = "pack_sequences_over_30"
 
 
 @dataclass
