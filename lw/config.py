@@ -232,6 +232,8 @@ class JudgeConfig:
     extraction: str = "lenient"
     retry_unparseable: bool = True  # a rerun asks again for judgements cached as unparseable
     cache: bool = True  # reuse judgements by (judge model, prompt, response) from cache_dir/judge
+    price_input_per_million: float = 0.0  # USD per million prompt tokens, for the dry run's cost estimate
+    price_output_per_million: float = 0.0  # USD per million completion tokens
 
 
 @dataclass
@@ -346,6 +348,12 @@ class PlanConfig:
     # The workers' device (cuda | cpu), which picks the attention implementation; null: cuda with
     # launcher=deepspeed or slurm (GPU ranks), this machine's with launcher=local.
     device: Optional[str] = None
+    # An evaluation's plan (task=eval): tokens per counted word (a CJK character or an English word,
+    # as lw.words counts them) per tokenizer family (model.chat_format; "judge" for the judge's),
+    # and the judge's mean reply length. Rough figures, stated in the plan; measure and set your own.
+    tokens_per_word: Dict[str, Dict[str, float]] = field(default_factory=lambda: {
+        "glm4": {"en": 1.3, "zh": 0.7}, "llama3_1": {"en": 1.3, "zh": 1.0}, "judge": {"en": 1.3, "zh": 0.7}})
+    judge_reply_tokens: int = 600
 
 
 @dataclass
