@@ -7,8 +7,10 @@ timeout and keeps going when one fails). Every stage merges its figures into one
             bf16, activation checkpointing: what lw's workers run. The offload needs about 18 bytes
             of host RAM per parameter (169 GB at full depth), so the depth is cut to what the host
             holds; width, vocabulary and pack length stay the paper's.
-  generate  transformers `generate` vs vLLM decoding speed on the full-depth architecture (vLLM only
-            where it is installed; random weights: every sequence runs to max_new_tokens).
+  generate  generation=hf on the full-depth architecture: static batches vs continuous batching on
+            LongBench-Write's spread of answer lengths (scaled down, EOS ignored), batch-1 decode
+            against the memory-bandwidth bound (a device copy, timed), with and without a static
+            cache + torch.compile, peak memory (vLLM too where it is installed).
 
 `--smoke` runs a tiny GLM on CPU: a check of this script on machines without a GPU.
 """
@@ -291,42 +293,52 @@ def grpo(args) -> int:
 
 
 def generate(args) -> int:
+    """generation=hf on the GLM-4-9B architecture (random weights, bf16): static batches vs continuous
+    batching on LongBench-Write's spread of lengths (scaled by 1/--gen-scale, EOS ignored), batch-1
+    decode against the bound of the measured device copy bandwidth, with and without a static cache +
+    torch.compile. benchmarks/generation.py's functions; each figure is recorded as it is measured."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import generation as bench
+
     cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
+    device = torch.device("cuda" if cuda else "cpu")
     config = glm4_9b_config(args.smoke)
-    prompt_len, new_tokens = (16, 8) if args.smoke else (args.prompt_len, args.new_tokens)
-    batches = (1, 2) if args.smoke else (1, 8)
+    requests, scale = (24, 2000.0) if args.smoke else (args.gen_requests, args.gen_scale)
+    decode_tokens, copy_mib = (6, 64) if args.smoke else (args.decode_tokens, 4096)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32).eval()
+    lengths = bench.spread(requests, scale)
+    inputs = bench.prompts(requests, config.vocab_size)
     results: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "layers": config.num_hidden_layers,
-                     "prompt_tokens": prompt_len, "new_tokens": new_tokens, "temperature": 0.5}
-    prompts = {b: torch.randint(100, config.vocab_size - 100, (b, prompt_len), generator=torch.Generator().manual_seed(b))
-               for b in batches}
-    for batch, ids in prompts.items():
-        ids = ids.to(device)
-        kwargs = dict(do_sample=True, temperature=0.5, pad_token_id=config.pad_token_id)
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.time()
-        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.time() - start
-        produced = (out.shape[1] - prompt_len) * batch
-        results[f"hf_batch{batch}_tokens_per_second"] = round(produced / seconds, 1)
+                     "requests": requests, "scale": scale, "answer_tokens": sum(lengths),
+                     "longest_answer": max(lengths), "attention": model.config._attn_implementation}
+
+    def measured(key, value):
+        results[key] = value
+        record(args.out, "generate", results)
+
+    bandwidth = bench.copy_bandwidth(device, copy_mib)
+    measured("copy_bandwidth_gb_s", round(bandwidth / 1e9, 1))
+    measured("decode_batch1", bench.decode_against_bound(model, decode_tokens, bandwidth))
+    pad, eos = config.pad_token_id, config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
+    measured("continuous", bench.run_continuous(model, inputs, lengths, args.gen_concurrency, pad))
+    measured("static", bench.run_static(model, inputs, lengths, args.gen_batch_size, pad, eos))
+    measured("continuous_vs_static", round(results["continuous"]["tokens_per_s"] / results["static"]["tokens_per_s"], 2))
+    if cuda:  # last: compiling 40 layers may take what is left of the stage's time
+        measured("decode_batch1_static_cache_compiled",
+                 bench.decode_against_bound(model, decode_tokens, bandwidth, cache_implementation="static"))
     del model
     if cuda:
         torch.cuda.empty_cache()
     if importlib.util.find_spec("vllm") is None:
-        results["vllm"] = "not installed here: skipped"
-        print("gpu_check: vLLM is not installed, hf only", flush=True)
+        measured("vllm", "not installed here: skipped")
     else:
-        results.update(_vllm(config, prompts, new_tokens))
-    record(args.out, "generate", results)
+        prompts = {b: torch.tensor([ids[:20] for ids in inputs[:b]]) for b in (1, 8)}
+        results.update(_vllm(config, prompts, max(lengths)))
+        record(args.out, "generate", results)
     return 0
 
 
@@ -365,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--prompt-len", type=int, default=1024)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--gen-requests", type=int, default=120, help="generate: LongBench-Write's 120 prompts")
+    parser.add_argument("--gen-scale", type=float, default=200, help="generate: required lengths / this")
+    parser.add_argument("--gen-batch-size", type=int, default=16, help="generate: static batches")
+    parser.add_argument("--gen-concurrency", type=int, default=128, help="generate: continuous, at most together")
+    parser.add_argument("--decode-tokens", type=int, default=64, help="generate: batch-1 decode length")
     parser.add_argument("--key", help="record: the key")
     parser.add_argument("--value", help="record: a JSON value")
     args = parser.parse_args(argv)

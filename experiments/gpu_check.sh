@@ -15,7 +15,9 @@
 #                       torch AdamW on the offloaded states (conf/deepspeed/zero3_offload.json),
 #                       32k packs, bf16, activation checkpointing: tokens/s, MFU, peak GPU memory
 #                       (16k packs if 32k runs out of GPU memory)
-#   4. generate         hf generate vs vLLM (skipped with a message where vLLM is not installed)
+#   4. generate         generation=hf on GLM-4-9B: static batches vs continuous batching on
+#                       LongBench-Write's spread of lengths, batch-1 decode vs the measured bandwidth
+#                       bound (with and without static cache + torch.compile), peak memory
 #   5. dpo              lw's DPO trainer on the same architecture and offload, pairs of 16k tokens:
 #                       the precomputed reference pass and the policy steps, timed
 #   6. grpo             lw's length reward through TRL's GRPOTrainer on the same architecture and offload:
@@ -88,7 +90,7 @@ if [ "$rc" = 2 ]; then  # out of GPU memory at 32k tokens: measure 16k packs ins
   stage train_16k 120 "$PY" experiments/gpu_check.py train --out "$RESULT" --ds zero3_offload --seq-len 16384 \
     $SMOKE_FLAG || true
 fi
-if want generate; then stage generate 90 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true; fi
+if want generate; then stage generate 240 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true; fi
 if want dpo; then
   stage dpo 120 "$PY" experiments/gpu_check.py dpo --out "$RESULT" --ds zero3_offload --seq-len 16384 $SMOKE_FLAG || true
 fi

@@ -48,10 +48,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class SamplingPreset:
+    """A model family's official sampling values (docs/science.md, "Evaluating released checkpoints");
+    `sampling=official` copies them into `generation`. The defaults are lw's own (`sampling=lw`)."""
+
+    temperature: float = 0.5
+    top_p: float = 1.0
+    top_k: Optional[int] = None  # null: no top-k cut
+    max_new_tokens: int = 32768
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # short name, used in run names
     path: Optional[str] = None  # hub id or local directory; null builds the tiny model
-    chat_format: str = MISSING  # llama3_1 | glm4
+    # Training formats: glm4 | llama3_1 | plain. Inference only: longwriter_glm4 | longwriter_llama3_1
+    # (the official LongWriter inference prompts) | native (the tokenizer's own chat template).
+    chat_format: str = MISSING
+    # End-of-turn tokens generation stops on, beside the tokenizer's EOS and the ids the checkpoint's
+    # generation_config.json lists (lw.models.stops.stop_token_ids).
+    stop_tokens: List[str] = field(default_factory=list)
+    official_sampling: SamplingPreset = field(default_factory=SamplingPreset)
     dtype: str = "bfloat16"
     trust_remote_code: bool = False
     # auto: with packing on a GPU, one whose cost follows the samples, not the pack (flash_attention_2
@@ -194,8 +211,20 @@ class GenerationConfig:
     backend: str = "hf"  # hf | vllm | openai
     temperature: float = 0.5
     top_p: float = 1.0
+    top_k: Optional[int] = None  # null: no top-k cut (hf: top_k=0, vllm: -1, openai: not sent)
     max_new_tokens: int = 32768
-    batch_size: int = 8  # hf: sequences per generate() call; vllm: prompts per call (results saved per call)
+    # openai: strings the server stops at (sent as `stop` when not empty); hf and vllm stop on token ids
+    stop: List[str] = field(default_factory=list)
+    batch_size: int = 8  # hf: most requests decoded together (static: per generate() call); vllm: prompts per call
+    # hf: continuous (transformers' paged-attention manager: a request starts as soon as the KV cache has room
+    # and is saved the step it ends) | static (batches of batch_size run until their longest answer ends)
+    batching: str = "continuous"
+    # hf continuous: the KV cache, in blocks of kv_block_size tokens (null: enough for batch_size of the
+    # largest requests), within memory_fraction of the device memory the model leaves free (CPU: of the RAM)
+    kv_cache_blocks: Optional[int] = None
+    kv_block_size: int = 256
+    max_batch_tokens: int = 1024  # hf continuous: tokens per forward step (prompts are prefilled in chunks of it)
+    memory_fraction: float = 0.8
     # openai: any OpenAI-compatible server (an API model, or `vllm serve`)
     base_url: Optional[str] = None
     model: Optional[str] = None  # the served model's name

@@ -4,7 +4,8 @@ A backend's `generate(items, save)` calls `save(item, response)` as each respons
 returns the items that failed. The driver appends every saved response to a JSONL file at once,
 so an interrupted run loses nothing and a rerun generates only what is missing.
 
-- hf:     transformers `generate`, batched, the model's chat format (CPU or one GPU)
+- hf:     transformers on CPU or one GPU, the model's chat format: continuous batching (requests
+          admitted as others end, lw.eval.continuous) or static batches of `generate`
 - vllm:   vLLM offline inference on GPUs (optional extra, imported only when chosen)
 - openai: any OpenAI-compatible chat-completions server (an API model, or `vllm serve`)
 """
@@ -74,8 +75,23 @@ def generate(backend, items: list[dict], out_path: Path) -> list[dict]:
     return [done[item["id"]] for item in items]
 
 
+def hf_generation_config(gen_cfg, stop_ids: list[int], pad_token_id: int):
+    """The sampling settings and stop ids of both hf paths (static and continuous), in one place. Every
+    sampling field is set, so that neither a checkpoint's generation_config.json nor transformers'
+    defaults (top_k=50) slip in. No stop ids: every request runs to its max_new_tokens."""
+    from transformers import GenerationConfig
+
+    sample = gen_cfg.temperature > 0
+    top_k = gen_cfg.get("top_k") or 0
+    return GenerationConfig(
+        do_sample=sample, temperature=gen_cfg.temperature if sample else None, top_p=gen_cfg.top_p if sample else None,
+        top_k=top_k if sample else None, max_new_tokens=gen_cfg.max_new_tokens, pad_token_id=pad_token_id,
+        eos_token_id=list(stop_ids) if stop_ids else -1)
+
+
 class HfBackend:
-    """Batched sampling with transformers, prompts in the model's chat format, left padding."""
+    """transformers generation in the model's chat format: continuous batching (default) or static
+    batches of `batch_size` prompts, left padded (generation.batching)."""
 
     name = "hf"
 
@@ -89,32 +105,62 @@ class HfBackend:
         self.chat_format = get_chat_format(chat_format_name)
         self.cfg = gen_cfg
         self.seed = seed
+        self.stop_ids = [tokenizer.eos_token_id]
+        if gen_cfg.get("batching", "continuous") not in ("continuous", "static"):
+            raise UserError(f"unknown generation.batching {gen_cfg.batching!r}; choose continuous or static")
+
+    def generation_config(self):
+        return hf_generation_config(self.cfg, self.stop_ids, self.tokenizer.pad_token_id)
+
+    def _max_new(self, prompt_tokens: int) -> int:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        max_new = self.cfg.max_new_tokens if context is None else min(self.cfg.max_new_tokens, context - prompt_tokens)
+        if max_new <= 0:
+            raise UserError(f"a prompt of {prompt_tokens} tokens leaves no room in the model's context of {context}")
+        return max_new
 
     def generate(self, items: list[dict], save: Save) -> list:
+        if self.cfg.get("batching", "continuous") == "static":
+            return self._generate_static(items, save)
+        return self._generate_continuous(items, save)
+
+    def _generate_continuous(self, items: list[dict], save: Save) -> list:
+        from lw.eval.continuous import Memory, Request, generate_continuous
+
+        cfg, by_id = self.cfg, {item["id"]: item for item in items}
+        requests = []
+        for item in items:
+            ids = self.chat_format.prompt_ids(self.tokenizer, item["prompt"])
+            requests.append(Request(item["id"], ids, self._max_new(len(ids)), item_seed(self.seed, [item["id"]])))
+        memory = Memory(concurrency=cfg.batch_size, blocks=cfg.kv_cache_blocks, block_size=cfg.kv_block_size,
+                        max_batch_tokens=cfg.max_batch_tokens, fraction=cfg.memory_fraction)
+
+        def finished(request, ids: list[int]) -> None:
+            save(by_id[request.id], self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+
+        failed = generate_continuous(self.model, requests, self.generation_config(), memory, self.seed, finished)
+        return [(by_id[request.id], error) for request, error in failed]
+
+    def _generate_static(self, items: list[dict], save: Save) -> list:
         import torch
 
         tokenizer, model, cfg = self.tokenizer, self.model, self.cfg
-        context = getattr(model.config, "max_position_embeddings", None)
         for start in range(0, len(items), cfg.batch_size):
             batch = items[start: start + cfg.batch_size]
             prompts = [self.chat_format.prompt_ids(tokenizer, item["prompt"]) for item in batch]
             width = max(map(len, prompts))
-            max_new = cfg.max_new_tokens if context is None else min(cfg.max_new_tokens, context - width)
-            if max_new <= 0:
-                raise UserError(f"a prompt of {width} tokens leaves no room in the model's context of {context}")
+            max_new = self._max_new(width)
             input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, ids in enumerate(prompts):  # left padding
                 input_ids[row, width - len(ids):] = torch.tensor(ids)
                 attention[row, width - len(ids):] = 1
+            config = self.generation_config()
+            config.max_new_tokens = max_new
             torch.manual_seed(item_seed(self.seed, [item["id"] for item in batch]))
             with torch.no_grad():
-                output = model.generate(
-                    input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                    do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
-                    top_p=cfg.top_p, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+                output = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                                        generation_config=config)
             for item, ids in zip(batch, output[:, width:]):
                 save(item, tokenizer.decode(ids, skip_special_tokens=True).strip())
         return []
