@@ -378,10 +378,10 @@ class PlanConfig:
     # launcher=deepspeed or slurm (GPU ranks), this machine's with launcher=local.
     device: Optional[str] = None
     # An evaluation's plan (task=eval): tokens per counted word (a CJK character or an English word,
-    # as lw.words counts them) per tokenizer family (model.chat_format; "judge" for the judge's),
-    # and the judge's mean reply length. Rough figures, stated in the plan; measure and set your own.
+    # as lw.words counts them) per tokenizer family (the model's transformers model_type; "judge" for
+    # the judge's), and the judge's mean reply length. Rough figures, stated in the plan; measure yours.
     tokens_per_word: Dict[str, Dict[str, float]] = field(default_factory=lambda: {
-        "glm4": {"en": 1.3, "zh": 0.7}, "llama3_1": {"en": 1.3, "zh": 1.0}, "judge": {"en": 1.3, "zh": 0.7}})
+        "glm": {"en": 1.3, "zh": 0.7}, "llama": {"en": 1.3, "zh": 1.0}, "judge": {"en": 1.3, "zh": 0.7}})
     judge_reply_tokens: int = 600
 
 

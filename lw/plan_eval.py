@@ -33,7 +33,9 @@ OFFICIAL_LONGBENCH_WRITE = {
 
 
 def build_eval_plan(cfg: DictConfig) -> dict:
-    family = str(cfg.model.chat_format)
+    from lw.plan import model_config  # the model's config from model.arch or a local checkpoint, no weights
+
+    family = model_config(cfg).model_type
     rates = _rates(cfg, family)
     judge_rates = _rates(cfg, "judge") if cfg.judge.kind != "none" else None
     benchmarks = {name: plan_benchmark(cfg, name, bench, rates, judge_rates) for name, bench in cfg.eval.items()}

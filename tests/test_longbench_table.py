@@ -80,7 +80,7 @@ def test_dry_run_plans_the_evaluation_not_a_training(tmp_path, bench_data_dir):
     assert "steps" not in result.stdout and "GPU/rank" not in result.stdout
     plan = json.loads(next((tmp_path / "sweep").glob("*/plan.json")).read_text())
     items = [json.loads(line) for line in (bench_data_dir / "longbench_write.jsonl").open()]
-    rates = {"en": 1.3, "zh": 1.0}  # plan.tokens_per_word.llama3_1 (the tiny model's chat format)
+    rates = {"en": 1.3, "zh": 1.0}  # plan.tokens_per_word.llama (the tiny model is a Llama)
     expected = sum(min(32768, round(i["length"] * rates[language_of(i["prompt"])])) for i in items)
     bench = plan["benchmarks"]["longbench_write"]
     assert (bench["prompts"], bench["counted"], bench["tokens_to_generate"]) == (120, "read", expected)
