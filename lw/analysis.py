@@ -8,6 +8,7 @@ experiments/length_bound/.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -123,7 +124,6 @@ def finding_holds(summary: pd.DataFrame, tolerance: float = 0.3) -> pd.Series:
 def load_wandb_group(project: str, group: str, entity: str | None = None, benchmark: str = "toy_ruler") -> pd.DataFrame:
     """The same frame as `load_sweep`, from the W&B runs of one group (online only): each run's
     predictions table, with its cap and seed from the run's config."""
-    import json
     import tempfile
 
     import wandb
@@ -147,3 +147,63 @@ def load_wandb_group(project: str, group: str, entity: str | None = None, benchm
     frame = pd.concat(frames, ignore_index=True)
     frame["cap"] = frame["cap"].fillna(-1).astype(int)
     return frame
+
+
+# ------------------------------------------------------------------ LongBench-Write, the paper's table
+
+# The paper's column groups: overall, then each length subset (lw.eval.benchmarks.SUBSETS) in its notation.
+TABLE_GROUPS = (("overall", "overall"), ("0-500", "[0,500)"), ("500-2000", "[500,2000)"),
+                ("2000-4000", "[2000,4000)"), ("4000-20000", "[4000,20000]"))
+TABLE_METRICS = ("S", "S_l", "S_q")
+
+
+def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write") -> pd.DataFrame:
+    """One row per run directory under `sweep_dir` with `benchmark`'s scores in metrics.json: the
+    run, its model (config name and path), and S, S_l, S_q overall and per subset (NaN where absent)."""
+    from omegaconf import OmegaConf
+
+    rows = []
+    for metrics_path in sorted(Path(sweep_dir).glob("**/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        if f"{benchmark}/S_l" not in metrics:
+            continue
+        config_path = metrics_path.parent / ".hydra" / "config.yaml"
+        model = OmegaConf.load(config_path).model if config_path.is_file() else {}
+        row = {"run": metrics_path.parent.name, "model": model.get("name"), "model_path": model.get("path")}
+        for subset, _ in TABLE_GROUPS:
+            prefix = benchmark if subset == "overall" else f"{benchmark}/{subset}"
+            row.update({(subset, m): metrics.get(f"{prefix}/{m}", float("nan")) for m in TABLE_METRICS})
+        row["n"] = metrics.get(f"{benchmark}/n")
+        row["judged"] = metrics.get(f"{benchmark}/judge_judged")
+        rows.append(row)
+    if not rows:
+        raise MissingFile(f"no run under {sweep_dir} has {benchmark} scores (metrics.json with {benchmark}/S_l)")
+    return pd.DataFrame(rows)
+
+
+def longbench_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper's layout: one row per run, and under it the paper's reported numbers for that
+    model where lw.paper_results has them (blank cells where it has none)."""
+    from lw.paper_results import reported
+
+    columns = [(s, m) for s, _ in TABLE_GROUPS for m in TABLE_METRICS]
+    rows = []
+    for _, run in frame.iterrows():
+        label = run["model"] if frame["model"].tolist().count(run["model"]) == 1 else f"{run['model']} ({run['run']})"
+        rows.append({"model": label, "source": "lw", **{c: run[c] for c in columns},
+                     "judged": _judged(run)})
+        paper = reported(run["model"])
+        if paper:
+            name, numbers = paper
+            rows.append({"model": name, "source": "paper", **{c: numbers.get(c, float("nan")) for c in columns},
+                         "judged": ""})
+    table = pd.DataFrame(rows)
+    table.columns = [c if isinstance(c, str) else f"{dict(TABLE_GROUPS)[c[0]]} {c[1]}".replace("overall ", "")
+                     for c in table.columns]
+    return table
+
+
+def _judged(run) -> str:
+    if pd.isna(run.get("judged")) or pd.isna(run.get("n")):
+        return ""
+    return f"{int(run['judged'])}/{int(run['n'])}"

@@ -1,8 +1,14 @@
-"""`lw-compare SWEEP_DIR`: compare the runs of a sweep (the length-bound ablation).
+"""`lw-compare SWEEP_DIR`: compare the runs of a sweep.
 
-Offline it writes SWEEP_DIR/comparison.md (tables) and SWEEP_DIR/comparison.png (length vs
-data). With --wandb-report it also builds a W&B report of the sweep's group (needs the
-wandb-workspaces package and a login); --dry-run builds it without saving.
+The length-bound ablation (the default, --benchmark toy_ruler or any ruler): offline it writes
+SWEEP_DIR/comparison.md (tables) and SWEEP_DIR/comparison.png (length vs data). With
+--wandb-report it also builds a W&B report of the sweep's group (needs the wandb-workspaces
+package and a login); --dry-run builds it without saving.
+
+LongBench-Write (--benchmark longbench_write or longbench_write_en, e.g. after
+`lw experiment=longbench_write_table`): SWEEP_DIR/<benchmark>_table.md and .csv, the paper's
+layout (S, S_l, S_q overall and per length subset, one row per run) with the paper's reported
+numbers under each model that has them (lw/paper_results.py).
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lw.analysis import finding_holds, load_sweep, median_table, plot_length_vs_data, summarize
+from lw.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
+                         plot_length_vs_data, summarize)
 
 
 def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -32,6 +39,24 @@ def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = Non
         f"![length vs data]({figure.name})\n"
     )
     return markdown, figure
+
+
+def write_longbench_table(sweep_dir: Path, benchmark: str = "longbench_write") -> tuple[Path, Path]:
+    """SWEEP_DIR/<benchmark>_table.md and .csv: the paper's table for the sweep's runs."""
+    from lw.paper_results import SOURCE
+
+    table = longbench_table(load_longbench_runs(sweep_dir, benchmark))
+    csv_path = sweep_dir / f"{benchmark}_table.csv"
+    table.to_csv(csv_path, index=False)
+    markdown = sweep_dir / f"{benchmark}_table.md"
+    markdown.write_text(
+        f"# {sweep_dir.name}: {benchmark}\n\n"
+        "S = (S_l + S_q) / 2; S_l the length score, S_q the judge's quality score (docs/science.md section 2). "
+        f"Rows marked paper: the paper's reported numbers ({SOURCE}; lw/paper_results.py), blank where "
+        "no source was at hand. `judged`: judgements scored / answers (the rest failed or never parsed).\n\n"
+        + table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".1f", missingval="")
+        + "\n")
+    return markdown, csv_path
 
 
 def wandb_report(entity: str | None, project: str, group: str, save: bool):
@@ -64,13 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lw-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<time>)")
-    parser.add_argument("--benchmark", default="toy_ruler", help="benchmark name in results.csv")
+    parser.add_argument("--benchmark", default="toy_ruler",
+                        help="benchmark name in results.csv; longbench_write(_en): the paper's table")
     parser.add_argument("--wandb-report", action="store_true", help="also build a W&B report of the group")
     parser.add_argument("--project", default="lw")
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"))
     parser.add_argument("--group", help="W&B group (default: the sweep directory's name)")
     parser.add_argument("--dry-run", action="store_true", help="build the report without saving it")
     args = parser.parse_args(argv)
+    if args.benchmark.startswith("longbench_write"):
+        markdown, csv_path = write_longbench_table(args.sweep_dir, args.benchmark)
+        print(f"lw-compare: wrote {markdown} and {csv_path}")
+        return
     markdown, figure = write_comparison(args.sweep_dir, args.benchmark)
     print(f"lw-compare: wrote {markdown} and {figure}")
     if args.wandb_report:

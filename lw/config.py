@@ -162,9 +162,12 @@ class DataConfig:
 
 
 class LossWeighting(str, Enum):
-    token_mean = "token_mean"  # every target token of the global batch weighs the same (the paper's)
-    sequence_mean = "sequence_mean"  # every sequence weighs the same, whatever its length
+    token_mean = "token_mean"  # every target token of the global batch weighs the same
+    sequence_mean = "sequence_mean"  # every sequence weighs the same, whatever its length (LongAlign's)
     pack_mean = "pack_mean"  # mean over each pack (row), then over packs
+    # each pack's token mean times its number of sequences / 30, then the mean over packs: the
+    # released LongWriter training code's --pack_loss (lw/train/loss.py)
+    pack_sequences_over_30 = "pack_sequences_over_30"
 
 
 @dataclass
@@ -248,14 +251,21 @@ class JudgeConfig:
     base_url: Optional[str] = None
     model: Optional[str] = None
     temperature: float = 0.5
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = None  # null: the server's limit (the official judge: 1024)
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key
     concurrency: int = 16
     timeout: float = 120.0  # seconds per request
     retries: int = 5  # transport retries (429, 5xx, timeouts) with exponential backoff
-    parse_retries: int = 2  # new samples asked for when a reply has no valid scores
+    attempts: int = 3  # replies sampled at most per judgement until one has valid scores (official: 5)
+    # integer: every score an integer 1-5; numeric: anything float() takes (the official judge)
+    scores: str = "integer"
+    # lenient: JSON in fences or amid text, single quotes, broken free text; official: a ```json block
+    # or else the whole reply, newlines removed, through json.loads (the official judge)
+    extraction: str = "lenient"
     retry_unparseable: bool = True  # a rerun asks again for judgements cached as unparseable
     cache: bool = True  # reuse judgements by (judge model, prompt, response) from cache_dir/judge
+    price_input_per_million: float = 0.0  # USD per million prompt tokens, for the dry run's cost estimate
+    price_output_per_million: float = 0.0  # USD per million completion tokens
 
 
 @dataclass
@@ -370,6 +380,12 @@ class PlanConfig:
     # The workers' device (cuda | cpu), which picks the attention implementation; null: cuda with
     # launcher=deepspeed or slurm (GPU ranks), this machine's with launcher=local.
     device: Optional[str] = None
+    # An evaluation's plan (task=eval): tokens per counted word (a CJK character or an English word,
+    # as lw.words counts them) per tokenizer family (the model's transformers model_type; "judge" for
+    # the judge's), and the judge's mean reply length. Rough figures, stated in the plan; measure yours.
+    tokens_per_word: Dict[str, Dict[str, float]] = field(default_factory=lambda: {
+        "glm": {"en": 1.3, "zh": 0.7}, "llama": {"en": 1.3, "zh": 1.0}, "judge": {"en": 1.3, "zh": 0.7}})
+    judge_reply_tokens: int = 600
 
 
 @dataclass

@@ -56,10 +56,17 @@ GIB = 1024**3
 
 
 def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
-    plan = build_plan(cfg, run_dir)
+    if str(getattr(cfg.task, "value", cfg.task)) == "eval":  # nothing trained: no training plan (lw/plan_eval.py)
+        from lw.plan_eval import build_eval_plan, format_eval_plan
+
+        plan = build_eval_plan(cfg)
+        text = format_eval_plan(plan)
+    else:
+        plan = build_plan(cfg, run_dir)
+        text = format_plan(plan)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-    print(format_plan(plan))
+    print(text)
     print(f"lw: dry run, plan in {(run_dir / 'plan.json').resolve()}")
     return plan
 

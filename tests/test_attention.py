@@ -10,7 +10,7 @@ from lw.data.packing import PackCollator
 from lw.errors import UserError
 from lw.models import attention_implementation, build_model, flash_attention_installed, use_attention
 from lw.models.tiny import tiny_tokenizer
-from lw.train.loss import lm_loss
+from lw.train.loss import WEIGHTINGS, lm_loss
 
 from conftest import compose_lw, run_lw
 from test_bad_inputs import user_error
@@ -157,7 +157,8 @@ def separate_logits(model, samples):
 
 def loss_per_sample(model, samples, weighting):
     """The weighted loss from its definition, every sample through the model on its own: token_mean over all
-    targets, sequence_mean over samples, pack_mean over packs (each the mean of its own targets)."""
+    targets, sequence_mean over samples, pack_mean over packs (each the mean of its own targets),
+    pack_sequences_over_30 over packs (each pack's mean times its number of samples / 30)."""
     use_attention(model, "eager")
     terms = []  # (weighted nll, sample, pack)
     packs = [p for p, pack in enumerate(PACKS) for _ in pack]
@@ -173,7 +174,10 @@ def loss_per_sample(model, samples, weighting):
     groups: dict = {}
     for term in terms:
         groups.setdefault(term[key], []).append(term[0])
-    return torch.stack([torch.stack(v).mean() for v in groups.values()]).mean()
+    means = {k: torch.stack(v).mean() for k, v in groups.items()}
+    if weighting == "pack_sequences_over_30":  # each pack's mean times its sequences (with targets) / 30
+        means = {p: m * len({s for _, s, q in terms if q == p}) / 30 for p, m in means.items()}
+    return torch.stack(list(means.values())).mean()
 
 
 @pytest.mark.parametrize("implementation", forward_implementations())
@@ -189,14 +193,14 @@ def test_packed_logits_equal_separate_forwards(model, samples, batch, implementa
 @pytest.mark.parametrize("implementation", forward_implementations())
 def test_packed_loss_equals_the_per_sample_loss_for_every_weighting(model, samples, batch, implementation):
     with torch.no_grad():
-        expected = {w: loss_per_sample(model, samples, w).item() for w in ("token_mean", "sequence_mean", "pack_mean")}
+        expected = {w: loss_per_sample(model, samples, w).item() for w in WEIGHTINGS}
         use_attention(model, implementation)
         logits = packed_forward(model, batch)
     for weighting, value in expected.items():
         got = lm_loss(logits, batch["labels"], weighting=weighting, eos_token_id=model.config.eos_token_id,
                       eos_weight=EOS_WEIGHT, position_ids=batch["position_ids"], pack_ids=batch["pack_ids"])
         assert got.item() == pytest.approx(value, rel=1e-5), weighting
-    assert len({round(v, 5) for v in expected.values()}) == 3  # the weightings differ on this mix
+    assert len({round(v, 5) for v in expected.values()}) == 4  # the weightings differ on this mix
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])  # flex attention trains on GPUs only

@@ -47,7 +47,7 @@ def test_score_task_writes_the_papers_metrics(tmp_path, monkeypatch, bench_data_
                      "judge.model=loopback-judge", "judge.api_key_env=LW_TEST_JUDGE_KEY", "logger=wandb")
         run_lw(*overrides, cwd=tmp_path)
         sent = server.count()
-        assert sent == 80 + 40 * 3  # empty responses asked three times (judge.parse_retries=2)
+        assert sent == 80 + 40 * 3  # empty responses asked three times (judge.attempts=3)
 
         metrics = json.loads((run_dir / "metrics.json").read_text())
         s_l = [length_score(r["length"], [r["length"], 2 * r["length"], 0][i % 3]) for i, r in enumerate(predictions)]

@@ -37,7 +37,7 @@ def test_quality_reward_is_s_q_over_100_from_the_judge(tmp_path):
         return Reply("no scores") if "GARBLED" in text else Reply(judge_json(5 if "good" in text else 2))
 
     with OpenAIServer(judge) as server:
-        cfg = OmegaConf.structured(JudgeConfig(kind="openai", base_url=server.base_url, model="j", parse_retries=0,
+        cfg = OmegaConf.structured(JudgeConfig(kind="openai", base_url=server.base_url, model="j", attempts=1,
                                                api_key_env=None, timeout=5))
         quality = quality_reward(Judge(cfg, "Judge $INST$ then $RESPONSE$", tmp_path / "judge.jsonl"))
         prompts = [[{"role": "user", "content": "Write 10 words."}]] * 3

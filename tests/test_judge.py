@@ -2,6 +2,7 @@
 
 import json
 import re
+import statistics
 import threading
 import time
 
@@ -11,7 +12,8 @@ from omegaconf import OmegaConf
 from conftest import compose_lw
 
 from lw.config import JudgeConfig
-from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, judge_prompt, parse_judgement
+from lw.errors import UserError
+from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, differences, judge_prompt, parse_judgement
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 
 
@@ -201,3 +203,95 @@ def test_judge_config_names_the_key_variable_never_the_key():
     assert compose_lw().judge.kind == "none"
     cfg = compose_lw("judge=openai", "judge.concurrency=32", "judge.base_url=http://127.0.0.1:9/v1")
     assert cfg.hydra.job.override_dirname == "judge.base_url-http://127.0.0.1:9/v1+judge-openai"
+
+
+# --- the official judge's reading (judge=openai_official) and what it changes ------------------------
+
+def test_numeric_scores_take_what_float_takes_and_official_extraction_reads_only_its_block():
+    half = judge_json(4).replace('"Coherence": 4', '"Coherence": 3.5')
+    assert parse_judgement(half, scores="numeric")["Coherence"] == 3.5
+    assert parse_judgement(judge_json(4).replace('"Clarity": 4', '"Clarity": "6"'), scores="numeric")["Clarity"] == 6
+    for bad in ('"good"', '"NaN"', "null"):
+        with pytest.raises(Unparseable, match="finite numbers"):
+            parse_judgement(judge_json(4).replace('"Coherence": 4', f'"Coherence": {bad}'), scores="numeric")
+    fenced = "Analysis.\n```json\n" + judge_json(2) + "\n```"
+    assert parse_judgement(fenced, extraction="official") == {d: 2 for d in DIMENSIONS}
+    assert parse_judgement(judge_json(3).replace(", ", ",\n"), extraction="official") == {d: 3 for d in DIMENSIONS}
+    for text in (f"My scores: {judge_json(2)}", judge_json(2).replace('"', "'"), "```json " + judge_json(2) + "```"):
+        assert parse_judgement(text)  # lw's lenient reader takes them
+        with pytest.raises(Unparseable, match="official extraction"):
+            parse_judgement(text, extraction="official")
+    flags = differences(half, "integer", "lenient")
+    assert flags == {"non_integer": True, "extraction_differs": False}
+    assert differences(f"Scores: {judge_json(2)}", "numeric", "official") == {"non_integer": False,
+                                                                              "extraction_differs": True}
+
+
+def official_script(body, attempt):
+    """Replies by marker: non-integer scores, non-integer then integer, prose then JSON, never JSON."""
+    text = user_text(body)
+    if "MARK-FIRST-HALF" in text:
+        return Reply(judge_json(4).replace('"Coherence": 4', '"Coherence": 4.5') if attempt == 1 else judge_json(2))
+    if "MARK-HALF" in text:
+        return Reply(judge_json(4).replace('"Coherence": 4', '"Coherence": 3.5'))
+    if "MARK-PROSE" in text:
+        return Reply("Here you go: " + judge_json(5) if attempt < 3 else judge_json(1))
+    if "MARK-GARBLED" in text:
+        return Reply("I would rate it highly but cannot give numbers.")
+    return Reply(judge_json(3))
+
+
+def test_official_preset_sends_max_tokens_honours_attempts_and_counts_what_its_rules_change(tmp_path, key, template):
+    from lw.eval.scoring import longbench_metrics, score_lengths
+
+    rows = rows_with("ok", "MARK-HALF", "MARK-FIRST-HALF", "MARK-PROSE", "MARK-GARBLED")
+    with OpenAIServer(official_script) as server:
+        preset = compose_lw("judge=openai_official", f"judge.base_url={server.base_url}", "judge.model=judge-x",
+                            "judge.api_key_env=LW_TEST_JUDGE_KEY", "judge.timeout=5").judge
+        assert (preset.max_tokens, preset.attempts, preset.scores, preset.extraction) == (1024, 5, "numeric", "official")
+        official = {j["id"]: j for j in Judge(preset, template, None).judge(rows)}
+        assert {r["body"]["max_tokens"] for r in server.requests} == {1024}
+        asked = {m: sum(f"answer {m}" in user_text(r["body"]) for r in server.requests) for m in
+                 ("ok", "MARK-HALF", "MARK-FIRST-HALF", "MARK-PROSE", "MARK-GARBLED")}
+        assert asked == {"ok": 1, "MARK-HALF": 1, "MARK-FIRST-HALF": 1, "MARK-PROSE": 3, "MARK-GARBLED": 5}
+        assert official["1"]["scores"]["Coherence"] == 3.5 and official["1"]["non_integer"]
+        assert official["2"]["scores"]["Coherence"] == 4.5 and official["2"]["non_integer"]
+        assert official["3"]["scores"] == {d: 1 for d in DIMENSIONS} and official["3"]["extraction_differs"]
+        assert official["4"]["status"] == "unparseable" and official["4"]["attempts"] == 5  # counted, not dropped
+
+    with OpenAIServer(official_script) as server:  # attempts counted afresh
+        lw_rules = {j["id"]: j for j in Judge(judge_cfg(server, attempts=2), template, None).judge(rows)}
+        assert all("max_tokens" not in r["body"] for r in server.requests)  # null: not sent
+        assert lw_rules["1"]["status"] == "unparseable" and lw_rules["1"]["attempts"] == 2 and lw_rules["1"]["non_integer"]
+        assert lw_rules["2"]["scores"] == {d: 2 for d in DIMENSIONS} and lw_rules["2"]["non_integer"]
+        assert lw_rules["3"]["scores"] == {d: 5 for d in DIMENSIONS} and lw_rules["3"]["extraction_differs"]
+        assert not lw_rules["0"]["non_integer"] and not lw_rules["0"]["extraction_differs"]
+
+    scored = score_lengths([{**r, "length": 100} for r in rows])
+    metrics = longbench_metrics(scored, "lbw", list(official.values()))
+    assert (metrics["lbw/judge_judged"], metrics["lbw/judge_unparseable"]) == (4, 1)
+    assert (metrics["lbw/judge_non_integer"], metrics["lbw/judge_extraction_differs"]) == (2, 1)
+    coherence = (statistics.fmean([3, 3.5, 4.5, 1]) - 1) * 25
+    assert metrics["lbw/quality/Coherence"] == pytest.approx(coherence)
+
+
+def test_a_cached_judgement_is_reread_under_the_current_rules(tmp_path, key, template):
+    rows = rows_with("MARK-HALF")
+    cache = tmp_path / "judge.jsonl"
+    with OpenAIServer(official_script) as server:
+        numeric = Judge(judge_cfg(server, scores="numeric"), template, cache).judge(rows)
+        assert numeric[0]["status"] == "ok" and server.count() == 1
+        # The integer rule refuses the cached 3.5 and asks again rather than scoring it.
+        integer = Judge(judge_cfg(server, attempts=1, retry_unparseable=False), template, cache).judge(rows)
+        assert integer[0]["status"] == "unparseable" and integer[0]["non_integer"]
+        assert server.count() == 1  # read again from the cache, not asked: retry_unparseable is off
+        Judge(judge_cfg(server, attempts=1), template, cache).judge(rows)
+        assert server.count() == 2
+
+
+@pytest.mark.parametrize("setting, value", [("scores", "float"), ("extraction", "strict"), ("attempts", 0),
+                                            ("max_tokens", 0)])
+def test_bad_judge_settings_are_refused_naming_the_setting(key, template, setting, value):
+    with OpenAIServer(official_script) as server:
+        with pytest.raises(UserError, match=f"judge.{setting}"):
+            Judge(judge_cfg(server, **{setting: value}), template, None)

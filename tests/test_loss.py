@@ -1,4 +1,5 @@
-"""Loss weighting (token_mean, sequence_mean, pack_mean) with EOS weighting, computed by hand."""
+"""Loss weighting (token_mean, sequence_mean, pack_mean, pack_sequences_over_30) with EOS weighting,
+computed by hand."""
 
 import json
 import math
@@ -15,7 +16,7 @@ from lw.data import build_sft_dataset, toy
 from lw.launch.topology import free_port
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
-from lw.train.loss import count_items, lm_loss
+from lw.train.loss import PACK_SEQUENCES_DIVISOR, WEIGHTINGS, count_items, lm_loss
 from lw.train.sft import build_trainer
 
 EOS = 3
@@ -42,7 +43,10 @@ def hand_loss(logits, labels, groups, weighting, eos_weight=1.0):
     items = {}
     for term in terms:
         items.setdefault(term[key], []).append(term[0])
-    return sum(sum(v) / len(v) for v in items.values()) / len(items)
+    means = {k: sum(v) / len(v) for k, v in items.items()}
+    if weighting == "pack_sequences_over_30":  # sequences holding targets: padding "pad" has none
+        means = {p: m * len({s for _, s, q in terms if q == p}) / 30 for p, m in means.items()}
+    return sum(means.values()) / len(means)
 
 
 # Two packs as two rows: pack 0 holds sequences a (4 tokens) and b (3), pack 1 holds c (5) and padding.
@@ -59,7 +63,7 @@ def logits():
     return torch.randn(2, 7, V, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("weighting", ["token_mean", "sequence_mean", "pack_mean"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("eos_weight", [1.0, 5.0])
 def test_each_weighting_by_hand(logits, weighting, eos_weight):
     labels, positions = torch.tensor(LABELS), torch.tensor(POSITIONS)
@@ -75,15 +79,14 @@ def test_each_weighting_by_hand(logits, weighting, eos_weight):
 
 def test_the_weightings_differ_and_count_their_items(logits):
     labels, positions = torch.tensor(LABELS), torch.tensor(POSITIONS)
-    losses = {w: lm_loss(logits, labels, weighting=w, position_ids=positions).item()
-              for w in ("token_mean", "sequence_mean", "pack_mean")}
-    assert len({round(v, 6) for v in losses.values()}) == 3
-    assert [count_items(labels, w, positions).item() for w in ("token_mean", "sequence_mean", "pack_mean")] == [8, 3, 2]
+    losses = {w: lm_loss(logits, labels, weighting=w, position_ids=positions).item() for w in WEIGHTINGS}
+    assert len({round(v, 6) for v in losses.values()}) == 4
+    assert [count_items(labels, w, positions).item() for w in WEIGHTINGS] == [8, 3, 2, 2]
     # Without position ids each row is one sequence.
     assert count_items(labels, "sequence_mean").item() == 2
 
 
-@pytest.mark.parametrize("weighting", ["token_mean", "sequence_mean", "pack_mean"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 def test_gradient_accumulation_sums_to_the_global_mean(logits, weighting):
     """Two micro-batches (one pack each), each divided by the global item count: their sum is the mean over the
     whole batch. The mean of the two micro-batch means is not (the bug the global count avoids)."""
@@ -95,8 +98,41 @@ def test_gradient_accumulation_sums_to_the_global_mean(logits, weighting):
     assert sum(p.item() for p in parts) == pytest.approx(expected, rel=1e-6)
     per_step = [lm_loss(logits[i:i + 1], labels[i:i + 1], weighting=weighting, eos_token_id=EOS, eos_weight=5.0,
                         position_ids=positions[i:i + 1]).item() for i in range(2)]
-    if weighting != "pack_mean":  # one pack per micro-batch: only pack_mean is a mean of micro-batch means
+    if weighting not in ("pack_mean", "pack_sequences_over_30"):  # one pack per micro-batch: these are
+        # means of micro-batch means
         assert sum(per_step) / 2 != pytest.approx(expected, rel=1e-3)
+
+
+def test_pack_sequences_over_30_is_the_released_codes_loss_over_two_micro_batches():
+    """The released code's steps, one pack per micro-batch and gradient accumulation 2, against lw's
+    accumulated total and its gradient: per pack, weights of 1/(its targets) on each sequence's
+    targets (sort_and_group.py lines 66-69) summed and divided by 30 (main.py line 68), times
+    CrossEntropyLoss's mean over the pack's targets (modeling_*.py pack_loss branch); then the mean
+    over the accumulated micro-batches (DeepSpeed's loss scaling)."""
+    logits = torch.randn(2, 7, V, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    labels, positions = torch.tensor(LABELS), torch.tensor(POSITIONS)
+    official = []
+    for row in range(2):
+        ce = torch.nn.CrossEntropyLoss(ignore_index=-100)(logits[row, :-1], labels[row, 1:])
+        starts = [t for t, p in enumerate(POSITIONS[row]) if p == 0] + [7]
+        weights = 0.0
+        for a, b in zip(starts, starts[1:]):
+            targets = sum(1 for x in LABELS[row][a:b] if x != -100)
+            weights += targets * (1 / targets) if targets else 0.0  # no targets: weight 0
+        official.append(ce * weights / 30)
+    expected = sum(official) / 2
+    total = count_items(labels, "pack_sequences_over_30", positions)
+    assert total.item() == 2 and PACK_SEQUENCES_DIVISOR == 30
+    lw_total = sum(lm_loss(logits[i:i + 1], labels[i:i + 1], weighting="pack_sequences_over_30",
+                           num_items_in_batch=total, position_ids=positions[i:i + 1]) for i in range(2))
+    assert lw_total.item() == pytest.approx(expected.item(), rel=1e-6)
+    # By hand from the numbers: pack 0 holds sequences a and b (2/30), pack 1 holds c and a target-less tail (1/30).
+    ce0 = sum(nll(logits[0, t - 1].tolist(), LABELS[0][t]) for t in range(1, 7) if LABELS[0][t] != -100) / 5
+    ce1 = sum(nll(logits[1, t - 1].tolist(), LABELS[1][t]) for t in range(1, 7) if LABELS[1][t] != -100) / 3
+    assert lw_total.item() == pytest.approx((ce0 * 2 / 30 + ce1 * 1 / 30) / 2, rel=1e-6)
+    want = torch.autograd.grad(expected, logits)[0]
+    got = torch.autograd.grad(lw_total, logits)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,17 +174,21 @@ def loss_by_hand(model, batches, eos_token_id, weighting, eos_weight):
                 if labels[t] != -100:
                     w = eos_weight if labels[t] == eos_token_id else 1.0
                     terms.append((-w * logp[t - 1, labels[t]], (step, n), (step, pack)))
-    key = {"token_mean": None, "sequence_mean": 1, "pack_mean": 2}[weighting]
+    key = {"token_mean": None, "sequence_mean": 1, "pack_mean": 2, "pack_sequences_over_30": 2}[weighting]
     if key is None:
         return sum(x for x, _, _ in terms) / len(terms), len(terms)
     groups = {}
     for term in terms:
         groups.setdefault(term[key], []).append(term[0])
-    return sum(sum(v) / len(v) for v in groups.values()) / len(groups), len(groups)
+    means = {k: sum(v) / len(v) for k, v in groups.items()}
+    if weighting == "pack_sequences_over_30":
+        means = {p: m * len({s for _, s, q in terms if q == p}) / 30 for p, m in means.items()}
+    return sum(means.values()) / len(groups), len(groups)
 
 
 @pytest.mark.parametrize("weighting, eos_weight", [("token_mean", 1.0), ("token_mean", 5.0),
-                                                   ("sequence_mean", 5.0), ("pack_mean", 1.0)])
+                                                   ("sequence_mean", 5.0), ("pack_mean", 1.0),
+                                                   ("pack_sequences_over_30", 1.0)])
 def test_trainer_loss_over_accumulated_micro_batches_by_hand(packed_setup, weighting, eos_weight):
     tmp, path, tokenizer = packed_setup
     cfg = packed_config(path, tmp / "cache", weighting, eos_weight)
@@ -170,7 +210,7 @@ def test_trainer_loss_over_accumulated_micro_batches_by_hand(packed_setup, weigh
 # Two data-parallel ranks (DDP over gloo, torchrun): each rank's loss is over the *global* item
 # count, so after DDP averages the gradients they are those of the global mean, whatever the weighting.
 
-DP_SETTINGS = ["token_mean:1.0", "token_mean:5.0", "sequence_mean:5.0", "pack_mean:1.0"]
+DP_SETTINGS = ["token_mean:1.0", "token_mean:5.0", "sequence_mean:5.0", "pack_mean:1.0", "pack_sequences_over_30:1.0"]
 
 
 @pytest.fixture(scope="module")

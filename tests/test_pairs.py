@@ -230,7 +230,7 @@ def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model, bench_data_
     with OpenAIServer(judge_by_hash) as server:
         overrides = ("task=dpo_pairs", f"model.path={tiny_model}", f"pairs.prompts={path}", "pairs.samples=3",
                      "judge=openai", f"judge.base_url={server.base_url}", "judge.api_key_env=null",
-                     "judge.model=loopback-judge", "judge.parse_retries=0", "eval=longbench_write",
+                     "judge.model=loopback-judge", "judge.attempts=1", "eval=longbench_write",
                      f"eval.longbench_write.data_dir={bench_data_dir}", "generation.max_new_tokens=32",
                      f"hydra.run.dir={run_dir}", "logger=none")
         run_lw(*overrides, cwd=tmp_path)

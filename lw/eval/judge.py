@@ -1,10 +1,16 @@
 """The LLM judge of LongBench-Write's quality score S_q (docs/science.md section 2).
 
 The judge gets the benchmark's own judge.txt with the prompt and the response filled in, and must
-answer with integer scores 1-5 on six dimensions. A reply without them is asked again (the judge
-samples at temperature 0.5) up to `parse_retries` times, then counted as unparseable: it is never
+answer with scores 1-5 on six dimensions. A reply without them is asked again (the judge samples at
+temperature 0.5), up to `judge.attempts` replies in all, then counted as unparseable: it is never
 replaced by a default score. Judgements are appended to a JSONL cache keyed by (judge model, filled
 judge prompt) as they arrive, so an interrupted or repeated run sends only what is missing.
+
+How a reply is read is two settings: `judge.scores` (integer: lw's rule, an integer 1-5; numeric:
+the official judge's, anything float() takes) and `judge.extraction` (lenient: lw's reader;
+official: the official judge's ```json block or whole reply). Each judgement records whether the
+other choice of either setting would have decided one of its replies otherwise (`non_integer`,
+`extraction_differs`), so a run counts how much its rules matter.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import ast
 import hashlib
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -27,7 +34,12 @@ log = logging.getLogger(__name__)
 
 DIMENSIONS = ("Relevance", "Accuracy", "Coherence", "Clarity", "Breadth and Depth", "Reading Experience")
 OK, UNPARSEABLE, FAILED = "ok", "unparseable", "failed"
+SCORE_RULES = ("integer", "numeric")
+EXTRACTIONS = ("lenient", "official")
+DIFFERENCES = ("non_integer", "extraction_differs")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+# The only fence the official judge reads (evaluation/eval_quality.py lines 71-72).
+_OFFICIAL_FENCE = re.compile(r"```json\n(.*?)\n```", re.DOTALL)
 _PLACEHOLDER = re.compile(r"\$(INST|RESPONSE)\$")
 
 
@@ -78,7 +90,16 @@ def _matching_brace(text: str, start: int) -> int | None:
     return None
 
 
-def _score(value) -> int | None:
+def _score(value, rule: str = "integer") -> int | float | None:
+    """A score under `rule`, or None. integer: an integer 1-5 (or its digit as a string). numeric:
+    whatever float() takes, as the official judge does (no range check; true is 1.0), but finite,
+    since one NaN or infinity would make S_q meaningless."""
+    if rule == "numeric":
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return number if math.isfinite(number) else None
     if isinstance(value, bool):
         return None
     if isinstance(value, str) and re.fullmatch(r"\s*[1-5]\s*", value):
@@ -86,43 +107,92 @@ def _score(value) -> int | None:
     return value if isinstance(value, int) and 1 <= value <= 5 else None
 
 
-def parse_judgement(text: str) -> dict[str, int]:
-    """The six integer scores (1-5) of a judge reply: JSON in code fences or amid text, single quotes
-    allowed, and as a last resort the six "Dimension": N pairs of an object broken by its free text.
+def _scores_of(obj, rule: str) -> tuple[dict | None, str]:
+    """The six scores of a parsed object under `rule`, or (None, why not)."""
+    if not isinstance(obj, dict):
+        return None, "no JSON object"
+    missing = [d for d in DIMENSIONS if d not in obj]
+    if missing:
+        return None, f"no score for {', '.join(missing)}"
+    scores = {d: _score(obj[d], rule) for d in DIMENSIONS}
+    bad = [f"{d}={obj[d]!r}" for d, s in scores.items() if s is None]
+    if bad:
+        what = "integers 1-5" if rule == "integer" else "finite numbers"
+        return None, f"scores must be {what}: {', '.join(bad)}"
+    return scores, ""
 
-    Raises Unparseable when the reply has no integer 1-5 for every dimension.
+
+def parse_judgement(text: str, scores: str = "integer", extraction: str = "lenient") -> dict:
+    """The six scores of a judge reply under `scores` (integer | numeric) and `extraction`.
+
+    lenient: JSON in code fences or amid text, single quotes allowed, and as a last resort the six
+    "Dimension": N pairs of an object broken by its free text. official: the official judge's
+    reading (evaluation/eval_quality.py lines 71-78): the first ```json block, else the whole reply,
+    newlines removed, through json.loads, with all six keys present.
+
+    Raises Unparseable, with the reason, when the reply has no valid score for every dimension.
     """
-    candidates = [block for block in _FENCE.findall(text)] + [text]
+    if extraction == "official":
+        return _parse_official(text, scores)
     problem = "no JSON object"
-    for candidate in candidates:
+    for candidate in [block for block in _FENCE.findall(text)] + [text]:
         for obj in _objects(candidate):
             if not isinstance(obj, dict):
                 continue
-            missing = [d for d in DIMENSIONS if d not in obj]
-            if missing:
-                problem = f"no score for {', '.join(missing)}"
-                continue
-            scores = {d: _score(obj[d]) for d in DIMENSIONS}
-            bad = [f"{d}={obj[d]!r}" for d, s in scores.items() if s is None]
-            if bad:
-                problem = f"scores must be integers 1-5: {', '.join(bad)}"
-                continue
-            return scores
-    scores = _scores_in_broken_json(text)
-    if scores:
-        return scores
+            found, problem = _scores_of(obj, scores)
+            if found:
+                return found
+    found = _scores_in_broken_json(text, scores)
+    if found:
+        return found
     raise Unparseable(problem)
 
 
-def _scores_in_broken_json(text: str) -> dict[str, int] | None:
+def _parse_official(text: str, rule: str) -> dict:
+    body = text
+    if "```json" in text:
+        match = _OFFICIAL_FENCE.search(text)
+        if not match:
+            raise Unparseable("no JSON object: a ```json fence not on lines of its own (official extraction)")
+        body = match.group(1)
+    try:
+        obj = json.loads(body.replace("\n", ""))
+    except json.JSONDecodeError:
+        raise Unparseable("no JSON object: neither a ```json block nor the whole reply is JSON "
+                          "(official extraction)") from None
+    found, problem = _scores_of(obj, rule)
+    if not found:
+        raise Unparseable(problem)
+    return found
+
+
+def _accepts(text: str, scores: str, extraction: str) -> bool:
+    try:
+        parse_judgement(text, scores, extraction)
+        return True
+    except Unparseable:
+        return False
+
+
+def differences(text: str, scores: str, extraction: str) -> dict[str, bool]:
+    """For one reply: would the other score rule (non_integer), or the other extraction
+    (extraction_differs), accept it where this one refuses, or refuse it where this one accepts?"""
+    verdict = _accepts(text, scores, extraction)
+    other_rule = SCORE_RULES[1 - SCORE_RULES.index(scores)]
+    other_extraction = EXTRACTIONS[1 - EXTRACTIONS.index(extraction)]
+    return {"non_integer": _accepts(text, other_rule, extraction) != verdict,
+            "extraction_differs": _accepts(text, scores, other_extraction) != verdict}
+
+
+def _scores_in_broken_json(text: str, rule: str = "integer") -> dict | None:
     """Scores from an object that is not valid JSON as a whole, typically for unescaped quotes in the
-    free-text "Analysis": each dimension must appear once as a quoted key with an integer 1-5."""
+    free-text "Analysis": each dimension must appear once as a quoted key with a valid score."""
     scores = {}
     for d in DIMENSIONS:
         found = re.findall(rf"""["']{re.escape(d)}["']\s*:\s*["']?(\d+(?:\.\d+)?)["']?\s*[,}}\n]""", text)
-        if len(found) != 1 or _score(found[0]) is None:
+        if len(found) != 1 or _score(found[0], rule) is None:
             return None
-        scores[d] = int(found[0])
+        scores[d] = _score(found[0], rule)
     return scores
 
 
@@ -136,6 +206,15 @@ class Judge:
     def __init__(self, judge_cfg, template: str, cache_path: Path | None):
         if not judge_cfg.model:
             raise UserError("judge.model is not set")
+        if judge_cfg.scores not in SCORE_RULES:
+            raise UserError(f"judge.scores must be one of {', '.join(SCORE_RULES)}, got {judge_cfg.scores!r}")
+        if judge_cfg.extraction not in EXTRACTIONS:
+            raise UserError(f"judge.extraction must be one of {', '.join(EXTRACTIONS)}, "
+                            f"got {judge_cfg.extraction!r}")
+        if judge_cfg.attempts < 1:
+            raise UserError(f"judge.attempts must be at least 1, got {judge_cfg.attempts}")
+        if judge_cfg.max_tokens is not None and judge_cfg.max_tokens < 1:
+            raise UserError(f"judge.max_tokens must be at least 1 (or null), got {judge_cfg.max_tokens}")
         self.cfg = judge_cfg
         self.template = template
         self.cache_path = Path(cache_path) if cache_path else None
@@ -143,14 +222,48 @@ class Judge:
         self.endpoint = llm.Endpoint(judge_cfg.base_url, judge_cfg.api_key_env, judge_cfg.timeout, judge_cfg.retries,
                                      "judge")
 
+    def read(self, reply: str, seen: dict | None = None) -> dict:
+        """A reply read under this judge's rules: status, scores or error, and the differences
+        (those of earlier replies of the same judgement, `seen`, carried along)."""
+        flags = differences(reply, self.cfg.scores, self.cfg.extraction)
+        flags = {k: bool(flags[k] or (seen or {}).get(k)) for k in DIFFERENCES}
+        try:
+            return {"status": OK, "scores": parse_judgement(reply, self.cfg.scores, self.cfg.extraction), **flags}
+        except Unparseable as err:
+            return {"status": UNPARSEABLE, "scores": None, "error": str(err), **flags}
+
+    async def _ask(self, client, row_id: str, prompt: str) -> dict:
+        """Up to judge.attempts replies, until one is read; the last one's reading otherwise."""
+        cfg, verdict = self.cfg, {}
+        for attempts in range(1, cfg.attempts + 1):
+            reply = await llm.chat(client, self.endpoint, cfg.model, prompt, temperature=cfg.temperature,
+                                   max_tokens=cfg.max_tokens)
+            verdict = {**self.read(reply, verdict), "reply": reply, "attempts": attempts}
+            if verdict["status"] == OK:
+                return verdict
+        log.warning("judge: unparseable reply for id %s after %d attempts (%s)", row_id, cfg.attempts,
+                    verdict["error"])
+        return verdict
+
+    def _cached(self) -> dict[str, dict]:
+        """The cache, each judgement re-read under this judge's rules (another run may have used others)."""
+        cache = {}
+        for key, judgement in self._read_cache().items():
+            if judgement.get("status") in (OK, UNPARSEABLE) and isinstance(judgement.get("reply"), str):
+                kept = {k: v for k, v in judgement.items() if k != "error"}
+                judgement = {**kept, **self.read(judgement["reply"], judgement)}
+            if self.cfg.retry_unparseable and judgement.get("status") == UNPARSEABLE:
+                continue  # a new sample may parse; judge.retry_unparseable=false keeps them
+            cache[key] = judgement
+        return cache
+
     def judge(self, rows: list[dict]) -> list[dict]:
-        """One judgement per row, in order: {"id", "status", "scores", "reply", "error", "attempts"}."""
+        """One judgement per row, in order: {"id", "status", "scores", "reply", "error", "attempts",
+        "non_integer", "extraction_differs"}."""
         cfg = self.cfg
         filled = {row["id"]: judge_prompt(self.template, row["prompt"], row["response"]) for row in rows}
         keys = {row["id"]: cache_key(cfg.model, filled[row["id"]]) for row in rows}
-        cache = self._read_cache()
-        if cfg.retry_unparseable:  # a new sample may parse; judge.retry_unparseable=false keeps them
-            cache = {key: j for key, j in cache.items() if j["status"] != UNPARSEABLE}
+        cache = self._cached()
         todo = [row for row in rows if keys[row["id"]] not in cache]
         if len(todo) < len(rows):
             log.info("judge: %d of %d judgements from the cache %s", len(rows) - len(todo), len(rows), self.cache_path)
@@ -161,16 +274,7 @@ class Judge:
             bar = tqdm(total=len(todo), desc=f"judging ({cfg.model})")
 
             async def work(client, row):
-                attempts, reply = 0, ""
-                for attempts in range(1, cfg.parse_retries + 2):
-                    reply = await llm.chat(client, self.endpoint, cfg.model, filled[row["id"]],
-                                           temperature=cfg.temperature, max_tokens=cfg.max_tokens)
-                    try:
-                        return {"status": OK, "scores": parse_judgement(reply), "reply": reply, "attempts": attempts}
-                    except Unparseable as err:
-                        problem = str(err)
-                log.warning("judge: unparseable reply for id %s after %d attempts (%s)", row["id"], attempts, problem)
-                return {"status": UNPARSEABLE, "scores": None, "reply": reply, "error": problem, "attempts": attempts}
+                return await self._ask(client, row["id"], filled[row["id"]])
 
             def on_result(row, judgement):
                 record = {"key": keys[row["id"]], "model": cfg.model, **judgement}

@@ -2,7 +2,9 @@
 
 - S_l: per item, then the mean over all items (not of subset means) and per LongBench-Write subset.
 - S_q: each judge dimension's mean over the parseable judgements, mapped by (mean - 1) * 25; S_q
-  is the mean of the six. Unparseable and failed judgements are counted, never scored.
+  is the mean of the six. Unparseable and failed judgements are counted, never scored; so are the
+  judgements the other choice of `judge.scores` or `judge.extraction` would have read otherwise
+  (`judge_non_integer`, `judge_extraction_differs`).
 - S = (S_l + S_q) / 2.
 """
 
@@ -12,7 +14,7 @@ import statistics
 from collections import defaultdict
 
 from lw.eval.benchmarks import SUBSETS, subset_of
-from lw.eval.judge import DIMENSIONS, FAILED, OK, UNPARSEABLE
+from lw.eval.judge import DIFFERENCES, DIMENSIONS, FAILED, OK, UNPARSEABLE
 from lw.words import count_words, length_score
 
 
@@ -89,5 +91,7 @@ def longbench_metrics(rows: list[dict], prefix: str, judgements: list[dict] | No
         metrics[f"{prefix}/judge_judged"] = statuses.count(OK)
         metrics[f"{prefix}/judge_unparseable"] = statuses.count(UNPARSEABLE)
         metrics[f"{prefix}/judge_failed"] = statuses.count(FAILED)
+        for difference in DIFFERENCES:
+            metrics[f"{prefix}/judge_{difference}"] = sum(bool(judged[r["id"]].get(difference)) for r in rows)
     return metrics
 

@@ -1,10 +1,17 @@
 """Causal-LM loss with a choice of weighting, and a heavier end-of-sequence token.
 
 Weightings (`trainer.loss_weighting`); an *item* is what weighs the same:
-- token_mean: every target token of the global batch (the paper's): a 20k-token answer packed with
-  fifty short ones keeps its 20k shares of the gradient.
-- sequence_mean: every sequence (a conversation; in a pack, the stretch between position-id restarts).
+- token_mean: every target token of the global batch: a 20k-token answer packed with fifty short
+  ones keeps its 20k shares of the gradient.
+- sequence_mean: every sequence (a conversation; in a pack, the stretch between position-id
+  restarts). LongAlign's weighting, which the LongWriter training README points to for packing.
 - pack_mean: every pack (row): the mean over its target tokens, then the mean over packs.
+- pack_sequences_over_30: what the released LongWriter training code computes with --pack_loss
+  (docs/science.md section 4 has file and line): each pack's mean over its target tokens, times
+  the number of its sequences that have target tokens, divided by 30 (PACK_SEQUENCES_DIVISOR);
+  then the mean over packs, as DeepSpeed's mean over ranks and accumulation steps gives with the
+  official one pack per micro-batch. Items are packs, so it is exact across gradient accumulation
+  and ranks like pack_mean.
 
 The loss of a micro-batch is the sum of its items' losses divided by the number of items in the
 whole global batch (all gradient-accumulation micro-batches and, with
@@ -23,7 +30,11 @@ import torch
 import torch.nn.functional as F
 from lw.errors import UserError
 
-WEIGHTINGS = ("token_mean", "sequence_mean", "pack_mean")
+WEIGHTINGS = ("token_mean", "sequence_mean", "pack_mean", "pack_sequences_over_30")
+# The released training code's fixed divisor: DataCollatorForLMPackDataset sets a pack's loss
+# weight to (sum of its per-sequence weights) / 30 (THUDM/LongWriter train/main.py line 68).
+PACK_SEQUENCES_DIVISOR = 30
+_PACK_ITEMS = ("pack_mean", "pack_sequences_over_30")
 
 
 def _weighting(weighting) -> str:
@@ -44,7 +55,7 @@ def item_ids(labels: torch.Tensor, weighting, position_ids: torch.Tensor | None 
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
     if weighting == "token_mean":
         return torch.arange(labels.numel(), device=labels.device).view_as(labels)
-    if weighting == "pack_mean":
+    if weighting in _PACK_ITEMS:
         return rows if pack_ids is None else pack_ids.to(labels.device).expand_as(labels)
     if position_ids is None:
         return rows
@@ -82,6 +93,17 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, weighting="token_mean
         sums = torch.zeros(int(ids.max()) + 1 if ids.numel() else 0, device=nll.device).index_add(0, ids, token_losses)
         counts = torch.zeros_like(sums).index_add(0, ids, torch.ones_like(token_losses))
         item_losses = sums / counts
+        if weighting == "pack_sequences_over_30":
+            item_losses = item_losses * _sequences_per_item(labels, mask, ids, position_ids) / PACK_SEQUENCES_DIVISOR
         local_items = torch.tensor(len(sums), device=nll.device)
     denominator = local_items if num_items_in_batch is None else num_items_in_batch
     return item_losses.sum() / torch.as_tensor(denominator, device=nll.device).clamp(min=1)
+
+
+def _sequences_per_item(labels: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor,
+                        position_ids: torch.Tensor | None) -> torch.Tensor:
+    """For each item (pack) of `ids` (0..n-1 over the target positions), how many sequences hold a
+    target in it; a sequence without target tokens is not counted, as in the official weights."""
+    sequences = item_ids(labels, "sequence_mean", position_ids)[:, 1:][mask]
+    pairs = torch.unique(torch.stack([ids, sequences]), dim=1)
+    return torch.bincount(pairs[0], minlength=int(ids.max()) + 1 if ids.numel() else 0).to(torch.float32)
