@@ -161,8 +161,9 @@ def test_sampling_presets_land_in_generation_per_model():
         family = "official_glm4" if "glm" in model else "official_llama3_1"
         named = compose_lw(f"model={model}", f"sampling={family}").generation
         assert (named.temperature, named.top_p, named.top_k) == values
-    gen = compose_lw("model=longwriter_glm4_9b").generation  # the default stays lw's own
-    assert (gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (0.5, 1.0, None, 32768)
+    gen = compose_lw("model=longwriter_glm4_9b").generation  # the default stays lw's own, top_k the backend's
+    assert (gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (0.5, 1.0, 50, 32768)
+    assert compose_lw("generation=openai").generation.top_k is None  # the OpenAI API refuses top_k
     gen = compose_lw("sampling=official_vllm", "generation=vllm").generation
     assert (gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (0.5, 0.8, 50, 32768)
 
