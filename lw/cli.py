@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lw.config import register_configs
+from lw.launch.topology import node_suffix
 from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMistake, one_line
 from lw.tracking import is_secret_key
 
@@ -62,6 +63,8 @@ def run_name(overrides, excluded=(), task: str = "train") -> str:
 
 
 OmegaConf.register_new_resolver("lw_run_name", run_name, replace=True)
+# Hydra's .hydra/ and log file, apart for each node's driver of a multi-node job (one run directory).
+OmegaConf.register_new_resolver("lw_node_suffix", node_suffix, replace=True)
 register_configs()
 
 # An absolute path: Hydra would read a relative one as a Python package under `python -m lw`.
