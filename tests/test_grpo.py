@@ -119,6 +119,29 @@ def test_bad_grpo_settings_fail_at_start(override, message):
         training_args(cfg, "unused", "none")
 
 
+def test_one_grpo_step_keeps_the_users_completion_length_and_weighs_the_rewards(tmp_path, tiny_model):
+    """trainer.args.max_completion_length as the user set it (not the computed budget, 19 tokens
+    here), and reward.* handed to TRL as its reward_weights: the logged reward is the weighted sum."""
+    from lw.models import build_model, build_tokenizer
+    from lw.train.registry import trainer_for
+
+    cfg = compose_lw("trainer=grpo", f"trainer.init_from={tiny_model}", "trainer.args.max_steps=1",
+                     "trainer.args.logging_steps=1", "trainer.args.per_device_train_batch_size=8",
+                     "trainer.args.num_generations=4", "+trainer.args.max_completion_length=12", "reward.length=2.0",
+                     "reward.repetition=0.5", "data.toy.num_samples=8", "data.toy.min_words=5",
+                     "data.toy.max_words=5", "data.toy.round_lengths=false")
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+    trainer = trainer_for(cfg)
+    dataset, _ = trainer.build_dataset(cfg, tokenizer, tmp_path)
+    model = build_model(cfg.model, tokenizer, path=str(tiny_model), training=True)
+    trainer.train(cfg, model, tokenizer, dataset, tmp_path, "none")
+    (step,) = [h for h in json.loads((tmp_path / "train_log.json").read_text()) if "reward" in h]
+    assert step["completions/max_length"] <= 12
+    length, repetition = step["rewards/length_reward/mean"], step["rewards/repetition_penalty_reward/mean"]
+    assert length > 0
+    assert step["reward"] == pytest.approx(2.0 * length + 0.5 * repetition, abs=1e-5)
+
+
 def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
     # Requests of 5 words and room for 24 tokens: the random model writes too much, and learns to
     # write less within a few steps.
