@@ -154,7 +154,7 @@ def lost_node(tmp_path_factory):
     fault = {FAULT_STEP_ENV: "2", FAULT_RANK_ENV: "1", FAULT_ACTION_ENV: "wait"}
     node1, node0 = Node(1, port, cwd, fault), Node(0, port, cwd, fault)
     deadline = time.time() + 400
-    while "waits to be killed after checkpoint 2" not in node1.output():
+    while "waits after checkpoint 2" not in node1.output():
         assert node1.proc.poll() is None and time.time() < deadline, node1.output()[-4000:]
         time.sleep(0.2)
     node1.kill()

@@ -36,7 +36,7 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-from lw.launch.topology import Topology, launch_dir, topology
+from lw.launch.topology import EXIT_PREEMPTED, Topology, launch_dir, topology
 from lw.tracking import redact
 from lw.errors import Incomplete, MissingFile, UserError, one_line
 
@@ -71,6 +71,11 @@ class WorkerFailure(RuntimeError):
         self.exit_code = exit_code
         self.lines = lines  # the failed ranks' last lines
         self.exit_codes = exit_codes or (exit_code,)  # of every rank that failed on its own
+        self.preemption: Preemption | None = None
+
+
+class Preempted(Incomplete):
+    """The job was preempted (SIGUSR2) and its workers saved a checkpoint: rerun to resume (exit status 3)."""
 
 
 class NodeLost(Incomplete):
@@ -191,6 +196,7 @@ def run_workers(command: list[str], env: dict[str, str], log_path: Path, tail_li
         reader = threading.Thread(target=_pump, args=(proc.stdout, log_file, tails, last), daemon=True)
         reader.start()
         previous = _terminate_on_sigterm()
+        preemption = Preemption(proc)
         try:
             while True:
                 try:
@@ -205,11 +211,52 @@ def run_workers(command: list[str], env: dict[str, str], log_path: Path, tail_li
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            preemption.restore()
             reader.join(timeout=30)
         if on_poll:
             on_poll()
     if returncode != 0:
-        raise _failure(returncode, "".join(last), tails, log_path)
+        failure = _failure(returncode, "".join(last), tails, log_path)
+        failure.preemption = preemption
+        raise failure
+
+
+class Preemption:
+    """SIGUSR2 while the workers run: SLURM's warning before a time limit or a preemption
+    (`--signal=USR2@SECONDS`; submitit asks for it). The driver passes it to the workers, which save
+    a checkpoint at the end of their step and exit (lw.train.worker.CheckpointOnPreemption); then the
+    handler that was there before (submitit's: requeue the job) runs, or without one the run ends
+    incomplete. SIGUSR2 goes to the workers only: it would end torchrun itself."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.signum = proc, None
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGUSR2, self._forward)
+
+    def _forward(self, signum, frame) -> None:
+        import psutil
+
+        self.signum = signum
+        log.warning("preempted (%s): the workers checkpoint at the end of their step", signal.Signals(signum).name)
+        try:
+            workers = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return
+        for worker in workers:
+            try:
+                worker.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGUSR2, self.previous)
+
+    def hand_over(self) -> None:
+        """Run the handler that was there before (submitit's requeue), now that a checkpoint is saved."""
+        if self.signum is not None and callable(self.previous):
+            self.previous(self.signum, None)
 
 
 def _pump(stream, log_file, tails, last) -> None:
@@ -312,6 +359,11 @@ def prepare_data(cfg, tokenizer, run_dir: Path) -> dict:
 def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Exception:
     """What the driver raises for failed workers: a worker's own one-line error (exit status 2),
     a lost node (3: the checkpoints are kept and the same commands resume), or the failure itself."""
+    if set(failure.exit_codes) == {EXIT_PREEMPTED}:
+        if failure.preemption is not None:
+            failure.preemption.hand_over()  # under submitit: requeued, and this process ends here
+        return Preempted(f"node {topo.node_rank} of {topo.nnodes}: preempted (SIGUSR2), {last_checkpoint(run_dir)}; "
+                         f"rerun the same command to resume from it")
     user = _WORKER_USER_ERROR.search(failure.lines)
     if user and 2 in failure.exit_codes:
         return UserError(user.group(1).strip())

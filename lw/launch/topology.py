@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lw.errors import UserError
 
+EXIT_PREEMPTED = 75  # a worker's exit status after its preemption checkpoint (EX_TEMPFAIL: try again)
+
 
 @dataclass(frozen=True)
 class Topology:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import TrainerCallback
 from lw.errors import MissingFile, UserError, UserMistake, one_line
-from lw.launch.topology import launch_dir
+from lw.launch.topology import EXIT_PREEMPTED, launch_dir
 
 log = logging.getLogger("lw.train.worker")
 
@@ -90,27 +91,57 @@ class TrainLogFile(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+class CheckpointOnPreemption(TrainerCallback):
+    """SIGUSR2 (SLURM's warning before a time limit or a preemption, forwarded by the driver): every
+    rank saves a checkpoint at the end of the step it is in and exits with EXIT_PREEMPTED, without
+    saving a final model; the driver then has the job requeued, and the requeued run resumes from it.
+    The ranks agree on the step by a one-number all-reduce per step, as the signal may reach them
+    at different steps (a checkpoint is a collective)."""
+
+    def __init__(self):
+        self.signalled = False
+        self.stopping = False
+        signal.signal(signal.SIGUSR2, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signalled = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor([1.0 if self.signalled else 0.0], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.stopping = control.should_save = control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.stopping:
+            torch.distributed.barrier()  # every rank is done writing the checkpoint
+            print(f"preempted: checkpoint-{state.global_step} saved; exiting to be requeued", flush=True)
+            sys.exit(EXIT_PREEMPTED)
+
+
 class FaultAfterCheckpoint(TrainerCallback):
-    def __init__(self, step: int, rank: int):
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int, preemption: CheckpointOnPreemption):
+        self.step, self.rank, self.preemption = step, rank, preemption
 
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             torch.distributed.barrier()  # every rank is done writing the checkpoint
             if int(os.environ["RANK"]) == self.rank:
-                if os.environ.get(FAULT_ACTION_ENV) == "wait":
-                    print(f"fault injection: rank {self.rank} waits to be killed after checkpoint {self.step}",
-                          flush=True)
-                    while True:
-                        time.sleep(60)
-                print(f"fault injection: rank {self.rank} exits after checkpoint {self.step}", flush=True)
-                os._exit(3)
+                action = os.environ.get(FAULT_ACTION_ENV, "exit")
+                print(f"fault injection: rank {self.rank} {action}s after checkpoint {self.step}", flush=True)
+                # "stall": hold this step until the job is preempted (SIGUSR2), so it always comes mid-run.
+                while action == "wait" or (action == "stall" and not self.preemption.signalled):
+                    time.sleep(0.1)
+                if action == "exit":
+                    os._exit(3)
 
 
 def callbacks(run_dir: Path) -> list[TrainerCallback]:
-    found: list[TrainerCallback] = [TrainLogFile(run_dir / "launch" / "train_log.jsonl")]  # global rank 0's
+    preemption = CheckpointOnPreemption()
+    found: list[TrainerCallback] = [TrainLogFile(run_dir / "launch" / "train_log.jsonl"), preemption]  # rank 0's
     if os.environ.get(FAULT_STEP_ENV):
-        found.append(FaultAfterCheckpoint(int(os.environ[FAULT_STEP_ENV]), int(os.environ.get(FAULT_RANK_ENV, "0"))))
+        found.append(FaultAfterCheckpoint(int(os.environ[FAULT_STEP_ENV]), int(os.environ.get(FAULT_RANK_ENV, "0")),
+                                          preemption))
     return found
 
 
