@@ -108,6 +108,8 @@ def test_max_length_holds_the_longer_answer_and_keeps_a_pair_of_exactly_max_leng
                                               tokenizer, tmp_path / "run")
     assert stats["pairs"] == 1 and stats["dropped_over_max_length"] == 1
     assert dataset[0]["chosen_ids"] == row["chosen_ids"] and stats["longest_pair_tokens"] == exact
+    # The planner's tokens: a pair is two sequences, each with the prompt.
+    assert stats["real_tokens"] == 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
     with pytest.raises(ValueError, match=f"no preference pair is left .* data.max_length={exact - 1}"):
         build_preference_dataset(dpo_cfg(path, f"data.max_length={exact - 1}", "data.max_drop_share=1"),
                                  tokenizer, tmp_path / "run2")
@@ -249,6 +251,10 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
     host = loaded["memory"]["host_per_node_gib"]
     assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
     assert loaded["memory"]["gpu_per_rank_total_gib"] > plan["memory"]["gpu_per_rank_total_gib"]
+    # Each node's host holds the 16-bit reference shards of its own ranks: half of it on each of two nodes.
+    two = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
+                                "launcher.nnodes=2", "launcher.master_port=29500"), tmp_path)
+    assert two["memory"]["host_per_node_gib"]["reference_bf16_params"] == pytest.approx(parameters / 2**30, rel=0.01)
 
 
 def test_committed_dpo_miniature_results_say_what_its_readme_says():

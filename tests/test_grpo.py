@@ -63,6 +63,9 @@ def test_reward_functions_take_the_weights_and_leave_out_zeros():
         reward_functions(OmegaConf.structured(RewardConfig(quality=1.0)), 100)
     with pytest.raises(UserError, match="needs a reward"):
         reward_functions(OmegaConf.structured(RewardConfig(length=0.0)), 100)
+    # Under 10 completion tokens the default buffer is one token, never 0 (which the check refuses).
+    (overlong,), _ = reward_functions(OmegaConf.structured(RewardConfig(length=0.0, overlong=1.0)), 8)
+    assert overlong(completion_ids=[[0] * 7, [0] * 8]) == pytest.approx([0.0, -1.0])
 
 
 def test_prompts_come_with_their_required_lengths(tmp_path):
@@ -91,6 +94,10 @@ def test_prompts_without_a_length_and_no_judge_are_dropped_and_counted(tmp_path)
     cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x", "data.max_drop_share=1")
     dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
     assert dataset["length"] == [30] and stats["dropped_no_length"] == 1 and stats["prompts_in"] == 2
+    # With the judge's S_q as a reward, a prompt without a length is rewarded by quality alone: kept.
+    cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x", "reward.quality=1.0")
+    dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run2")
+    assert dataset["length"] == [30, None] and stats["prompts_trained"] == 2 and "dropped_no_length" not in stats
 
 
 def test_max_completion_length_follows_the_longest_required_length():

@@ -188,4 +188,5 @@ def test_both_commands_again_resume_to_the_unbroken_runs_final_loss(lost_node, u
     assert [r["step"] for r in logs if "loss" in r] == [2, 4]  # step 2 before the loss, step 4 after resuming
     # The trainer restores the data order, the schedule and each rank's RNG state from the checkpoint;
     # what may differ is the order of float sums in the reloaded optimizer state (see the docs).
+    print(f"final loss: resumed {final_loss(run_dir)!r}, unbroken {final_loss(unbroken[0])!r}")
     assert final_loss(run_dir) == pytest.approx(final_loss(unbroken[0]), rel=1e-4)

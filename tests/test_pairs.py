@@ -221,7 +221,8 @@ def test_an_empty_answer_is_a_failed_sample_never_a_rejected_one(tmp_path):
 def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
     with OpenAIServer(lambda body, attempt: Reply(" ".join(["word"] * (len(user_text(body)) % 7 * 50 + 10)))) as server:
         cfg = compose_lw("task=dpo_pairs", "eval=longbench_write", f"eval.longbench_write.data_dir={bench_data_dir}",
-                         "eval.longbench_write.limit=3", "pairs.rule=length", "pairs.samples=2", "generation=openai",
+                         "eval.longbench_write.limit=6", "eval.longbench_write.samples_per_prompt=2",  # 3 prompts, each once
+                         "pairs.rule=length", "pairs.samples=2", "generation=openai",
                          f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null")
         metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
     assert metrics["pairs/prompts"] == 3 and metrics["pairs/length_from_field"] == 3

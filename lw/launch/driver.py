@@ -273,8 +273,11 @@ def _pump(stream, log_file, tails, last) -> None:
 
 
 def _terminate_on_sigterm():
-    """Turn SIGTERM (scancel, a timeout) into an exception, so the workers are stopped too."""
-    if threading.current_thread() is not threading.main_thread():
+    """Turn SIGTERM (scancel, a timeout) into an exception, so the workers are stopped too. A handler
+    that is already there is kept: submitit's logs and ignores the SIGTERM that SLURM sends before
+    its SIGUSR2 on a preemption, which must reach the workers for their checkpoint (Preemption)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+            signal.SIG_DFL, None):
         return None
 
     def handler(signum, frame):
