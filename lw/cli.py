@@ -11,9 +11,11 @@ import traceback
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lw.config import register_configs
+from lw.launch.topology import node_suffix
 from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMistake, one_line
 from lw.tracking import is_secret_key
 
@@ -62,6 +64,8 @@ def run_name(overrides, excluded=(), task: str = "train") -> str:
 
 
 OmegaConf.register_new_resolver("lw_run_name", run_name, replace=True)
+# Hydra's .hydra/ and log file, apart for each node's driver of a multi-node job (one run directory).
+OmegaConf.register_new_resolver("lw_node_suffix", node_suffix, replace=True)
 register_configs()
 
 # An absolute path: Hydra would read a relative one as a Python package under `python -m lw`.
@@ -82,26 +86,39 @@ def refuse_secret_overrides(args: list[str]) -> None:
 
 _full_error = False  # the user asked for tracebacks (HYDRA_FULL_ERROR=1); set by main()
 _incomplete_jobs: list[str] = []  # a multirun's jobs that ended incomplete: the sweep goes on, lw exits 3
+# In an incomplete job's run directory: its one line. Jobs may run in other processes (hydra/launcher=
+# submitit_local or submitit_slurm), so the sweep's own process learns of them from these files.
+INCOMPLETE_MARK = "lw_incomplete.txt"
+
+
+class SweepOutcomes(Callback):
+    """After a multirun, in the process that launched it: the jobs that ended incomplete, by name."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        marks = sorted(Path(str(config.hydra.sweep.dir)).glob(f"*/{INCOMPLETE_MARK}"))
+        _incomplete_jobs[:] = [mark.read_text().split("\t", 1)[0] for mark in marks]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> None:
     from lw.pipeline import run  # heavy imports after --help and config errors
+    from hydra.core.hydra_config import HydraConfig
 
     # main() set HYDRA_FULL_ERROR so that Hydra hands composition errors to it; the run's child
     # processes (training workers) must not inherit that, so it is unset while the task runs.
     saved = os.environ.pop("HYDRA_FULL_ERROR", None)
+    mark = Path(HydraConfig.get().runtime.output_dir) / INCOMPLETE_MARK
+    mark.unlink(missing_ok=True)  # an earlier attempt's
     try:
         run(cfg)
     except Incomplete as err:
-        from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             end_run(err, _full_error)
         # One job's failed items (a flaky server) need not stop the other jobs of a sweep.
         print(f"lw: incomplete: {cfg.run_name}: {one_line(err)}", file=sys.stderr)
-        _incomplete_jobs.append(cfg.run_name)
+        mark.write_text(f"{cfg.run_name}\t{one_line(err)}\n")
     except Exception as err:  # noqa: BLE001 (sorted by end_run: one line for the user's, a traceback for bugs)
         # Ended here, as SystemExit, Hydra adds no "Error executing job" line of its own.
         end_run(err, _full_error)

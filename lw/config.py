@@ -359,6 +359,9 @@ class LauncherConfig:
     backend: Optional[str] = None  # nccl | gloo; null: nccl with GPUs, gloo without
     deepspeed: Optional[str] = None  # conf/deepspeed/<name>.json or a path to a DeepSpeed config
     log_tail_lines: int = 40  # lines of a failed rank's log shown in the error
+    # Seconds a collective may wait for a peer before the rank fails (gloo's and NCCL's default: 1800):
+    # a node lost without closing its connections stops the others within this bound.
+    collective_timeout_s: int = 600
 
 
 @dataclass

@@ -53,6 +53,9 @@ PLANS = [
      "Plan for the essay (900 words):\n1. Rivers - 400 words\n2. Lakes - 500 words", [(400, "Rivers"), (500, "Lakes")]),
     ("unnumbered lines with counts", "Intro: why tea matters, 300 words\nHistory of tea, 500 words\nThanks for asking!",
      [(300, "Intro: why tea matters"), (500, "History of tea")]),
+    ("a count inside the point: the last one is the step's",
+     "1. The 300-word limit of early telegrams (400 words)\n2. Letters (250 words)",
+     [(400, "The 300-word limit of early telegrams"), (250, "Letters")]),
     ("a refusal: no plan line", "I cannot help with that.", []),
     ("empty", "\n\n\n", []),
     ("broken: a separator row and markdown",
@@ -365,6 +368,15 @@ def test_bad_instructions_name_file_line_and_field(tmp_path, line, message):
     with pytest.raises(ValueError) as err:
         read_instructions(path)
     assert message in str(err.value)
+
+
+def test_a_plan_of_one_step_under_max_steps_1_is_written(tmp_path):
+    path = instructions_file(tmp_path, [{"id": "one", "prompt": "Write a short note STEPS=1."}])
+    with OpenAIServer(writer) as server:
+        metrics = run_agentwrite(cfg_for(server, path, "agentwrite.max_steps=1"), tmp_path / "run", Tracker())
+    (row,) = read_jsonl(tmp_path / "run/agentwrite/data.jsonl")
+    assert row["id"] == "one" and row["messages"][1]["content"] == " ".join(["word"] * 20)
+    assert metrics["agentwrite/written"] == 1
 
 
 def test_bad_settings_fail_before_any_call(tmp_path):

@@ -179,6 +179,16 @@ def test_a_bad_setting_is_one_line(tmp_path, override, expected):
         assert not (tmp_path / "runs").exists()  # refused before Hydra writes anything
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (("task=score", "score.predictions=nope.jsonl"), "lw: error: score.predictions: nope.jsonl does not exist"),
+    (("task=agentwrite", "agentwrite.instructions=nope.jsonl", "generation=openai", "generation.model=m",
+      "generation.api_key_env=null"), "lw: error: agentwrite.instructions: nope.jsonl does not exist"),
+])
+def test_a_missing_file_is_a_users_mistake_in_one_line(tmp_path, overrides, expected):
+    line = user_error(run(*overrides, "logger=none", cwd=tmp_path))
+    assert line == expected
+
+
 def test_hydra_full_error_shows_the_traceback_of_a_users_mistake(tmp_path):
     result = run("task=score", "logger=none", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
@@ -231,6 +241,26 @@ def test_a_status_no_retry_can_fix_stops_at_once(tmp_path, score_args, status, h
         assert len(server.requests) <= 2  # the requests in flight, none retried
     assert f"HTTP {status}: refused for test ({status})" in line and hint in line
     assert "rerun the same command" not in line
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_400_or_422_after_the_server_has_answered_fails_that_request_only(tmp_path, score_args, status):
+    """Before any answer a 400 or 422 means the model name or a setting is wrong for every request;
+    once the server has answered, it is about that one request (a prompt over the context, say)."""
+    def refuse_the_last(body, attempt):
+        if "item 5." in user_text(body):
+            return Reply(status=status, body=json.dumps({"error": {"message": "this prompt is too long"}}))
+        return Reply(judge_json(4))
+
+    with OpenAIServer(refuse_the_last) as server:
+        result = run(*score_args(server.base_url), "judge.concurrency=1", cwd=tmp_path)
+        assert len(server.requests) == 6  # not retried
+        assert "item 5." in user_text(server.requests[-1]["body"])  # after five answers
+    assert result.returncode == 3, result.stderr[-3000:]
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("lw: incomplete: longbench_write: 1 of 6 judge requests failed")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["longbench_write/judge_failed"] == 1 and metrics["longbench_write/judge_judged"] == 5
 
 
 def test_a_base_url_without_v1_against_transformers_serve_says_to_add_it(tmp_path, score_args, tiny_model):

@@ -93,6 +93,28 @@ def test_a_pair_longer_than_max_length_is_dropped_and_counted_never_truncated(to
     assert max(len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in dataset) <= 40
 
 
+def test_max_length_holds_the_longer_answer_and_keeps_a_pair_of_exactly_max_length(tokenizer, tmp_path):
+    """A pair's length is its prompt and the longer of its answers: a long *rejected* answer is as
+    truncated by TRL as a long chosen one, so it drops the pair too; exactly data.max_length fits."""
+    long = " ".join(["the river"] * 40)
+    path = write_pairs(tmp_path / "pairs.jsonl", [{"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
+                                                  {"prompt": PROMPT, "chosen": REJECTED, "rejected": long}])
+    cfg = dpo_cfg(path)
+    (row,) = tokenize_pairs([{"prompt": [{"role": "user", "content": PROMPT}], "chosen": CHOSEN,
+                              "rejected": REJECTED}], cfg.model.chat_format, tokenizer)
+    exact = len(row["prompt_ids"]) + len(row["chosen_ids"])
+    assert len(row["chosen_ids"]) > len(row["rejected_ids"])
+    dataset, stats = build_preference_dataset(dpo_cfg(path, f"data.max_length={exact}", "data.max_drop_share=1"),
+                                              tokenizer, tmp_path / "run")
+    assert stats["pairs"] == 1 and stats["dropped_over_max_length"] == 1
+    assert dataset[0]["chosen_ids"] == row["chosen_ids"] and stats["longest_pair_tokens"] == exact
+    # The planner's tokens: a pair is two sequences, each with the prompt.
+    assert stats["real_tokens"] == 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+    with pytest.raises(ValueError, match=f"no preference pair is left .* data.max_length={exact - 1}"):
+        build_preference_dataset(dpo_cfg(path, f"data.max_length={exact - 1}", "data.max_drop_share=1"),
+                                 tokenizer, tmp_path / "run2")
+
+
 def test_dpo_options_are_validated_at_start(tmp_path):
     from lw.train.registry import trainer_for
 
@@ -147,6 +169,64 @@ def test_reward_margin_rises_on_a_toy_preference_set(tokenizer, tmp_path):
     assert (final / "model.safetensors").exists()
 
 
+@pytest.fixture(scope="module")
+def one_batch(tokenizer, tmp_path_factory):
+    """Four toy pairs, one batch of them, and the tiny "SFT" model DPO starts from."""
+    tmp = tmp_path_factory.mktemp("one_batch")
+    path = write_pairs(tmp / "pairs.jsonl", toy_preferences(4, seed=1))
+    start = tmp / "start"
+    cfg = dpo_cfg(path)
+    build_model(cfg.model, tokenizer, seed=0).save_pretrained(start)
+    tokenizer.save_pretrained(start)
+    return path, start
+
+
+def first_step_loss(one_batch, tokenizer, tmp_path, loss_type, loss_weights) -> tuple[float, float]:
+    """The logged loss of one DPO step (learning rate 0) on the whole batch, and the token-mean NLL of
+    its chosen answers computed here by hand from the starting model."""
+    import torch
+    from lw.train.registry import trainer_for
+
+    path, start = one_batch
+    cfg = dpo_cfg(path, "trainer.args.max_steps=1", "trainer.args.learning_rate=0", "trainer.args.logging_steps=1",
+                  "trainer.args.per_device_train_batch_size=4", f"trainer.init_from={start}")
+    cfg.trainer.args.loss_type, cfg.trainer.args.loss_weights = list(loss_type), list(loss_weights)
+    trainer = trainer_for(cfg)
+    dataset, _ = trainer.build_dataset(cfg, tokenizer, tmp_path / "run")
+    model = build_model(cfg.model, tokenizer, path=str(start))
+    logged = LogRecorder()
+    trainer.train(cfg, model, tokenizer, dataset, tmp_path / "run", "none", callbacks=[logged])
+    (loss,) = [h["loss"] for h in logged.logs if "loss" in h]
+    reference = build_model(cfg.model, tokenizer, path=str(start)).eval()
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for row in dataset:
+            ids = torch.tensor([row["prompt_ids"] + row["chosen_ids"]])
+            logps = reference(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
+            targets = ids[0, 1:]
+            answer = slice(len(row["prompt_ids"]) - 1, None)
+            nll -= logps[answer].gather(-1, targets[answer, None]).sum().item()
+            tokens += len(row["chosen_ids"])
+    return loss, nll / tokens
+
+
+@pytest.mark.parametrize("experiment", [None, "longwriter_glm4_9b_dpo", "longwriter_llama3_1_8b_dpo"])
+def test_the_sft_term_adds_lambda_times_the_chosen_nll_to_the_loss(experiment, one_batch, tokenizer, tmp_path):
+    """A real DPOTrainer step with the loss of conf/trainer/dpo.yaml or of a paper experiment: at the
+    first step the policy is its own reference, so the DPO term is log 2, and the SFT term adds λ
+    times the token-mean NLL of the chosen answers; with λ = 0 (the slip) the loss is log 2 alone."""
+    import math
+
+    args = compose_lw(*([f"experiment={experiment}"] if experiment else ["trainer=dpo"])).trainer.args
+    assert list(args.loss_type) == ["sigmoid", "sft"]
+    lam = args.loss_weights[1]
+    loss, nll = first_step_loss(one_batch, tokenizer, tmp_path, args.loss_type, args.loss_weights)
+    assert lam > 0 and nll > 1
+    assert loss == pytest.approx(math.log(2) + lam * nll, abs=2e-3)
+    without, _ = first_step_loss(one_batch, tokenizer, tmp_path / "lambda0", ["sigmoid", "sft"], [1.0, 0.0])
+    assert without == pytest.approx(math.log(2), abs=1e-4)
+
+
 class LogRecorder(TrainerCallback):
     def __init__(self):
         self.logs = []
@@ -180,6 +260,11 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
     host = offloaded["memory"]["host_per_node_gib"]
     assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
     assert "reference_params_partition" not in offloaded["memory"]["gpu_per_rank_gib"]
+    # Each node's host holds the 16-bit reference shards of its own ranks: half of it on each of two nodes.
+    two = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
+                                "launcher.nnodes=2", "launcher.master_port=29500",
+                                "launcher.deepspeed=zero3_offload"), tmp_path)
+    assert two["memory"]["host_per_node_gib"]["reference_bf16_params"] == pytest.approx(parameters / 2**30, rel=0.01)
 
 
 def test_committed_dpo_miniature_results_say_what_its_readme_says():

@@ -63,6 +63,9 @@ def test_reward_functions_take_the_weights_and_leave_out_zeros():
         reward_functions(OmegaConf.structured(RewardConfig(quality=1.0)), 100)
     with pytest.raises(UserError, match="needs a reward"):
         reward_functions(OmegaConf.structured(RewardConfig(length=0.0)), 100)
+    # Under 10 completion tokens the default buffer is one token, never 0 (which the check refuses).
+    (overlong,), _ = reward_functions(OmegaConf.structured(RewardConfig(length=0.0, overlong=1.0)), 8)
+    assert overlong(completion_ids=[[0] * 7, [0] * 8]) == pytest.approx([0.0, -1.0])
 
 
 def test_prompts_come_with_their_required_lengths(tmp_path):
@@ -91,6 +94,10 @@ def test_prompts_without_a_length_and_no_judge_are_dropped_and_counted(tmp_path)
     cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x", "data.max_drop_share=1")
     dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
     assert dataset["length"] == [30] and stats["dropped_no_length"] == 1 and stats["prompts_in"] == 2
+    # With the judge's S_q as a reward, a prompt without a length is rewarded by quality alone: kept.
+    cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x", "reward.quality=1.0")
+    dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run2")
+    assert dataset["length"] == [30, None] and stats["prompts_trained"] == 2 and "dropped_no_length" not in stats
 
 
 def test_max_completion_length_follows_the_longest_required_length():
@@ -117,6 +124,29 @@ def test_bad_grpo_settings_fail_at_start(override, message):
     cfg = compose_lw("trainer=grpo", "trainer.init_from=runs/x/model", override)
     with pytest.raises(UserError, match=message):
         training_args(cfg, "unused", "none")
+
+
+def test_one_grpo_step_keeps_the_users_completion_length_and_weighs_the_rewards(tmp_path, tiny_model):
+    """trainer.args.max_completion_length as the user set it (not the computed budget, 19 tokens
+    here), and reward.* handed to TRL as its reward_weights: the logged reward is the weighted sum."""
+    from lw.models import build_model, build_tokenizer
+    from lw.train.registry import trainer_for
+
+    cfg = compose_lw("trainer=grpo", f"trainer.init_from={tiny_model}", "trainer.args.max_steps=1",
+                     "trainer.args.logging_steps=1", "trainer.args.per_device_train_batch_size=8",
+                     "trainer.args.num_generations=4", "+trainer.args.max_completion_length=12", "reward.length=2.0",
+                     "reward.repetition=0.5", "data.toy.num_samples=8", "data.toy.min_words=5",
+                     "data.toy.max_words=5", "data.toy.round_lengths=false")
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
+    trainer = trainer_for(cfg)
+    dataset, _ = trainer.build_dataset(cfg, tokenizer, tmp_path)
+    model = build_model(cfg.model, tokenizer, path=str(tiny_model), training=True)
+    trainer.train(cfg, model, tokenizer, dataset, tmp_path, "none")
+    (step,) = [h for h in json.loads((tmp_path / "train_log.json").read_text()) if "reward" in h]
+    assert step["completions/max_length"] <= 12
+    length, repetition = step["rewards/length_reward/mean"], step["rewards/repetition_penalty_reward/mean"]
+    assert length > 0
+    assert step["reward"] == pytest.approx(2.0 * length + 0.5 * repetition, abs=1e-5)
 
 
 def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):

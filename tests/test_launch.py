@@ -34,7 +34,7 @@ def test_torchrun_command_names_the_topology_and_the_worker(tmp_path):
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     flags = dict(zip(command[3:-3:2], command[4:-3:2]))
     assert flags == {"--nnodes": "2", "--nproc-per-node": "8", "--node-rank": "1", "--master-addr": "node07",
-                     "--master-port": "29555", "--log-dir": str(tmp_path / "launch" / "ranks"), "--tee": "3"}
+                     "--master-port": "29555", "--log-dir": str(tmp_path / "launch" / "node1" / "ranks"), "--tee": "3"}
     assert command[-3:] == ["-m", "lw.train.worker", str(tmp_path)]
 
 

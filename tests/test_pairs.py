@@ -193,10 +193,36 @@ def test_length_rule_without_judge_on_an_api_model(tmp_path):
     assert metrics["pairs/mean_chosen_score"] == 100.0
 
 
+def test_an_empty_answer_is_a_failed_sample_never_a_rejected_one(tmp_path):
+    """rule=length scores an empty answer S_l = 0, which would make it the easiest rejected answer of
+    all; it is a failed sample instead, so a prompt left with one answer gives no pair."""
+    words = {"tea": [0, 0, 20], "rivers": [0, 20, 10]}  # sample k of each prompt, in the order asked
+    asked: dict[str, int] = {}
+
+    def writer(body, attempt):
+        topic = "tea" if "tea" in user_text(body) else "rivers"
+        asked[topic] = asked.get(topic, -1) + 1
+        return Reply(" ".join(["word"] * words[topic][asked[topic]]))
+
+    path = prompts_file(tmp_path, [{"id": "a", "prompt": "Write 20 words on tea"},
+                                   {"id": "b", "prompt": "Write 20 words on rivers"}])
+    with OpenAIServer(writer) as server:
+        cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", "pairs.samples=3",
+                         "generation=openai", f"generation.base_url={server.base_url}", "generation.model=m",
+                         "generation.api_key_env=null", "generation.concurrency=1")
+        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+    assert metrics["pairs/samples_failed"] == 3 and metrics["pairs/dropped_failed"] == 1
+    (pair,) = [json.loads(line) for line in (tmp_path / "run/pairs.jsonl").open()]
+    assert pair["id"] == "b" and count_words(pair["chosen"]) == 20 and count_words(pair["rejected"]) == 10
+    assert pair["scores"][0] == {"k": 0, "produced": 0, "S_l": 0.0, "S_q": None, "score": None, "judge_status": None}
+    assert "best of 2 by S_l" in pair["reason"] and "among 1 others" in pair["reason"]
+
+
 def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
     with OpenAIServer(lambda body, attempt: Reply(" ".join(["word"] * (len(user_text(body)) % 7 * 50 + 10)))) as server:
         cfg = compose_lw("task=dpo_pairs", "eval=longbench_write", f"eval.longbench_write.data_dir={bench_data_dir}",
-                         "eval.longbench_write.limit=3", "pairs.rule=length", "pairs.samples=2", "generation=openai",
+                         "eval.longbench_write.limit=6", "eval.longbench_write.samples_per_prompt=2",  # 3 prompts, each once
+                         "pairs.rule=length", "pairs.samples=2", "generation=openai",
                          f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null")
         metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
     assert metrics["pairs/prompts"] == 3 and metrics["pairs/length_from_field"] == 3

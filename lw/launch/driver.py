@@ -15,6 +15,8 @@ RUN_DIR/launch/ holds
     workers.log      every rank's output, prefixed with its local rank ("[default1]:")
     ranks/           one folder per rank attempt, written by torchrun (stdout.log, stderr.log)
     train_log.jsonl  rank 0's trainer logs (loss, learning rate, ...), one JSON line per logging step
+On node R > 0 of a multi-node job the same files but train_log.jsonl are in RUN_DIR/launch/nodeR/
+(every node's driver runs in the one shared run directory: docs/engineering.md, "Several nodes").
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-from lw.launch.topology import Topology, topology
+from lw.launch.topology import EXIT_PREEMPTED, Topology, launch_dir, topology
 from lw.tracking import redact
-from lw.errors import UserError, MissingFile
+from lw.errors import Incomplete, MissingFile, UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,34 @@ _RANK_PREFIX = re.compile(r"\[[A-Za-z_]+?(\d+)\]:")
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
                          r".*?exitcode\s*:\s*(-?\d+)", re.S)
 _FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+# What a rank says when a peer on another node is gone: its connections closed (a killed process,
+# a rebooted node) or a collective ran past launcher.collective_timeout_s (a silent network).
+_PEER_LOST = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|Socket Timeout|"
+                        r"Timed out waiting|timed out after|collective operation timeout|NCCL communicator was aborted|"
+                        r"remote process exited", re.I)
+_WORKER_USER_ERROR = re.compile(r"lw: error: (.+)")
 
 
 class WorkerFailure(RuntimeError):
     """A rank exited with an error; the message names it, its exit code and its last lines."""
 
-    def __init__(self, message: str, rank: int | None, exit_code: int):
+    def __init__(self, message: str, rank: int | None, exit_code: int, lines: str = "",
+                 exit_codes: tuple[int, ...] = ()):
         super().__init__(message)
         self.rank = rank
         self.exit_code = exit_code
+        self.lines = lines  # the failed ranks' last lines
+        self.exit_codes = exit_codes or (exit_code,)  # of every rank that failed on its own
+        self.preemption: Preemption | None = None
+
+
+class Preempted(Incomplete):
+    """The job was preempted (SIGUSR2) and its workers saved a checkpoint: rerun to resume (exit status 3)."""
+
+
+class NodeLost(Incomplete):
+    """Another node of the job went away mid-run: this node's ranks lost their peers. Incomplete
+    (exit status 3): the checkpoints are kept, and the same command on every node resumes."""
 
 
 def deepspeed_config_path(name: str | None) -> Path:
@@ -84,7 +105,7 @@ def load_deepspeed_config(name: str | None) -> dict:
 
 def worker_command(launcher_cfg, topo: Topology, run_dir: Path) -> list[str]:
     """The command that starts this node's workers (argv)."""
-    ranks_dir = str(run_dir / "launch" / "ranks")
+    ranks_dir = str(launch_dir(run_dir, topo.node_rank) / "ranks")
     if launcher_cfg.runner == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run",
                 "--nnodes", str(topo.nnodes), "--nproc-per-node", str(topo.nproc_per_node),
@@ -116,17 +137,17 @@ def worker_env(cfg, base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def write_launch_files(cfg, run_dir: Path, command: list[str]) -> None:
-    """Everything the workers read, written atomically (every node of a job writes the same)."""
-    launch_dir = run_dir / "launch"
-    launch_dir.mkdir(parents=True, exist_ok=True)
+def write_launch_files(cfg, run_dir: Path, command: list[str], node_rank: int = 0) -> None:
+    """Everything this node's workers read, written atomically into the node's launch directory."""
+    here = launch_dir(run_dir, node_rank)
+    here.mkdir(parents=True, exist_ok=True)
     # Secrets (an API key read from the environment) never reach the disk; workers need none.
     resolved = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    _write_atomic(launch_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    _write_atomic(here / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     from lw.plan import resolve_deepspeed  # `auto`: the planner's choice for this topology
 
-    _write_atomic(launch_dir / "deepspeed.json", deepspeed_config_path(resolve_deepspeed(cfg)).read_text())
-    _write_atomic(launch_dir / "command.sh", "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
+    _write_atomic(here / "deepspeed.json", deepspeed_config_path(resolve_deepspeed(cfg)).read_text())
+    _write_atomic(here / "command.sh", "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -178,6 +199,7 @@ def run_workers(command: list[str], env: dict[str, str], log_path: Path, tail_li
         reader = threading.Thread(target=_pump, args=(proc.stdout, log_file, tails, last), daemon=True)
         reader.start()
         previous = _terminate_on_sigterm()
+        preemption = Preemption(proc)
         try:
             while True:
                 try:
@@ -192,11 +214,52 @@ def run_workers(command: list[str], env: dict[str, str], log_path: Path, tail_li
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            preemption.restore()
             reader.join(timeout=30)
         if on_poll:
             on_poll()
     if returncode != 0:
-        raise _failure(returncode, "".join(last), tails, log_path)
+        failure = _failure(returncode, "".join(last), tails, log_path)
+        failure.preemption = preemption
+        raise failure
+
+
+class Preemption:
+    """SIGUSR2 while the workers run: SLURM's warning before a time limit or a preemption
+    (`--signal=USR2@SECONDS`; submitit asks for it). The driver passes it to the workers, which save
+    a checkpoint at the end of their step and exit (lw.train.worker.CheckpointOnPreemption); then the
+    handler that was there before (submitit's: requeue the job) runs, or without one the run ends
+    incomplete. SIGUSR2 goes to the workers only: it would end torchrun itself."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.signum = proc, None
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGUSR2, self._forward)
+
+    def _forward(self, signum, frame) -> None:
+        import psutil
+
+        self.signum = signum
+        log.warning("preempted (%s): the workers checkpoint at the end of their step", signal.Signals(signum).name)
+        try:
+            workers = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return
+        for worker in workers:
+            try:
+                worker.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGUSR2, self.previous)
+
+    def hand_over(self) -> None:
+        """Run the handler that was there before (submitit's requeue), now that a checkpoint is saved."""
+        if self.signum is not None and callable(self.previous):
+            self.previous(self.signum, None)
 
 
 def _pump(stream, log_file, tails, last) -> None:
@@ -213,8 +276,11 @@ def _pump(stream, log_file, tails, last) -> None:
 
 
 def _terminate_on_sigterm():
-    """Turn SIGTERM (scancel, a timeout) into an exception, so the workers are stopped too."""
-    if threading.current_thread() is not threading.main_thread():
+    """Turn SIGTERM (scancel, a timeout) into an exception, so the workers are stopped too. A handler
+    that is already there is kept: submitit's logs and ignores the SIGTERM that SLURM sends before
+    its SIGUSR2 on a preemption, which must reach the workers for their checkpoint (Preemption)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+            signal.SIG_DFL, None):
         return None
 
     def handler(signum, frame):
@@ -252,37 +318,80 @@ def _failure(returncode: int, output: str, tails: dict[int, deque], log_path: Pa
     for _, other_local, _ in others:  # the real error may be in a rank that torchrun saw second
         lines += "".join(tails.get(other_local, []))
     return WorkerFailure(f"worker rank {rank} (local rank {local_rank}) failed with exit code {code}{why}{also}; "
-                         f"the last lines of the failed ranks' logs:\n{lines}all output: {log_path}", rank, code)
+                         f"the last lines of the failed ranks' logs:\n{lines}all output: {log_path}", rank, code,
+                         lines, (code, *(c for _, _, c in others)))
 
 
 def launch_training(cfg, tokenizer, run_dir: Path, tracker, metrics: dict) -> Path | None:
     """Train on nproc_per_node x nnodes workers; the saved model's directory (None off node 0).
     The training set's statistics go into `metrics` (as data/<key>), as in a local run."""
-    from lw.train.registry import trainer_for
-
     topo = topology(cfg.launcher)
     log.info("workers: %d node(s) x %d, this is node %d, rendezvous %s:%d", topo.nnodes, topo.nproc_per_node,
              topo.node_rank, topo.master_addr, topo.master_port)
     if topo.node_rank == 0:
         # One process prepares the data; the workers on every node load it from the run directory
-        # (on other nodes they start only once node 0's launcher is up, after this).
-        dataset, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
-        tokenized = run_dir / "data" / "tokenized"
-        if tokenized.exists():
-            shutil.rmtree(tokenized)
-        dataset.save_to_disk(str(tokenized))
-        metrics.update({f"data/{k}": v for k, v in stats.items()})
+        # (on other nodes they start only once node 0's launcher is up, after this) and check
+        # that they all loaded the same bytes (lw.train.worker.check_same_data).
+        metrics.update(prepare_data(cfg, tokenizer, run_dir))
     command = worker_command(cfg.launcher, topo, run_dir)
-    write_launch_files(cfg, run_dir, command)
+    write_launch_files(cfg, run_dir, command, topo.node_rank)
     forwarder = TrainLogForwarder(run_dir / "launch" / "train_log.jsonl", tracker)
-    run_workers(command, worker_env(cfg), run_dir / "launch" / "workers.log", cfg.launcher.log_tail_lines,
-                on_poll=forwarder.poll if topo.node_rank == 0 else None)
+    try:
+        run_workers(command, worker_env(cfg), launch_dir(run_dir, topo.node_rank) / "workers.log",
+                    cfg.launcher.log_tail_lines, on_poll=forwarder.poll if topo.node_rank == 0 else None)
+    except WorkerFailure as failure:
+        raise explain_failure(failure, topo, run_dir) from None
     if topo.node_rank != 0:
+        print(f"lw: node {topo.node_rank} of {topo.nnodes}: training done; node 0 evaluates and logs in {run_dir}")
         return None
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").exists():
         raise RuntimeError(f"the workers exited cleanly but saved no model in {model_dir}")
     return model_dir
+
+
+def prepare_data(cfg, tokenizer, run_dir: Path) -> dict:
+    """The tokenized training set in RUN_DIR/data/tokenized, for every node's workers; its statistics."""
+    from lw.train.registry import trainer_for
+
+    dataset, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
+    tokenized = run_dir / "data" / "tokenized"
+    if tokenized.exists():
+        shutil.rmtree(tokenized)
+    dataset.save_to_disk(str(tokenized))
+    return {f"data/{k}": v for k, v in stats.items()}
+
+
+def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Exception:
+    """What the driver raises for failed workers: a worker's own one-line error (exit status 2),
+    a lost node (3: the checkpoints are kept and the same commands resume), or the failure itself."""
+    if set(failure.exit_codes) == {EXIT_PREEMPTED}:
+        if failure.preemption is not None:
+            failure.preemption.hand_over()  # under submitit: requeued, and this process ends here
+        return Preempted(f"node {topo.node_rank} of {topo.nnodes}: preempted (SIGUSR2), {last_checkpoint(run_dir)}; "
+                         f"rerun the same command to resume from it")
+    user = _WORKER_USER_ERROR.search(failure.lines)
+    if user and 2 in failure.exit_codes:
+        return UserError(user.group(1).strip())
+    # Ranks that lost a peer end with a Python error (exit code 1); a rank of this node that was
+    # killed (-9) or crashed by itself is this node's own failure, not another node's loss.
+    if topo.nnodes > 1 and set(failure.exit_codes) == {1} and _PEER_LOST.search(failure.lines):
+        others = [r for r in range(topo.nnodes) if r != topo.node_rank]
+        lost = f"node {others[0]}" if len(others) == 1 else f"one of nodes {', '.join(map(str, others))}"
+        found = _PEER_LOST.search(failure.lines)
+        line_end = failure.lines.find("\n", found.start())
+        why = one_line(failure.lines[found.start():line_end if line_end >= 0 else None]).split(". ")[0][:200]
+        return NodeLost(f"node {topo.node_rank} of {topo.nnodes} lost {lost} during training (rank {failure.rank}: "
+                        f"{why}); {last_checkpoint(run_dir)}; rerun the same command on every node to resume "
+                        f"(this node's log: {launch_dir(run_dir, topo.node_rank) / 'workers.log'})")
+    return failure
+
+
+def last_checkpoint(run_dir: Path) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    return f"the last checkpoint, {found}, is kept" if found else "no checkpoint was saved yet"
 
 
 def is_first_node(launcher_cfg) -> bool:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
+
 from lw.errors import UserError
+
+EXIT_PREEMPTED = 75  # a worker's exit status after its preemption checkpoint (EX_TEMPFAIL: try again)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,22 @@ def single_process_env() -> None:
         return
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+
+
+def launch_dir(run_dir: Path, node_rank: int) -> Path:
+    """Where a node's driver writes its launch files and its workers read them.
+
+    Every node of a job shares one run directory (docs/engineering.md, "Several nodes"): node 0
+    keeps RUN_DIR/launch/, node R > 0 gets RUN_DIR/launch/nodeR/, so no two drivers write one file.
+    """
+    return Path(run_dir) / "launch" / ("" if node_rank == 0 else f"node{node_rank}")
+
+
+def node_suffix(kind: str, node_rank) -> str:
+    """"" on node 0, "-nodeR" elsewhere: keeps Hydra's .hydra/ and log file apart per node's driver.
+    Under SLURM the node rank is the allocation's (SLURM_NODEID), known before composition ends."""
+    rank = int(os.environ.get("SLURM_NODEID", 0)) if kind == "slurm" else int(node_rank)
+    return "" if rank == 0 else f"-node{rank}"
 
 
 def slurm_port(job_id: str) -> int:
