@@ -4,6 +4,9 @@
 #   experiments/length_bound/run_cpu.sh [extra overrides]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One thread per process: the tiny model gains nothing from a second one, and on a shared machine two
+# threads spin-wait for each other (a base step took 1-16 s with two threads under load, 0.3 s with one).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 make -s setup
 sweep=${SWEEP_DIR:-multirun/length_bound_mini}
 start=$(date +%s)
