@@ -21,5 +21,5 @@ for run in "$sweep"/*/; do
   mkdir -p "$out/$name" && cp "$run/results.csv" "$run/metrics.json" "$out/$name/"
 done
 cp "$sweep/comparison.md" "$sweep/comparison.png" "$out/"
-echo "$seconds s for the sweep on $(nproc) cores, $(date -u +%F)" > "$out/sweep_time.txt"
+echo "$seconds s for the sweep on $(nproc --all) cores, $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" > "$out/sweep_time.txt"
 echo "results in $out"
