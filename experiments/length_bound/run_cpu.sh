@@ -4,6 +4,9 @@
 #   experiments/length_bound/run_cpu.sh [extra overrides]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One thread per process: the tiny model gains nothing from a second one, and on a shared machine two
+# threads spin-wait for each other (a base step took 1-16 s with two threads under load, 0.3 s with one).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 make -s setup
 sweep=${SWEEP_DIR:-multirun/length_bound_mini}
 start=$(date +%s)
@@ -18,5 +21,5 @@ for run in "$sweep"/*/; do
   mkdir -p "$out/$name" && cp "$run/results.csv" "$run/metrics.json" "$out/$name/"
 done
 cp "$sweep/comparison.md" "$sweep/comparison.png" "$out/"
-echo "$seconds s for the sweep on $(nproc) cores, $(date -u +%F)" > "$out/sweep_time.txt"
+echo "$seconds s for the sweep on $(nproc --all) cores, $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" > "$out/sweep_time.txt"
 echo "results in $out"
