@@ -325,6 +325,8 @@ class RewardConfig:
     rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
 
     length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)
+    # s_l: S_l / 100; log_ratio: max(0, 1 - |log(produced/required)| / log 3), 0 at 3x and at a third alike
+    length_kind: str = "s_l"
     quality: float = 0.0  # S_q / 100 from the judge (judge=openai)
     repetition: float = 0.0  # TRL's n-gram repetition penalty, in [-1, 0]
     repetition_ngram: int = 3
