@@ -293,7 +293,9 @@ class PairsConfig:
     # required length (no `length` field, none found in its text) is ranked by S_q.
     rule: str = "mean"
     # A pair whose chosen and rejected scores differ by no more than this is dropped (dropped_margin);
-    # a best score shared by two samples is always dropped (dropped_tie).
+    # a best score shared by two samples goes to the one nearest the required length (rules length and
+    # mean), and is dropped (dropped_tie) when they are equally near or the rule is quality. A pair
+    # separated only by that nearness has no score margin: kept only with min_margin 0.
     min_margin: float = 0.0
 
 
