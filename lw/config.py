@@ -293,7 +293,9 @@ class PairsConfig:
     # required length (no `length` field, none found in its text) is ranked by S_q.
     rule: str = "mean"
     # A pair whose chosen and rejected scores differ by no more than this is dropped (dropped_margin);
-    # a best score shared by two samples is always dropped (dropped_tie).
+    # a best score shared by two samples goes to the one nearest the required length (rules length and
+    # mean), and is dropped (dropped_tie) when they are equally near or the rule is quality. A pair
+    # separated only by that nearness has no score margin: kept only with min_margin 0.
     min_margin: float = 0.0
 
 
@@ -325,6 +327,8 @@ class RewardConfig:
     rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
 
     length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)
+    # s_l: S_l / 100; log_ratio: max(0, 1 - |log(produced/required)| / log 3), 0 at 3x and at a third alike
+    length_kind: str = "s_l"
     quality: float = 0.0  # S_q / 100 from the judge (judge=openai)
     repetition: float = 0.0  # TRL's n-gram repetition penalty, in [-1, 0]
     repetition_ngram: int = 3

@@ -2,8 +2,9 @@
 
 For every prompt, `pairs.samples` answers are sampled from the model (model.path, or an API model
 with generation=openai), each is scored with the length score S_l against the prompt's required
-length and the quality judge's S_q, and the best becomes *chosen*, one of the others drawn at
-random (seeded by the run's seed and the prompt's id) *rejected*.
+length and the quality judge's S_q, and the best becomes *chosen* (a shared best goes to the sample
+nearest the required length), one of the others drawn at random (seeded by the run's seed and the
+prompt's id) *rejected*.
 
 Files under the run directory (all resumable: a rerun samples and judges only what is missing):
 - pairs/samples.jsonl      every sample, id "<prompt id>#<k>" (appended as generated)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import statistics
@@ -160,22 +162,44 @@ def combine(rule: str, s_l: float | None, s_q: float | None) -> float | None:
     return None if s_q is None else (s_l + s_q) / 2
 
 
-def select_pair(scores: list[float | None], seed: int, prompt_id: str, min_margin: float = 0.0):
+def closeness(required: int | float, produced: int | float) -> float:
+    """How near a sample came to its required length: -|log(produced / required)|, 0 at the length,
+    the same for twice and half of it; -inf for an empty one. It breaks ties of the score: S_l is 0 for
+    every sample under a third (or over 4x) of the length, and this still ranks them."""
+    return -abs(math.log(produced / required)) if produced > 0 else -math.inf
+
+
+def best_is_shared(scores: list[float | None]) -> bool:
+    """Whether two or more scored samples share the best score (a tie before any tie-break)."""
+    scored = [s for s in scores if s is not None]
+    return len(scored) > 1 and sum(1 for s in scored if abs(s - max(scored)) <= _TIE) > 1
+
+
+def select_pair(scores: list[float | None], seed: int, prompt_id: str, min_margin: float = 0.0,
+                near: list[float] | None = None):
     """(chosen index, rejected index, None) or (None, None, drop reason) for one prompt's samples.
 
-    chosen: the best score; rejected: drawn among the other scored samples with
-    random.Random(f"{seed}:{prompt_id}"). Dropped: fewer than two scored samples ("failed"), the best
-    shared by two samples ("tie"), or chosen and rejected no more than min_margin apart ("margin").
+    chosen: the best score, a shared best broken by `near` (each sample's `closeness`, None: no
+    tie-break); rejected: drawn among the other scored samples with random.Random(f"{seed}:{prompt_id}").
+    Dropped: fewer than two scored samples ("failed"), the best shared by two samples that `near` does
+    not separate ("tie"), or chosen and rejected no more than min_margin apart in score ("margin"; a
+    rejected equal in score but less near passes only with min_margin 0).
     """
     scored = [i for i, s in enumerate(scores) if s is not None]
     if len(scored) < 2:
         return None, None, "failed"
-    best = max(scored, key=lambda i: scores[i])
-    if sum(1 for i in scored if abs(scores[i] - scores[best]) <= _TIE) > 1:
+    top = max(scores[i] for i in scored)
+    tied = [i for i in scored if abs(scores[i] - top) <= _TIE]
+    if len(tied) > 1 and near is not None:
+        nearest = max(near[i] for i in tied)
+        tied = [i for i in tied if near[i] >= nearest - _TIE]
+    if len(tied) > 1:
         return None, None, "tie"
+    best = tied[0]
     others = [i for i in scored if i != best]
     rejected = random.Random(f"{seed}:{prompt_id}").choice(others)
-    if scores[best] - scores[rejected] <= max(min_margin, _TIE):
+    gap = scores[best] - scores[rejected]
+    if (gap <= _TIE and min_margin > 0) or _TIE < gap <= min_margin:
         return None, None, "margin"
     return best, rejected, None
 
@@ -264,9 +288,9 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
 
     records, chosen_scores, rejected_scores, plot_points = [], [], [], []
     drops = {"failed": 0, "tie": 0, "margin": 0}
-    samples_failed = 0
+    samples_failed = tied_by_score = ties_broken = 0
     for q in scorable:
-        sample_scores = []
+        sample_scores, near = [], []
         for k in range(p.samples):
             row = by_id[f"{q['id']}#{k}"]
             produced = count_words(row["response"])
@@ -275,9 +299,16 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
             s_q = quality_scores([j])["S_q"] if j is not None and j["status"] == OK else None
             score = combine(p.rule, s_l, s_q) if row["response"].strip() else None
             samples_failed += score is None
+            near.append(closeness(q["length"], produced) if q["length"] is not None else None)
             sample_scores.append({"k": k, "produced": produced, "S_l": _round(s_l), "S_q": _round(s_q),
                                   "score": _round(score), "judge_status": j["status"] if j else None})
-        chosen, rejected, reason = select_pair([s["score"] for s in sample_scores], cfg.seed, q["id"], p.min_margin)
+        scores = [s["score"] for s in sample_scores]
+        # S_q ranks by quality alone (rule=quality, or no required length): its ties stay ties.
+        near = near if p.rule != "quality" and q["length"] is not None else None
+        chosen, rejected, reason = select_pair(scores, cfg.seed, q["id"], p.min_margin, near)
+        shared = best_is_shared(scores)
+        tied_by_score += shared
+        ties_broken += shared and reason != "tie"
         if reason:
             drops[reason] += 1
             continue
@@ -290,8 +321,9 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
             "rejected": by_id[f"{q['id']}#{rejected}"]["response"],
             "required_length": q["length"], "length_source": q["source"],
             "scores": sample_scores, "chosen_index": chosen, "rejected_index": rejected,
-            "reason": f"best of {scored} by {rule}={best:.1f}; rejected ({worse:.1f}) drawn among "
-                      f"{scored - 1} others",
+            "reason": f"best of {scored} by {rule}={best:.1f}"
+                      f"{' (a shared best, the nearest to the length)' if shared else ''}; rejected "
+                      f"({worse:.1f}) drawn among {scored - 1} others",
         })
         chosen_scores.append(best)
         rejected_scores.append(worse)
@@ -300,7 +332,7 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     write_jsonl(records, run_dir / "pairs.jsonl")
     judge_failed = sum(1 for j in judgements.values() if j["status"] == FAILED)
     stats.update({"samples": len(rows), "samples_failed": samples_failed, "judge_failed": judge_failed,
-                  "pairs": len(records),
+                  "pairs": len(records), "tied_by_score": tied_by_score, "ties_broken_by_length": ties_broken,
                   **{f"dropped_{k}": v for k, v in drops.items()}})
     if records:
         stats["mean_chosen_score"] = statistics.fmean(chosen_scores)

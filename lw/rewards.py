@@ -3,6 +3,8 @@ batch's `prompts`, `completions` and the dataset's other columns (`length`), and
 per completion, or None where it does not apply (TRL leaves those out of the weighted sum).
 
 - length:     S_l / 100, the benchmark's own length score against the prompt's required length
+              (reward.length_kind=s_l), or max(0, 1 - |log(produced/required)| / log 3), symmetric in
+              the ratio (reward.length_kind=log_ratio)
 - quality:    S_q / 100 from the LLM judge (any OpenAI-compatible endpoint; concurrent, cached)
 - repetition: TRL's n-gram repetition penalty, in [-1, 0]
 - overlong:   TRL's soft punishment of completions that run into max_completion_length, in [-1, 0]
@@ -13,12 +15,14 @@ per completion, or None where it does not apply (TRL leaves those out of the wei
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from lw.errors import UserError
 from lw.words import count_words, length_score
 
 REWARDS = ("length", "quality", "repetition", "overlong")
+LENGTH_KINDS = ("s_l", "log_ratio")
 
 
 def text_of(turns) -> str:
@@ -31,6 +35,20 @@ def text_of(turns) -> str:
 def length_reward(completions: list, length: list[int | None], **kwargs) -> list[float | None]:
     """S_l / 100 of each completion against its prompt's required length; None where it names none."""
     return [None if n is None else length_score(int(n), count_words(text_of(c))) / 100
+            for c, n in zip(completions, length)]
+
+
+def log_ratio_reward(required: int | float, produced: int | float) -> float:
+    """1 at the required length, falling linearly in |log(produced / required)| to 0 at 3x and at a
+    third alike (S_l gives a third 0 and 3x 0.33); 0 when empty."""
+    if produced <= 0:
+        return 0.0
+    return max(0.0, 1.0 - abs(math.log(produced / required)) / math.log(3))
+
+
+def length_log_ratio_reward(completions: list, length: list[int | None], **kwargs) -> list[float | None]:
+    """`log_ratio_reward` of each completion against its prompt's required length; None where it names none."""
+    return [None if n is None else log_ratio_reward(int(n), count_words(text_of(c)))
             for c, n in zip(completions, length)]
 
 
@@ -49,6 +67,13 @@ def quality_reward(judge) -> Callable:
     return quality
 
 
+def length_function(kind: str) -> Callable:
+    """The length reward of reward.length_kind."""
+    if kind not in LENGTH_KINDS:
+        raise UserError(f"reward.length_kind must be one of {', '.join(LENGTH_KINDS)}, got {kind!r}")
+    return length_reward if kind == "s_l" else length_log_ratio_reward
+
+
 def reward_functions(reward_cfg, max_completion_length: int, judge=None) -> tuple[list[Callable], list[float]]:
     """The reward functions with a non-zero weight, and their weights (for GRPOConfig.reward_weights)."""
     from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment
@@ -59,7 +84,7 @@ def reward_functions(reward_cfg, max_completion_length: int, judge=None) -> tupl
         if weight == 0:
             continue
         if name == "length":
-            func = length_reward
+            func = length_function(reward_cfg.length_kind)
         elif name == "quality":
             if judge is None:
                 raise UserError("reward.quality needs the judge: set judge=openai (judge.base_url, judge.model), "

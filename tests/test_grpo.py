@@ -3,6 +3,7 @@ entry point (its mean reward rises on a reward it can learn in a few steps), and
 fail at start."""
 
 import json
+import math
 
 import pytest
 from omegaconf import OmegaConf
@@ -12,7 +13,8 @@ from conftest import compose_lw, run_lw
 from lw.config import JudgeConfig, RewardConfig
 from lw.errors import UserError
 from lw.eval.judge import Judge
-from lw.rewards import length_reward, quality_reward, reward_functions, text_of
+from lw.rewards import (length_log_ratio_reward, length_reward, log_ratio_reward, quality_reward, reward_functions,
+                        text_of)
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import read_offline_run
 from lw.train.grpo import completion_budget, prompt_rows, training_args
@@ -29,6 +31,22 @@ def test_length_reward_is_s_l_over_100_by_hand():
     assert rewards[:6] == pytest.approx([1.0, 1 - 0.5 / 3, 0.5, 0.0, 0.0, 1.0])
     assert rewards[6] is None  # no required length: left out of the weighted sum
     assert text_of("plain") == "plain" and text_of(said("turn")) == "turn" and text_of([]) == ""
+
+
+def test_log_ratio_length_reward_by_hand():
+    """max(0, 1 - |ln(produced/required)| / ln 3): twice and half the length alike, 0 at 3x and a third."""
+    half = 1 - math.log(2) / math.log(3)  # 0.3691
+    completions = [said(" ".join(["word"] * n)) for n in (100, 200, 50, 150, 100, 300, 33, 0, 400)]
+    completions += ["字" * 60, "字" * 10, said("a b c")]
+    rewards = length_log_ratio_reward(completions, length=[100, 100, 100, 100, 150, 100, 100, 100, 100, 30, 30, None])
+    assert rewards[:11] == pytest.approx([1.0, half, half, 1 - math.log(1.5) / math.log(3),
+                                          1 - math.log(1.5) / math.log(3), 0.0, 0.0, 0.0, 0.0, half, 0.0], abs=1e-12)
+    assert rewards[1] == pytest.approx(0.369070, abs=1e-6) and rewards[3] == pytest.approx(0.630930, abs=1e-6)
+    assert rewards[11] is None
+    # S_l / 100 at the same lengths: 3x keeps a third, a third gets nothing; here both get 0.
+    assert length_reward([said(" ".join(["word"] * 300)), said(" ".join(["word"] * 34))], [100, 100]) == \
+        pytest.approx([1 / 3, 0.0], abs=0.03)
+    assert log_ratio_reward(100, 300) == pytest.approx(0.0, abs=1e-12) and log_ratio_reward(100, 0) == 0.0
 
 
 def test_quality_reward_is_s_q_over_100_from_the_judge(tmp_path):
@@ -66,6 +84,10 @@ def test_reward_functions_take_the_weights_and_leave_out_zeros():
     # Under 10 completion tokens the default buffer is one token, never 0 (which the check refuses).
     (overlong,), _ = reward_functions(OmegaConf.structured(RewardConfig(length=0.0, overlong=1.0)), 8)
     assert overlong(completion_ids=[[0] * 7, [0] * 8]) == pytest.approx([0.0, -1.0])
+    (length,), _ = reward_functions(OmegaConf.structured(RewardConfig(length_kind="log_ratio")), 100)
+    assert length is length_log_ratio_reward and length.__name__ == "length_log_ratio_reward"
+    with pytest.raises(UserError, match="reward.length_kind must be one of s_l, log_ratio, got 'linear'"):
+        reward_functions(OmegaConf.structured(RewardConfig(length_kind="linear")), 100)
 
 
 def test_prompts_come_with_their_required_lengths(tmp_path):
@@ -119,6 +141,7 @@ def test_max_completion_length_follows_the_longest_required_length():
     ("+trainer.args.reward_weights=[1.0]", "set the weights as reward.length"),
     ("trainer.args.num_generations=3", "trainer.args:"),
     ("data=pairs", "trainer=grpo samples its own answers"),
+    ("reward.length_kind=linear", "reward.length_kind must be one of"),
 ])
 def test_bad_grpo_settings_fail_at_start(override, message):
     cfg = compose_lw("trainer=grpo", "trainer.init_from=runs/x/model", override)

@@ -10,7 +10,10 @@ from conftest import compose_lw, run_lw
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 
 from lw.eval.judge import DIMENSIONS
-from lw.pairs import combine, read_prompts, required_length, run_dpo_pairs, select_pair
+import math
+
+from lw.pairs import (best_is_shared, closeness, combine, read_prompts, required_length, run_dpo_pairs,
+                      select_pair)
 from lw.tracking import Tracker
 from lw.words import count_words, length_score
 
@@ -95,6 +98,37 @@ def test_dropped_pairs():
     margin = [60.0, 58.0, 10.0][chosen] - [60.0, 58.0, 10.0][rejected]
     assert select_pair([60.0, 58.0, 10.0], 0, "p", min_margin=margin) == (None, None, "margin")
     assert select_pair([60.0, 58.0, 10.0], 0, "p", min_margin=margin - 0.5)[2] is None
+
+
+def test_closeness_is_symmetric_in_the_log_ratio():
+    assert closeness(100, 100) == 0.0
+    assert closeness(100, 200) == pytest.approx(-math.log(2)) == closeness(100, 50)
+    assert closeness(300, 10) < closeness(300, 90) < closeness(300, 100)  # all S_l = 0: nearer ranks higher
+    assert closeness(100, 500) < closeness(100, 450)  # and past 4x, where S_l is 0 too
+    assert closeness(100, 0) == -math.inf
+
+
+def test_a_shared_best_is_broken_by_closeness():
+    """Every sample under a third of the length scores S_l = 0: the nearest is chosen, not a dropped tie."""
+    produced = [10, 90, 40, 60]  # of 300 words asked
+    scores = [length_score(300, n) for n in produced]
+    assert scores == [0.0] * 4 and best_is_shared(scores)
+    near = [closeness(300, n) for n in produced]
+    assert select_pair(scores, 0, "p") == (None, None, "tie")  # without the tie-break, as before
+    for seed in range(10):
+        chosen, rejected, reason = select_pair(scores, seed, "p", near=near)
+        assert reason is None and chosen == 1 and rejected in (0, 2, 3)
+    assert {select_pair(scores, seed, "p", near=near)[1] for seed in range(20)} == {0, 2, 3}
+    # Only the shared best is reordered: a unique best stays chosen however far it is.
+    assert select_pair([70.0, 40.0, 40.0], 0, "p", near=[-2.0, -0.1, -0.5])[0] == 0
+    # Equally near and equally scored: still a tie; an empty (-inf) sample among them too.
+    assert select_pair([0.0, 0.0, 0.0], 0, "p", near=[-1.0, -1.0, -3.0]) == (None, None, "tie")
+    assert select_pair([0.0, 0.0], 0, "p", near=[-math.inf, -math.inf]) == (None, None, "tie")
+    # A rejected equal in score but less near has no score margin: dropped only when one is asked for.
+    assert select_pair([0.0, 0.0], 0, "p", near=[-0.5, -1.0]) == (0, 1, None)
+    assert select_pair([0.0, 0.0], 0, "p", min_margin=1.0, near=[-0.5, -1.0]) == (None, None, "margin")
+    assert select_pair([50.0, 50.0, 10.0], 0, "p", min_margin=45.0, near=[-0.5, -1.0, -2.0])[2] is not None
+    assert not best_is_shared([80.0, 20.0, None]) and not best_is_shared([None, 5.0]) and best_is_shared([5.0, 5.0])
 
 
 # --- prompts files ---------------------------------------------------------------------------------
@@ -193,6 +227,33 @@ def test_length_rule_without_judge_on_an_api_model(tmp_path):
     assert metrics["pairs/mean_chosen_score"] == 100.0
 
 
+def test_long_prompts_whose_samples_all_fall_short_still_give_pairs(tmp_path):
+    """Every sample under a third of the asked length scores S_l = 0: the nearest is chosen and the
+    tie counted as broken, where it used to be dropped."""
+    words = {"a": [5, 60, 20, 40], "b": [10, 30, 300, 500]}  # of 300 and 100 words asked
+    asked: dict[str, int] = {}
+
+    def writer(body, attempt):
+        pid = "a" if "tea" in user_text(body) else "b"
+        asked[pid] = asked.get(pid, -1) + 1
+        return Reply(" ".join(["word"] * words[pid][asked[pid]]))
+
+    path = prompts_file(tmp_path, [{"id": "a", "prompt": "Write 300 words on tea"},
+                                   {"id": "b", "prompt": "Write 100 words on rivers"}])
+    with OpenAIServer(writer) as server:
+        cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", "generation=openai",
+                         f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null",
+                         "generation.concurrency=1")
+        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+    pairs = {p["id"]: p for p in (json.loads(line) for line in (tmp_path / "run/pairs.jsonl").open())}
+    assert count_words(pairs["a"]["chosen"]) == 60 and count_words(pairs["a"]["rejected"]) in (5, 20, 40)
+    assert "by S_l=0.0 (a shared best, the nearest to the length)" in pairs["a"]["reason"]
+    # b's best is unique (S_l 33 at 3x): chosen by S_l, though 30 words are nearer in log ratio.
+    assert count_words(pairs["b"]["chosen"]) == 300 and "shared" not in pairs["b"]["reason"]
+    assert metrics["pairs/tied_by_score"] == 1 and metrics["pairs/ties_broken_by_length"] == 1
+    assert metrics["pairs/pairs"] == 2 and metrics["pairs/dropped_tie"] == 0
+
+
 def test_an_empty_answer_is_a_failed_sample_never_a_rejected_one(tmp_path):
     """rule=length scores an empty answer S_l = 0, which would make it the easiest rejected answer of
     all; it is a failed sample instead, so a prompt left with one answer gives no pair."""
@@ -229,6 +290,7 @@ def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
     samples = [json.loads(line)["id"] for line in (tmp_path / "run/pairs/samples.jsonl").open()]
     assert sorted(samples) == [f"longbench_write-{i}#{k}" for i in range(3) for k in range(2)]
     assert metrics["pairs/dropped_tie"] == 3  # every prompt's two answers are equally long
+    assert metrics["pairs/tied_by_score"] == 3 and metrics["pairs/ties_broken_by_length"] == 0  # and equally near
 
 
 # --- end to end through `python -m lw` on the tiny model, judged on loopback -----------------------

@@ -32,6 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
+from lw.rewards import length_function
 from lw.train import fit_and_save
 from lw.words import count_words
 
@@ -66,6 +67,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> GRPOConfig:
     args = dict(trainer.args)
     if "reward_weights" in args:
         raise UserError("trainer.args.reward_weights: set the weights as reward.length, reward.quality, ... instead")
+    length_function(cfg.reward.length_kind)  # a bad reward.length_kind fails before the model loads
     args.setdefault("use_cpu", not torch.cuda.is_available())
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
