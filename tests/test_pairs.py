@@ -227,24 +227,30 @@ def test_length_rule_without_judge_on_an_api_model(tmp_path):
     assert metrics["pairs/mean_chosen_score"] == 100.0
 
 
-def test_long_prompts_whose_samples_all_fall_short_still_give_pairs(tmp_path):
-    """Every sample under a third of the asked length scores S_l = 0: the nearest is chosen and the
-    tie counted as broken, where it used to be dropped."""
-    words = {"a": [5, 60, 20, 40], "b": [10, 30, 300, 500]}  # of 300 and 100 words asked
+def run_scripted_pairs(tmp_path, prompts, words, *overrides):
+    """task=dpo_pairs against a loopback server whose k-th answer to a prompt has words[key][k] words,
+    the key being the first of `words` found in the prompt; returns the task's metrics."""
     asked: dict[str, int] = {}
 
     def writer(body, attempt):
-        pid = "a" if "tea" in user_text(body) else "b"
-        asked[pid] = asked.get(pid, -1) + 1
-        return Reply(" ".join(["word"] * words[pid][asked[pid]]))
+        key = next(k for k in words if k in user_text(body))
+        asked[key] = asked.get(key, -1) + 1
+        return Reply(" ".join(["word"] * words[key][asked[key]]))
 
-    path = prompts_file(tmp_path, [{"id": "a", "prompt": "Write 300 words on tea"},
-                                   {"id": "b", "prompt": "Write 100 words on rivers"}])
+    path = prompts_file(tmp_path, prompts)
     with OpenAIServer(writer) as server:
-        cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", "generation=openai",
-                         f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null",
-                         "generation.concurrency=1")
-        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+        cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", *overrides,
+                         "generation=openai", f"generation.base_url={server.base_url}", "generation.model=m",
+                         "generation.api_key_env=null", "generation.concurrency=1")
+        return run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+
+
+def test_long_prompts_whose_samples_all_fall_short_still_give_pairs(tmp_path):
+    """Every sample under a third of the asked length scores S_l = 0: the nearest is chosen and the
+    tie counted as broken, where it used to be dropped."""
+    metrics = run_scripted_pairs(tmp_path, [{"id": "a", "prompt": "Write 300 words on tea"},
+                                            {"id": "b", "prompt": "Write 100 words on rivers"}],
+                                 {"tea": [5, 60, 20, 40], "rivers": [10, 30, 300, 500]})  # of 300 and 100 asked
     pairs = {p["id"]: p for p in (json.loads(line) for line in (tmp_path / "run/pairs.jsonl").open())}
     assert count_words(pairs["a"]["chosen"]) == 60 and count_words(pairs["a"]["rejected"]) in (5, 20, 40)
     assert "by S_l=0.0 (a shared best, the nearest to the length)" in pairs["a"]["reason"]
@@ -257,21 +263,9 @@ def test_long_prompts_whose_samples_all_fall_short_still_give_pairs(tmp_path):
 def test_an_empty_answer_is_a_failed_sample_never_a_rejected_one(tmp_path):
     """rule=length scores an empty answer S_l = 0, which would make it the easiest rejected answer of
     all; it is a failed sample instead, so a prompt left with one answer gives no pair."""
-    words = {"tea": [0, 0, 20], "rivers": [0, 20, 10]}  # sample k of each prompt, in the order asked
-    asked: dict[str, int] = {}
-
-    def writer(body, attempt):
-        topic = "tea" if "tea" in user_text(body) else "rivers"
-        asked[topic] = asked.get(topic, -1) + 1
-        return Reply(" ".join(["word"] * words[topic][asked[topic]]))
-
-    path = prompts_file(tmp_path, [{"id": "a", "prompt": "Write 20 words on tea"},
-                                   {"id": "b", "prompt": "Write 20 words on rivers"}])
-    with OpenAIServer(writer) as server:
-        cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", "pairs.samples=3",
-                         "generation=openai", f"generation.base_url={server.base_url}", "generation.model=m",
-                         "generation.api_key_env=null", "generation.concurrency=1")
-        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+    metrics = run_scripted_pairs(tmp_path, [{"id": "a", "prompt": "Write 20 words on tea"},
+                                            {"id": "b", "prompt": "Write 20 words on rivers"}],
+                                 {"tea": [0, 0, 20], "rivers": [0, 20, 10]}, "pairs.samples=3")
     assert metrics["pairs/samples_failed"] == 3 and metrics["pairs/dropped_failed"] == 1
     (pair,) = [json.loads(line) for line in (tmp_path / "run/pairs.jsonl").open()]
     assert pair["id"] == "b" and count_words(pair["chosen"]) == 20 and count_words(pair["rejected"]) == 10
