@@ -245,11 +245,48 @@ def _judge(cfg, run_dir: Path):
     return Judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), run_dir / "pairs" / "judgements.jsonl")
 
 
+def score_samples(q: dict, by_id: dict, judgements: dict, p) -> tuple[list[dict], list[float | None]]:
+    """One prompt's samples scored (S_l, S_q, the rule's score; None for an empty answer or a missing
+    S_q the rule needs) and each sample's closeness to the required length (None without one)."""
+    from lw.eval.judge import OK  # imported where a task runs, as run_dpo_pairs does
+    from lw.eval.scoring import quality_scores
+
+    sample_scores, near = [], []
+    for k in range(p.samples):
+        row = by_id[f"{q['id']}#{k}"]
+        produced = count_words(row["response"])
+        s_l = length_score(q["length"], produced) if q["length"] is not None else None
+        j = judgements.get(row["id"])
+        s_q = quality_scores([j])["S_q"] if j is not None and j["status"] == OK else None
+        score = combine(p.rule, s_l, s_q) if row["response"].strip() else None
+        near.append(closeness(q["length"], produced) if q["length"] is not None else None)
+        sample_scores.append({"k": k, "produced": produced, "S_l": _round(s_l), "S_q": _round(s_q),
+                              "score": _round(score), "judge_status": j["status"] if j else None})
+    return sample_scores, near
+
+
+def pair_record(q: dict, sample_scores: list[dict], chosen: int, rejected: int, shared: bool, by_id: dict,
+                rule_name: str) -> dict:
+    """The line of pairs.jsonl for one prompt: both answers, every sample's scores and why this pair."""
+    rule = RULE_NAMES[rule_name] if q["length"] is not None else "S_q (no required length)"
+    best, worse = sample_scores[chosen]["score"], sample_scores[rejected]["score"]
+    scored = sum(1 for s in sample_scores if s["score"] is not None)
+    return {
+        "id": q["id"], "prompt": q["prompt"],
+        "chosen": by_id[f"{q['id']}#{chosen}"]["response"],
+        "rejected": by_id[f"{q['id']}#{rejected}"]["response"],
+        "required_length": q["length"], "length_source": q["source"],
+        "scores": sample_scores, "chosen_index": chosen, "rejected_index": rejected,
+        "reason": f"best of {scored} by {rule}={best:.1f}"
+                  f"{' (a shared best, the nearest to the length)' if shared else ''}; rejected "
+                  f"({worse:.1f}) drawn among {scored - 1} others",
+    }
+
+
 def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     """task=dpo_pairs: sample, score, choose and reject; pairs.jsonl, pairs_stats.json, the plot."""
     from lw.eval.generate import build_backend, generate
-    from lw.eval.judge import FAILED, OK
-    from lw.eval.scoring import quality_scores
+    from lw.eval.judge import FAILED
 
     _check(cfg)
     p = cfg.pairs
@@ -290,19 +327,9 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     drops = {"failed": 0, "tie": 0, "margin": 0}
     samples_failed = tied_by_score = ties_broken = 0
     for q in scorable:
-        sample_scores, near = [], []
-        for k in range(p.samples):
-            row = by_id[f"{q['id']}#{k}"]
-            produced = count_words(row["response"])
-            s_l = length_score(q["length"], produced) if q["length"] is not None else None
-            j = judgements.get(row["id"])
-            s_q = quality_scores([j])["S_q"] if j is not None and j["status"] == OK else None
-            score = combine(p.rule, s_l, s_q) if row["response"].strip() else None
-            samples_failed += score is None
-            near.append(closeness(q["length"], produced) if q["length"] is not None else None)
-            sample_scores.append({"k": k, "produced": produced, "S_l": _round(s_l), "S_q": _round(s_q),
-                                  "score": _round(score), "judge_status": j["status"] if j else None})
+        sample_scores, near = score_samples(q, by_id, judgements, p)
         scores = [s["score"] for s in sample_scores]
+        samples_failed += sum(score is None for score in scores)
         # S_q ranks by quality alone (rule=quality, or no required length): its ties stay ties.
         near = near if p.rule != "quality" and q["length"] is not None else None
         chosen, rejected, reason = select_pair(scores, cfg.seed, q["id"], p.min_margin, near)
@@ -312,19 +339,8 @@ def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         if reason:
             drops[reason] += 1
             continue
-        rule = RULE_NAMES[p.rule] if q["length"] is not None else "S_q (no required length)"
+        records.append(pair_record(q, sample_scores, chosen, rejected, shared, by_id, p.rule))
         best, worse = sample_scores[chosen]["score"], sample_scores[rejected]["score"]
-        scored = sum(1 for s in sample_scores if s["score"] is not None)
-        records.append({
-            "id": q["id"], "prompt": q["prompt"],
-            "chosen": by_id[f"{q['id']}#{chosen}"]["response"],
-            "rejected": by_id[f"{q['id']}#{rejected}"]["response"],
-            "required_length": q["length"], "length_source": q["source"],
-            "scores": sample_scores, "chosen_index": chosen, "rejected_index": rejected,
-            "reason": f"best of {scored} by {rule}={best:.1f}"
-                      f"{' (a shared best, the nearest to the length)' if shared else ''}; rejected "
-                      f"({worse:.1f}) drawn among {scored - 1} others",
-        })
         chosen_scores.append(best)
         rejected_scores.append(worse)
         plot_points.append((best, worse, q["source"]))
