@@ -14,7 +14,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lw.config import register_configs
+from lw.config import option_name, register_configs
 from lw.launch.topology import node_suffix
 from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMistake, one_line
 from lw.tracking import is_secret_key
@@ -55,7 +55,7 @@ def run_name(overrides, excluded=(), task: str = "train") -> str:
             if key.rsplit(".", 1)[-1] in PATH_SETTINGS or ("/" in value and "://" not in value):
                 value = short_path(value)
             items.append(f"{key}-{value}")
-    task = str(getattr(task, "value", task)).removeprefix("Task.")
+    task = option_name(task).removeprefix("Task.")
     joined = "+".join(([task] if task and task != "train" else []) + sorted(items))
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", joined).strip("_") or "default"
     if len(name) > 120:  # keep paths short; the hash keeps distinct runs distinct

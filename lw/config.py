@@ -15,6 +15,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+def option_name(option) -> str:
+    """The string of a config option, whether OmegaConf gives it as an Enum member or a plain string."""
+    return str(getattr(option, "value", option))
+
+
 class Task(str, Enum):
     """What a run does; each member maps to one function in lw.pipeline.TASKS."""
 

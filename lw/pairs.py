@@ -229,20 +229,10 @@ def _check(cfg) -> None:
 
 def _judge(cfg, run_dir: Path):
     """The quality judge (None with judge=none), its judgements appended to the run's own
-    pairs/judgements.jsonl (so the run resumes whatever judge.cache says). Its template is
-    judge.template, else LongBench-Write's judge.txt (from the first longbench_write eval entry's data_dir, else the
-    official file)."""
-    from lw.config import BenchmarkConfig
-    from lw.eval.judge import Judge
-    from lw.eval.run import judge_prompt_template
+    pairs/judgements.jsonl (so the run resumes whatever judge.cache says)."""
+    from lw.eval.run import longbench_judge
 
-    if cfg.judge.kind == "none":
-        return None
-    bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
-                     BenchmarkConfig(kind="longbench_write"))
-    if cfg.judge.kind != "openai":
-        raise UserError(f"unknown judge.kind {cfg.judge.kind!r}; choose none or openai")
-    return Judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), run_dir / "pairs" / "judgements.jsonl")
+    return longbench_judge(cfg, run_dir / "pairs" / "judgements.jsonl")
 
 
 def score_samples(q: dict, by_id: dict, judgements: dict, p) -> tuple[list[dict], list[float | None]]:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lw.agentwrite import run_agentwrite
-from lw.config import Task
+from lw.config import Task, option_name
 from lw.errors import EXIT_DONE, EXIT_INCOMPLETE, Incomplete, UserError
 from lw.eval.benchmarks import load_items
 from lw.pairs import run_dpo_pairs
@@ -232,7 +232,7 @@ def run_score(cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenizer=None) 
 
 
 def _result_rows(cfg: DictConfig, name: str, rows: list[dict]) -> list[dict]:
-    trainer = str(getattr(cfg.trainer.kind, "value", cfg.trainer.kind)) if cfg.task == Task.train else "none"
+    trainer = option_name(cfg.trainer.kind) if cfg.task == Task.train else "none"
     return [{"run": cfg.run_name, "trainer": trainer, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
              "seed": cfg.seed, "required": r["length"], "produced": r["produced"], "S_l": round(r["S_l"], 4)}
             for r in rows]

@@ -49,6 +49,7 @@ from lw.models import (apply_config_overrides, attention_implementation, flash_a
                        parameter_counts)
 from lw.train.registry import trainer_for
 from lw.errors import UserError
+from lw.config import option_name
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ GIB = 1024**3
 
 
 def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
-    if str(getattr(cfg.task, "value", cfg.task)) == "eval":  # nothing trained: no training plan (lw/plan_eval.py)
+    if option_name(cfg.task) == "eval":  # nothing trained: no training plan (lw/plan_eval.py)
         from lw.plan_eval import build_eval_plan, format_eval_plan
 
         plan = build_eval_plan(cfg)
@@ -112,7 +113,7 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                       "activation_checkpointing": bool(args.activation_checkpointing)},
         "attention": attention,
         "deepspeed": deepspeed,
-        "trainer": {"kind": str(getattr(cfg.trainer.kind, "value", cfg.trainer.kind)),
+        "trainer": {"kind": option_name(cfg.trainer.kind),
                     "sequences_per_example": shape.get("sequences_per_example", 1),
                     **{k: shape[k] for k in ("reference", "generation") if k in shape}},
         "memory": memory,

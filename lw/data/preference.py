@@ -28,6 +28,7 @@ from lw.data.sources import BadSample, choose, mix_sizes, read_source, remove_ze
 from lw.jsonl import write_jsonl
 from lw.models.chat_format import get_chat_format
 from lw.errors import UserError
+from lw.config import option_name
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def to_pair(row: Any, where: str) -> dict:
 
 
 def clean_pairs(rows: Iterable[tuple[str, Any]], on_bad_sample: str, stats: Counter) -> Iterator[dict]:
-    drop = str(getattr(on_bad_sample, "value", on_bad_sample)) == "drop"
+    drop = option_name(on_bad_sample) == "drop"
     for where, row in rows:
         stats["pairs_in"] += 1
         try:
@@ -90,7 +91,7 @@ def clean_pairs(rows: Iterable[tuple[str, Any]], on_bad_sample: str, stats: Coun
 
 def load_pairs(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
     """Checked pairs of data.path / data.hub_id (source=pairs), or of every source of data.mix."""
-    source = str(getattr(data_cfg.source, "value", data_cfg.source))
+    source = option_name(data_cfg.source)
     if source == "pairs":
         yield from clean_pairs(read_source(data_cfg, "data"), data_cfg.on_bad_sample, stats)
     elif source == "mix":

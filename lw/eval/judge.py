@@ -312,11 +312,15 @@ class Judge:
             return read_resumable(self.cache_path, key="key")
 
 
-def build_judge(judge_cfg, template: str, cache_dir: str) -> Judge | None:
+def build_judge(judge_cfg, template: str, cache_dir: str, cache_path: Path | None = None) -> Judge | None:
+    """The judge of judge_cfg; its cache is cache_path if given, else one file per judge model under
+    cache_dir/judge (judge.cache=false: none)."""
     if judge_cfg.kind == "none":
         return None
     if judge_cfg.kind != "openai":
         raise UserError(f"unknown judge.kind {judge_cfg.kind!r}; choose none or openai")
+    if cache_path is not None:
+        return Judge(judge_cfg, template, cache_path)
     cache = None
     if judge_cfg.cache:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", judge_cfg.model or "judge")

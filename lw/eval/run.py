@@ -24,14 +24,27 @@ def metric_prefix(kind: str, name: str) -> str:
     return "ruler" if kind in RULER_KINDS else name
 
 
-def judge_for(cfg, bench_cfg):
+def judge_for(cfg, bench_cfg, cache_path: Path | None = None):
     """The quality judge of a LongBench-Write benchmark (None without a judge or for the ruler).
 
-    Built before generation, so a missing key or template fails before hours of sampling.
+    Built before generation, so a missing key or template fails before hours of sampling. Its
+    judgements are cached by judge model under cache_dir/judge, or appended to cache_path when given.
     """
     if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
         return None
-    return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir)
+    return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir, cache_path)
+
+
+def longbench_judge(cfg, cache_path: Path | None = None):
+    """The judge of a stage outside evaluation (DPO pairs, GRPO's quality reward): the template of the
+    first longbench_write eval entry (its data_dir or judge.template), else the official judge.txt."""
+    from omegaconf import OmegaConf
+
+    from lw.config import BenchmarkConfig
+
+    bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
+                     OmegaConf.structured(BenchmarkConfig(kind="longbench_write")))
+    return judge_for(cfg, bench_cfg, cache_path)
 
 
 def judge_prompt_template(cfg, bench_cfg) -> str:

@@ -23,6 +23,7 @@ from lw.data.settings import max_length_of
 from lw.models import attention_implementation, local_device
 from lw.train import fit_and_save
 from lw.errors import UserError
+from lw.config import option_name
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 
@@ -42,7 +43,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
     if trainer.init_from is None and cfg.model.path is None:
         raise UserError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
                          "(or model.path)")
-    if str(getattr(trainer.loss_weighting, "value", trainer.loss_weighting)) != "token_mean" \
+    if option_name(trainer.loss_weighting) != "token_mean" \
             or trainer.eos_loss_weight != 1.0:
         raise UserError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
                          "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")

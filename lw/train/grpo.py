@@ -35,6 +35,7 @@ from lw.models.chat_format import get_chat_format
 from lw.rewards import length_function
 from lw.train import fit_and_save
 from lw.words import count_words
+from lw.config import option_name
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +47,18 @@ REWARD_CURVE = "reward_curve.png"
 TRAIN_LOG = "train_log.json"  # TRL's log history: the reward, each reward's mean, completion lengths per step
 
 
-def _value(option) -> str:
-    return str(getattr(option, "value", option))
-
-
 def training_args(cfg, output_dir: Path, report_to: str) -> GRPOConfig:
     """GRPOConfig from `trainer.args`; a bad option or a setting GRPO cannot honour fails here, at start."""
     trainer = cfg.trainer
     if trainer.init_from is None and cfg.model.path is None:
         raise UserError("trainer=grpo starts from a trained model: set trainer.init_from=runs/NAME/model "
                         "(or model.path: a base or SFT checkpoint)")
-    if _value(trainer.loss_weighting) != "token_mean" or trainer.eos_loss_weight != 1.0:
+    if option_name(trainer.loss_weighting) != "token_mean" or trainer.eos_loss_weight != 1.0:
         raise UserError("trainer=grpo: the loss is TRL's GRPO loss (trainer.args.loss_type); keep "
                         "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")
     if cfg.data.pack_length is not None:
         raise UserError("trainer=grpo trains on its own completions, one per row: set data.pack_length=null")
-    if _value(cfg.data.source) == "pairs":
+    if option_name(cfg.data.source) == "pairs":
         raise UserError("trainer=grpo samples its own answers to prompts: set data=prompts data.path=FILE, "
                         "data=toy, or a messages source whose user turns are the prompts")
     args = dict(trainer.args)
@@ -83,7 +80,7 @@ def prompt_rows(cfg) -> tuple[list[dict], Counter]:
     from lw.pairs import read_prompts, required_length
 
     data_cfg = cfg.data
-    source = _value(data_cfg.source)
+    source = option_name(data_cfg.source)
     if source == "toy":
         from lw.data import toy
 
@@ -207,7 +204,7 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
 
 def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
-    from lw.eval.run import judge_for
+    from lw.eval.run import longbench_judge
     from lw.rewards import reward_functions
 
     args = training_args(cfg, output_dir / "checkpoints", report_to)
@@ -221,16 +218,7 @@ def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, call
         raise UserError(f"trainer=grpo renders prompts with the chat format's template; {cfg.model.chat_format} "
                         f"has none: choose model.chat_format=llama3_1 or glm4")
     tokenizer.chat_template = template
-    judge = None
-    if float(cfg.reward.quality) != 0:
-        from omegaconf import OmegaConf
-
-        from lw.config import BenchmarkConfig
-
-        # The judge template of the first LongBench-Write eval entry (its data_dir), else the official one.
-        bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
-                         OmegaConf.structured(BenchmarkConfig(kind="longbench_write")))
-        judge = judge_for(cfg, bench_cfg)
+    judge = longbench_judge(cfg) if float(cfg.reward.quality) != 0 else None
     funcs, weights = reward_functions(cfg.reward, args.max_completion_length, judge)
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lw.errors import UserError
+from lw.config import option_name
 
 WEIGHTINGS = ("token_mean", "sequence_mean", "pack_mean", "pack_sequences_over_30")
 # The released training code's fixed divisor: DataCollatorForLMPackDataset sets a pack's loss
@@ -38,7 +39,7 @@ _PACK_ITEMS = ("pack_mean", "pack_sequences_over_30")
 
 
 def _weighting(weighting) -> str:
-    weighting = str(getattr(weighting, "value", weighting))
+    weighting = option_name(weighting)
     if weighting not in WEIGHTINGS:
         raise UserError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     return weighting

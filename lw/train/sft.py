@@ -16,6 +16,7 @@ from lw.models import attention_implementation, local_device, use_attention
 from lw.train import fit_and_save
 from lw.train.loss import count_items, lm_loss
 from lw.errors import UserError
+from lw.config import option_name
 
 
 class LwSFTTrainer(SFTTrainer):
@@ -29,7 +30,7 @@ class LwSFTTrainer(SFTTrainer):
     def __init__(self, *args, eos_loss_weight: float = 1.0, loss_weighting: str = "token_mean", **kwargs):
         super().__init__(*args, **kwargs)
         self.eos_loss_weight = eos_loss_weight
-        self.loss_weighting = str(getattr(loss_weighting, "value", loss_weighting))
+        self.loss_weighting = option_name(loss_weighting)
 
     @property
     def loss_is_scaled_for_ga(self) -> bool | None:
