@@ -33,7 +33,7 @@ def model_config(choice="auto", architecture="llama"):
 ])
 def test_auto_takes_a_per_sample_implementation_for_packs_on_a_gpu_only(monkeypatch, device, packing, training,
                                                                         flash, expected):
-    monkeypatch.setattr("lw.models.flash_attention_installed", lambda: flash)
+    monkeypatch.setattr("lw.models.attention.flash_attention_installed", lambda: flash)
     assert attention_implementation(model_config("auto"), device, packing=packing, training=training) == expected
     assert attention_implementation(model_config(None), device, packing=packing, training=training) == expected
 
@@ -56,7 +56,7 @@ def test_an_explicit_choice_that_cannot_run_is_refused_in_one_line(choice, devic
 
 
 def test_flash_attention_without_its_package_is_refused(monkeypatch):
-    monkeypatch.setattr("lw.models.flash_attention_installed", lambda: False)
+    monkeypatch.setattr("lw.models.attention.flash_attention_installed", lambda: False)
     with pytest.raises(UserError, match="flash-attn package is not installed.*pick auto"):
         attention_implementation(model_config("flash_attention_2"), "cuda", packing=True, training=True)
 
@@ -75,7 +75,7 @@ def test_training_on_packs_switches_the_model_built_for_generation(monkeypatch, 
 
     from lw.train.sft import build_trainer
 
-    monkeypatch.setattr("lw.models.flash_attention_installed", lambda: False)
+    monkeypatch.setattr("lw.models.attention.flash_attention_installed", lambda: False)
     cfg = compose_lw("data.pack_length=64", f"cache_dir={tmp_path / 'cache'}")
     tokenizer = tiny_tokenizer(tmp_path / "cache")
     model = build_model(cfg.model, tokenizer)
@@ -88,7 +88,7 @@ def test_training_on_packs_switches_the_model_built_for_generation(monkeypatch, 
     build_trainer(cfg, model, tokenizer, rows, tmp_path / "run", "none")
     assert model.config._attn_implementation == "sdpa"
     # The distributed worker builds its model for packed training on its own device at once.
-    monkeypatch.setattr("lw.models.local_device", lambda use_cpu=False: "cuda")
+    monkeypatch.setattr("lw.models.loading.local_device", lambda use_cpu=False: "cuda")
     assert build_model(cfg.model, tokenizer, packing=True, training=True).config._attn_implementation == "flex_attention"
 
 

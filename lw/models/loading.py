@@ -1,0 +1,95 @@
+"""Loading models and tokenizers: the real hub models and the tiny CPU stand-in, one code path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from lw.errors import UserError
+from lw.models.attention import attention_implementation, local_device
+from lw.models.tiny import tiny_model_config, tiny_tokenizer
+
+T = TypeVar("T")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UserError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
+
+
+def load_pretrained(load: Callable[[], T], path: str, setting: str = "model.path") -> T:
+    """`load()`, a from_pretrained of `path` (a local checkpoint or a hub id), with a failure to find
+    or download it as one line: what was asked, where the hub cache is, and the local alternative."""
+    from huggingface_hub import constants
+
+    try:
+        return load()
+    except (OSError, ValueError) as err:  # not found, offline, gated, a malformed id
+        local = Path(path).expanduser()
+        if local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
+            where = "no such directory" if not local.exists() else \
+                f"not a complete checkpoint ({str(err).splitlines()[0][:200]})"
+            raise UserError(f"{setting}={path}: {where}; set {setting} to a checkpoint directory (config.json, "
+                            f"weights, tokenizer) or a hub id") from None
+        raise UserError(f"{setting}={path}: could not load it from the Hugging Face hub "
+                        f"({str(err).splitlines()[0][:200]}); the hub cache is {constants.HF_HUB_CACHE}: offline, fill "
+                        f"it on a machine online (`hf download {path}`) or set {setting} to a local "
+                        f"checkpoint directory") from None
+
+
+def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
+    """The tokenizer of `path` (a checkpoint) or of the configured model."""
+    path = path or model_cfg.path
+    if path is None:
+        return tiny_tokenizer(cache_dir, model_cfg.tiny.family if model_cfg.tiny is not None else "word")
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
+                                path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation pads on the left; training collators pad themselves
+    return tokenizer
+
+
+def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0, packing: bool = False,
+                training: bool = False) -> PreTrainedModel:
+    """Load `path` (or model.path), or build the tiny model with random weights from `seed`, with the
+    attention implementation for this device and use (`packing`: trained on padding-free packs)."""
+    path = path or model_cfg.path
+    dtype = _dtype(model_cfg.dtype)
+    kwargs = {"attn_implementation": attention_implementation(model_cfg, local_device(), packing=packing,
+                                                              training=training)}
+    if path is None:
+        if model_cfg.tiny is None:
+            raise UserError("model.path is null and model.tiny is not set: nothing to build")
+        torch.manual_seed(seed)
+        config = tiny_model_config(model_cfg.tiny, tokenizer)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
+                             path)
+    config = apply_config_overrides(config, model_cfg)
+    return load_pretrained(lambda: AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, **kwargs), path)
+
+
+def apply_config_overrides(config, model_cfg):
+    """The transformers config with `model.config_overrides` set on it (GLM-4's seq_length for 32k packs)."""
+    for key, value in model_cfg.config_overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def parameter_counts(hf_config) -> dict:
+    """Parameters of the model built on the meta device: exact counts, no memory, no weights."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    embedding = model.get_input_embeddings().weight.numel()
+    return {"total": total, "largest_layer": largest, "embedding": embedding}
