@@ -11,7 +11,7 @@ from lw.data.preference import build_preference_dataset, tokenize_pairs
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
 from lw.models.tiny import tiny_tokenizer
-from lw.toy_words import TOPIC_NOUNS
+from lw.data.toy_words import TOPIC_NOUNS
 
 from conftest import compose_lw
 
@@ -270,7 +270,7 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
 def test_committed_dpo_miniature_results_say_what_its_readme_says():
     """experiments/dpo/README.md reports these S_l values; the committed results must give them."""
     from conftest import REPO
-    from lw.analysis import load_sweep, summarize
+    from lw.report.analysis import load_sweep, summarize
 
     summary = summarize(load_sweep(REPO / "experiments" / "dpo" / "results" / "cpu"))
     s_l = {(r.trainer, r.seed): round(r.S_l, 2) for r in summary.itertuples()}

@@ -200,7 +200,7 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
 def test_committed_grpo_miniature_results_say_what_its_readme_says():
     """experiments/grpo/README.md reports these plateaus and S_l values; the committed results must give them."""
     from conftest import REPO
-    from lw.analysis import load_sweep, summarize
+    from lw.report.analysis import load_sweep, summarize
 
     summary = summarize(load_sweep(REPO / "experiments" / "grpo" / "results" / "cpu"))
     found = {(r.trainer, r.cap, r.seed): (r.plateau_words, round(r.S_l, 1)) for r in summary.itertuples()}

@@ -12,9 +12,9 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO, run_lw
-from lw.analysis import load_sweep, summarize
-from lw.compare import main as compare_main
-from lw.compare import wandb_report
+from lw.report.analysis import load_sweep, summarize
+from lw.report.compare import main as compare_main
+from lw.report.compare import wandb_report
 from lw.tracking import read_offline_run
 
 NOTEBOOK = REPO / "notebooks" / "length_vs_data.ipynb"
@@ -121,7 +121,7 @@ def test_notebook_is_committed_without_outputs():
 
 def test_committed_cpu_results_show_the_finding_on_two_seeds():
     """experiments/length_bound/README.md claims the finding from results/cpu; the files must agree."""
-    from lw.analysis import finding_holds
+    from lw.report.analysis import finding_holds
 
     summary = summarize(load_sweep(REPO / "experiments" / "length_bound" / "results" / "cpu"))
     assert sorted(summary["cap"].unique()) == [25, 50, 100] and sorted(summary["seed"].unique()) == [0, 1]

@@ -8,7 +8,7 @@ package and a login); --dry-run builds it without saving.
 LongBench-Write (--benchmark longbench_write or longbench_write_en, e.g. after
 `lw experiment=longbench_write_table`): SWEEP_DIR/<benchmark>_table.md and .csv, the paper's
 layout (S, S_l, S_q overall and per length subset, one row per run) with the paper's reported
-numbers under each model that has them (lw/paper_results.py).
+numbers under each model that has them (lw/report/paper_results.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lw.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
-                         plot_length_vs_data, summarize)
+from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
+                                plot_length_vs_data, summarize)
 
 
 def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -43,7 +43,7 @@ def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = Non
 
 def write_longbench_table(sweep_dir: Path, benchmark: str = "longbench_write") -> tuple[Path, Path]:
     """SWEEP_DIR/<benchmark>_table.md and .csv: the paper's table for the sweep's runs."""
-    from lw.paper_results import SOURCE
+    from lw.report.paper_results import SOURCE
 
     table = longbench_table(load_longbench_runs(sweep_dir, benchmark))
     csv_path = sweep_dir / f"{benchmark}_table.csv"
@@ -52,7 +52,7 @@ def write_longbench_table(sweep_dir: Path, benchmark: str = "longbench_write") -
     markdown.write_text(
         f"# {sweep_dir.name}: {benchmark}\n\n"
         "S = (S_l + S_q) / 2; S_l the length score, S_q the judge's quality score (docs/science.md section 2). "
-        f"Rows marked paper: the paper's reported numbers ({SOURCE}; lw/paper_results.py), blank where "
+        f"Rows marked paper: the paper's reported numbers ({SOURCE}; lw/report/paper_results.py), blank where "
         "no source was at hand. `judged`: judgements scored / answers (the rest failed or never parsed).\n\n"
         + table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".1f", missingval="")
         + "\n")

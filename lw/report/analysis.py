@@ -183,8 +183,8 @@ def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write
 
 def longbench_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The paper's layout: one row per run, and under it the paper's reported numbers for that
-    model where lw.paper_results has them (blank cells where it has none)."""
-    from lw.paper_results import reported
+    model where lw.report.paper_results has them (blank cells where it has none)."""
+    from lw.report.paper_results import reported
 
     columns = [(s, m) for s, _ in TABLE_GROUPS for m in TABLE_METRICS]
     rows = []
