@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -16,11 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lw.config import option_name, register_configs
 from lw.launch.topology import node_suffix
-from lw.errors import EXIT_BUG, EXIT_INCOMPLETE, EXIT_USER, Incomplete, UserMistake, one_line
+from lw.errors import EXIT_INCOMPLETE, Incomplete, UserMistake, end_program, fail, one_line
 from lw.tracking import is_secret_key
-
-
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 # Settings that name a file or folder: their value enters run names by its last component.
 PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "plan_prompt",
@@ -141,29 +136,19 @@ def hydra_message(err: BaseException) -> str:
     return one_line(head).replace(".;", ";")
 
 
-def fail(message: str, status: int = EXIT_USER) -> None:
-    print(f"lw: error: {one_line(message)}", file=sys.stderr)
-    sys.exit(status)
-
-
 def end_run(err: Exception, full_error: bool) -> None:
     """Exit with the status that says what happened: 3 for an incomplete run, 2 and one line for a
-    user's mistake, 1 and the traceback for a bug (every traceback with HYDRA_FULL_ERROR=1)."""
+    user's mistake (Hydra's composition errors among them), 1 and the traceback for a bug (every
+    traceback with HYDRA_FULL_ERROR=1)."""
     from hydra.errors import HydraException
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(err, Incomplete):
         print(f"lw: incomplete: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_INCOMPLETE)
-    if isinstance(err, OSError) and err.errno in DISK_FULL and not full_error:
-        fail(f"cannot write {err.filename or 'a file'}: {err.strerror}; free disk space (or raise the quota) and "
-             f"rerun the same command: every record written before is kept, and a torn last line is dropped")
-    if isinstance(err, (UserMistake, HydraException, MissingMandatoryValue)) and not full_error:
+    if isinstance(err, (HydraException, MissingMandatoryValue)) and not full_error:
         fail(hydra_message(err) if isinstance(err, HydraException) else str(err))
-    if full_error:
-        raise err
-    traceback.print_exception(err)
-    sys.exit(EXIT_BUG)
+    end_program(err, "lw", full_error)
 
 
 def main() -> None:

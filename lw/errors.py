@@ -3,10 +3,18 @@
 A user's mistake (a bad setting, a bad or missing file, a missing key, an unreachable server, a
 failed download) raises one of the classes below with a message that says what is wrong and what to
 change; `lw` prints it as one line, `lw: error: ...`, and exits with status 2. Anything else is a
-bug and keeps its traceback.
+bug and keeps its traceback. The other commands (`lw-compare`) end the same way through
+`one_line_errors`.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
 
 # Exit statuses of `lw`.
 EXIT_DONE = 0  # every item of the run is done
@@ -48,3 +56,36 @@ SHOWN_FAILURES = 5  # failed items logged one by one; the rest are counted
 def one_line(text: str) -> str:
     """A message on one line: its lines joined by "; ", blank ones dropped."""
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def fail(message: str, prog: str = "lw", status: int = EXIT_USER) -> NoReturn:
+    """End the program with one line on stderr, `PROG: error: MESSAGE`."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    sys.exit(status)
+
+
+def end_program(err: Exception, prog: str, full_error: bool = False) -> NoReturn:
+    """Exit with the status that says what happened: 2 and one line for a user's mistake (a full
+    disk among them), 1 and the traceback for a bug; with `full_error`, every error raised again."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL and not full_error:
+        fail(f"cannot write {err.filename or 'a file'}: {err.strerror}; free disk space (or raise the quota) and "
+             f"rerun the same command: every record written before is kept, and a torn last line is dropped", prog)
+    if isinstance(err, UserMistake) and not full_error:
+        fail(str(err), prog)
+    if full_error:
+        raise err
+    traceback.print_exception(err)
+    sys.exit(EXIT_BUG)
+
+
+@contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """A command's body whose errors end it as `lw`'s do (end_program); HYDRA_FULL_ERROR=1, the
+    switch `lw` reads, shows every traceback here too."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 (sorted by end_program: one line for the user's, a traceback for bugs)
+        end_program(err, prog, full_error=os.environ.get("HYDRA_FULL_ERROR") == "1")

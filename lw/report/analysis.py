@@ -13,11 +13,29 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
-from lw.errors import MissingFile
+from lw.errors import MissingFile, UserError, one_line
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+
+# The columns the tables read from a results.csv; `trainer` may be absent (runs written before it).
+RESULTS_COLUMNS = ("run", "benchmark", "cap", "seed", "required", "produced", "S_l")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """One run's results.csv; a file that is not one is the user's to fix, named in one line."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a results.csv ({one_line(err)}); remove it from the sweep or rerun "
+                        "that run's evaluation") from None
+    missing = [column for column in RESULTS_COLUMNS if column not in frame]
+    if missing:
+        raise UserError(f"{path}: a results.csv needs the column(s) {', '.join(missing)}; remove it from the sweep "
+                        "or rerun that run's evaluation")
+    return frame
 
 
 def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFrame:
@@ -25,8 +43,11 @@ def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFr
     paths = sorted(Path(sweep_dir).glob("**/results.csv"))
     if not paths:
         raise MissingFile(f"no results.csv under {sweep_dir}")
-    frame = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    frame = pd.concat([read_results(p) for p in paths], ignore_index=True)
     if benchmark is not None:
+        if benchmark not in set(frame["benchmark"]):
+            raise UserError(f"no results.csv under {sweep_dir} has benchmark {benchmark} (it has "
+                            f"{', '.join(sorted(map(str, set(frame['benchmark']))))}); pick one of those with --benchmark")
         frame = frame[frame["benchmark"] == benchmark]
     frame["cap"] = frame["cap"].fillna(-1).astype(int)  # -1: uncapped
     if "trainer" not in frame:
@@ -164,7 +185,11 @@ def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write
 
     rows = []
     for metrics_path in sorted(Path(sweep_dir).glob("**/metrics.json")):
-        metrics = json.loads(metrics_path.read_text())
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{metrics_path}: not a metrics.json ({one_line(err)}); remove it from the sweep or "
+                            "rerun that run's evaluation") from None
         if f"{benchmark}/S_l" not in metrics:
             continue
         config_path = metrics_path.parent / ".hydra" / "config.yaml"

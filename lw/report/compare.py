@@ -17,6 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
+from lw.errors import UserError, fail, one_line_errors
 from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
                                 plot_length_vs_data, summarize)
 
@@ -61,7 +62,10 @@ def write_longbench_table(sweep_dir: Path, benchmark: str = "longbench_write") -
 
 def wandb_report(entity: str | None, project: str, group: str, save: bool):
     """A W&B report comparing the runs of one group (one sweep)."""
-    import wandb_workspaces.reports.v2 as wr
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError:
+        raise UserError("--wandb-report needs the wandb-workspaces package: pip install -e '.[report]'") from None
 
     runset = wr.Runset(entity=entity or "", project=project, name=group, filters=f"Group = '{group}'")
     cap = wr.Config("data.max_output_words")
@@ -85,9 +89,15 @@ def wandb_report(entity: str | None, project: str, group: str, save: bool):
     return report
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments end in one line, as every other user's mistake does (lw.errors.fail)."""
+
+    def error(self, message: str) -> None:
+        fail(f"{message}; see {self.prog} --help", self.prog)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lw-compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="lw-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<time>)")
     parser.add_argument("--benchmark", default="toy_ruler",
                         help="benchmark name in results.csv; longbench_write(_en): the paper's table")
@@ -97,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group", help="W&B group (default: the sweep directory's name)")
     parser.add_argument("--dry-run", action="store_true", help="build the report without saving it")
     args = parser.parse_args(argv)
+    with one_line_errors(parser.prog):
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """lw-compare's work, on its parsed arguments."""
+    if not args.sweep_dir.is_dir():
+        raise UserError(f"{args.sweep_dir}: no such directory; give lw-compare a sweep's directory (multirun/<time>)")
     if args.benchmark.startswith("longbench_write"):
         markdown, csv_path = write_longbench_table(args.sweep_dir, args.benchmark)
         print(f"lw-compare: wrote {markdown} and {csv_path}")
