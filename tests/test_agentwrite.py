@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 from lw.errors import Incomplete
 from lw.agentwrite import (Step, clean_paragraph, language, parse_plan, plan_prompt, read_instructions,
                            run_agentwrite, sha256, write_prompt)
@@ -151,6 +151,7 @@ def cfg_for(server, path, *overrides):
 
 # --- the task through `python -m lw` --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_agentwrite_end_to_end(tmp_path):
     path = instructions_file(tmp_path, [
         {"id": "rivers", "prompt": "Write about rivers. STEPS=3"},
@@ -206,6 +207,7 @@ def test_agentwrite_end_to_end(tmp_path):
     assert "agentwrite" in result.stderr  # the progress bar
 
 
+@pytest.mark.slow
 def test_killed_with_sigkill_and_resumed(tmp_path):
     """A SIGKILL mid-run, then the same command: no finished call is asked again, no instruction twice."""
     path = instructions_file(tmp_path, [{"id": f"q{i}", "prompt": f"Write about topic {i}. STEPS=4"} for i in range(5)])
@@ -278,6 +280,7 @@ FILTERED = [{"id": "ok", "prompt": "Write well."}, {"id": "many", "prompt": "Wri
             {"id": "nocount", "prompt": "Write NOCOUNT."}, {"id": "unparseable", "prompt": "Write UNPARSEABLE."}]
 
 
+@pytest.mark.slow
 def test_filters_keep(tmp_path):
     path = instructions_file(tmp_path, FILTERED)
     with OpenAIServer(filtering_writer) as server:
@@ -293,6 +296,7 @@ def test_filters_keep(tmp_path):
         "many": "too_many_steps", "short": "too_short", "empty": "empty_paragraph", "unparseable": "unparseable_plan"}
 
 
+@pytest.mark.slow
 def test_filters_drop_missing_count_and_skip_empty(tmp_path):
     path = instructions_file(tmp_path, FILTERED)
     with OpenAIServer(filtering_writer) as server:
@@ -305,6 +309,7 @@ def test_filters_drop_missing_count_and_skip_empty(tmp_path):
     assert metrics["agentwrite/dropped_empty_paragraph"] == 0
 
 
+@pytest.mark.slow
 def test_server_faults_are_retried_or_counted(tmp_path):
     seen = {}  # (instruction marker, step prompt) -> request times
 
@@ -370,6 +375,7 @@ def test_bad_instructions_name_file_line_and_field(tmp_path, line, message):
     assert message in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_plan_of_one_step_under_max_steps_1_is_written(tmp_path):
     path = instructions_file(tmp_path, [{"id": "one", "prompt": "Write a short note STEPS=1."}])
     with OpenAIServer(writer) as server:
@@ -379,6 +385,7 @@ def test_a_plan_of_one_step_under_max_steps_1_is_written(tmp_path):
     assert metrics["agentwrite/written"] == 1
 
 
+@pytest.mark.slow
 def test_bad_settings_fail_before_any_call(tmp_path):
     path = instructions_file(tmp_path, [{"prompt": "Write"}])
     bad_prompt = tmp_path / "write.txt"
@@ -405,6 +412,7 @@ def test_bad_settings_fail_before_any_call(tmp_path):
     assert result.returncode != 0 and "bad.jsonl:2: field 'prompt' must hold a non-empty instruction" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_changed_prompt_is_asked_again_and_an_unchanged_one_is_reused(tmp_path):
     path = instructions_file(tmp_path, [{"id": "a", "prompt": "Write SHORT. STEPS=2"}])
     run_dir = tmp_path / "run"

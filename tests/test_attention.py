@@ -12,7 +12,7 @@ from lw.models import attention_implementation, build_model, flash_attention_ins
 from lw.models.tiny import tiny_tokenizer
 from lw.train.loss import WEIGHTINGS, lm_loss
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 from test_bad_inputs import user_error
 
 
@@ -61,6 +61,7 @@ def test_flash_attention_without_its_package_is_refused(monkeypatch):
         attention_implementation(model_config("flash_attention_2"), "cuda", packing=True, training=True)
 
 
+@pytest.mark.slow
 def test_flex_attention_for_training_on_cpu_fails_at_start(tmp_path):
     line = user_error(run_lw("model.attn_implementation=flex_attention", "logger=none", cwd=tmp_path, check=False))
     assert line.startswith("lw: error: model.attn_implementation=flex_attention: PyTorch's flex attention has no "
@@ -223,7 +224,7 @@ def test_the_benchmark_packs_its_rows_as_the_collator_does():
     and trl); they must be what PackCollator gives the model."""
     import importlib.util
 
-    from conftest import REPO
+    from helpers import REPO
 
     spec = importlib.util.spec_from_file_location("packed_attention", REPO / "benchmarks" / "packed_attention.py")
     benchmark = importlib.util.module_from_spec(spec)

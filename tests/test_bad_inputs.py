@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_lw
+from helpers import run_lw
 
 from lw import llm
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
@@ -68,6 +68,7 @@ def judge_ok(body, attempt):
 
 # --- files -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_malformed_jsonl_line_is_named_by_file_and_line(tmp_path, score_args):
     preds = predictions(tmp_path / "preds.jsonl", _2='{"prompt": "Write", "length": 5,')
     line = user_error(run(*score_args("http://127.0.0.1:9/v1", preds=preds), cwd=tmp_path))
@@ -75,12 +76,14 @@ def test_a_malformed_jsonl_line_is_named_by_file_and_line(tmp_path, score_args):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_field_is_named_with_its_line(tmp_path, score_args):
     preds = predictions(tmp_path / "preds.jsonl", _1={"prompt": "Write 20 words.", "length": 20})
     line = user_error(run(*score_args("http://127.0.0.1:9/v1", preds=preds), cwd=tmp_path))
     assert line == f"lw: error: {preds}:2: missing field 'response'"
 
 
+@pytest.mark.slow
 def test_an_empty_response_is_scored_zero_and_said(tmp_path, score_args):
     preds = predictions(tmp_path / "preds.jsonl", n=3, _0={"prompt": "Write 10 words.", "length": 10, "response": ""})
     result = run(*score_args("http://127.0.0.1:9/v1", preds=preds)[:2], "logger=none",
@@ -91,6 +94,7 @@ def test_an_empty_response_is_scored_zero_and_said(tmp_path, score_args):
     assert len(rows) == 4 and rows[1].endswith(",10,0,0.0")  # kept, and scored 0
 
 
+@pytest.mark.slow
 def test_an_empty_instruction_is_named(tmp_path):
     instructions = tmp_path / "instructions.jsonl"
     instructions.write_text('{"prompt": "Write a story."}\n{"prompt": "  "}\n')
@@ -100,6 +104,7 @@ def test_an_empty_instruction_is_named(tmp_path):
     assert f"{instructions}:2: field 'prompt' must hold a non-empty instruction" in line
 
 
+@pytest.mark.slow
 def test_a_benchmark_download_that_fails_says_what_to_do(tmp_path, score_args):
     # No data_dir and an empty cache: the judge template must be downloaded, from a mirror nobody serves.
     mirror = f"http://127.0.0.1:{free_port()}/longwriter"
@@ -112,6 +117,7 @@ def test_a_benchmark_download_that_fails_says_what_to_do(tmp_path, score_args):
     assert "eval.longbench_write.data_dir=DIR" in line and "judge.template=FILE" in line
 
 
+@pytest.mark.slow
 def test_offline_with_a_warm_cache_everything_runs(tmp_path, score_args, bench_data_dir):
     from lw.eval.benchmarks import OFFICIAL_COMMIT
 
@@ -126,6 +132,7 @@ def test_offline_with_a_warm_cache_everything_runs(tmp_path, score_args, bench_d
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["longbench_write/judge_judged"] == 6
 
 
+@pytest.mark.slow
 def test_an_unknown_hub_id_offline_names_the_cache_and_the_local_alternative(tmp_path):
     line = user_error(run("task=eval", "model.path=nobody/no-such-model", "logger=none", cwd=tmp_path,
                           env={"HF_HUB_OFFLINE": "1"}))
@@ -135,6 +142,7 @@ def test_an_unknown_hub_id_offline_names_the_cache_and_the_local_alternative(tmp
     assert "no such directory" in line
 
 
+@pytest.mark.slow
 def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_path):
     limit = 64 * 1024  # bytes any one file may hold: predictions.jsonl outgrows it, config and logs do not
 
@@ -161,6 +169,7 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
 
 # --- settings --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("seed=abc", "lw: error: Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("task=nope", "lw: error: Error merging override task=nope: Invalid value 'nope', expected one of [train, prepare"),
@@ -179,6 +188,7 @@ def test_a_bad_setting_is_one_line(tmp_path, override, expected):
         assert not (tmp_path / "runs").exists()  # refused before Hydra writes anything
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, expected", [
     (("task=score", "score.predictions=nope.jsonl"), "lw: error: score.predictions: nope.jsonl does not exist"),
     (("task=agentwrite", "agentwrite.instructions=nope.jsonl", "generation=openai", "generation.model=m",
@@ -189,6 +199,7 @@ def test_a_missing_file_is_a_users_mistake_in_one_line(tmp_path, overrides, expe
     assert line == expected
 
 
+@pytest.mark.slow
 def test_hydra_full_error_shows_the_traceback_of_a_users_mistake(tmp_path):
     result = run("task=score", "logger=none", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
@@ -207,6 +218,7 @@ def test_a_bug_keeps_its_traceback_and_exit_status_1(capsys):
     assert ended.value.code == 1 and "Traceback" in err and "KeyError: 'a bug'" in err and "lw: error" not in err
 
 
+@pytest.mark.slow
 def test_a_missing_api_key_is_named(tmp_path, score_args):
     args = [a for a in score_args("http://127.0.0.1:9/v1") if "api_key_env" not in a]
     line = user_error(run(*args, cwd=tmp_path, env={"OPENAI_API_KEY": ""}))
@@ -216,6 +228,7 @@ def test_a_missing_api_key_is_named(tmp_path, score_args):
 
 # --- servers ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_unreachable_judge_fails_in_seconds(tmp_path, score_args):
     url = f"http://127.0.0.1:{free_port()}/v1"
     start = time.perf_counter()
@@ -227,6 +240,7 @@ def test_an_unreachable_judge_fails_in_seconds(tmp_path, score_args):
     assert not (tmp_path / "run" / "metrics.json").exists()  # nothing reported as done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status, hint", [
     (401, "the server refused the key in $LW_BAD_INPUTS_KEY (judge.api_key_env)"),
     (404, "check judge.base_url (OpenAI-compatible servers answer under /v1"),
@@ -243,6 +257,7 @@ def test_a_status_no_retry_can_fix_stops_at_once(tmp_path, score_args, status, h
     assert "rerun the same command" not in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [400, 422])
 def test_a_400_or_422_after_the_server_has_answered_fails_that_request_only(tmp_path, score_args, status):
     """Before any answer a 400 or 422 means the model name or a setting is wrong for every request;
@@ -263,6 +278,7 @@ def test_a_400_or_422_after_the_server_has_answered_fails_that_request_only(tmp_
     assert metrics["longbench_write/judge_failed"] == 1 and metrics["longbench_write/judge_judged"] == 5
 
 
+@pytest.mark.slow
 def test_a_base_url_without_v1_against_transformers_serve_says_to_add_it(tmp_path, score_args, tiny_model):
     from lw.testing.hf_serve import transformers_serve
 
@@ -271,6 +287,7 @@ def test_a_base_url_without_v1_against_transformers_serve_says_to_add_it(tmp_pat
     assert "HTTP 404" in line and "check judge.base_url (OpenAI-compatible servers answer under /v1" in line
 
 
+@pytest.mark.slow
 def test_a_judge_failing_for_some_items_keeps_the_rest_and_exits_3(tmp_path, score_args):
     broken = {"on": True}
 
@@ -297,6 +314,7 @@ def test_a_judge_failing_for_some_items_keeps_the_rest_and_exits_3(tmp_path, sco
         assert len(server.requests) - before == 1 and "item 2." in user_text(server.requests[-1]["body"])
 
 
+@pytest.mark.slow
 def test_a_sweep_goes_on_past_a_job_with_failed_items_and_exits_3(tmp_path, bench_data_dir):
     lakes = predictions(tmp_path / "lakes.jsonl")
     lakes.write_text(lakes.read_text().replace("rivers", "lakes"))
@@ -332,6 +350,7 @@ def ask(server, prompts, timeout=5.0, retries=3):
     return results, errors
 
 
+@pytest.mark.slow
 def test_429_with_retry_after_is_honoured():
     def limited(body, attempt):
         return Reply(status=429, headers={"Retry-After": "1"}) if attempt == 1 else Reply("fine")
@@ -346,6 +365,7 @@ def test_429_with_retry_after_is_honoured():
     assert took >= 0.95  # waited the server's 1 s, not the 0.5 s first backoff
 
 
+@pytest.mark.slow
 def test_500_is_retried_with_backoff_then_fails_for_that_item_only():
     def broken(body, attempt):
         return Reply(status=500, body='{"error": {"message": "boom"}}') if "bad" in user_text(body) else Reply("fine")
@@ -360,6 +380,7 @@ def test_500_is_retried_with_backoff_then_fails_for_that_item_only():
     assert sum("bad" in user_text(r["body"]) for r in server.requests) == 3
 
 
+@pytest.mark.slow
 def test_a_timeout_is_said_and_retried():
     def slow_once(body, attempt):
         return Reply("late", delay=1.5) if attempt == 1 else Reply("fine")
@@ -371,6 +392,7 @@ def test_a_timeout_is_said_and_retried():
     assert "no answer within 0.5 s (judge.timeout)" in str(errors["b"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["drop", "cut"])
 def test_a_connection_dropped_before_or_mid_body_is_retried(fault):
     def faulty(body, attempt):
@@ -383,6 +405,7 @@ def test_a_connection_dropped_before_or_mid_body_is_retried(fault):
     assert "the connection dropped before the answer was complete" in str(errors["c"])
 
 
+@pytest.mark.slow
 def test_a_server_that_stops_midway_is_given_up_on_not_waited_for(monkeypatch):
     monkeypatch.setattr(llm, "GIVE_UP_AFTER", 1.0)
     server = OpenAIServer(lambda body, attempt: Reply("fine", delay=0.05))

@@ -11,7 +11,7 @@ from lw.config import Task, TrainerConfig, TrainerKind
 from lw.data.settings import DEFAULT_MAX_LENGTH, max_length_of
 from lw.train.registry import TRAINERS, trainer_for
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 
 
 def group_options(group: str) -> list[str]:
@@ -100,6 +100,7 @@ def test_wrong_type_and_unknown_option_fail_at_compose():
         compose_lw("model=tinny")
 
 
+@pytest.mark.slow
 def test_misspelt_trainer_option_fails_before_any_work(tmp_path):
     # Hydra refuses a new key without "+"; with it, SFTConfig refuses it before data or weights.
     assert "lerning_rate" in run_lw("trainer.args.lerning_rate=0.1", cwd=tmp_path, check=False).stderr
@@ -109,18 +110,21 @@ def test_misspelt_trainer_option_fails_before_any_work(tmp_path):
     assert not list(tmp_path.glob("runs/*/data"))
 
 
+@pytest.mark.slow
 def test_cli_help_and_cfg_job_work_offline(tmp_path):
     assert "Configuration groups" in run_lw("--help", cwd=tmp_path).stdout
     job = run_lw("model=glm4_9b", "--cfg", "job", cwd=tmp_path).stdout
     assert "zai-org/glm-4-9b-hf" in job and "chat_format: glm4" in job
 
 
+@pytest.mark.slow
 def test_misspelt_override_on_the_command_line(tmp_path):
     result = run_lw("data.max_outpt_words=5", cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "max_outpt_words" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", ["+judge.api_key=sk-test-123", "+logger.hf_token=sk-test-123",
                                       "+trainer.args.hub_token=sk-test-123", "++judge.api_key=sk-test-123",
                                       "judge.api_key=sk-test-123", "~judge.api_key=sk-test-123",
@@ -134,6 +138,7 @@ def test_a_secret_override_stops_lw_before_anything_is_written(tmp_path, overrid
     assert not list(tmp_path.iterdir())  # no runs/, multirun/ or outputs/
 
 
+@pytest.mark.slow
 def test_naming_the_key_variable_is_not_a_secret(tmp_path):
     assert "api_key_env: MY_KEY" in run_lw("judge=openai", "judge.api_key_env=MY_KEY", "--cfg", "job",
                                            cwd=tmp_path).stdout

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_lw
+from helpers import run_lw
 
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig
 from lw.data import build_sft_dataset, filter_by_output_words, load_samples, max_length_of, toy
@@ -254,6 +254,7 @@ def test_pack_length_below_max_length_fails_before_any_work(tmp_path, tokenizer)
         build_sft_dataset(cfg, tokenizer, tmp_path)
 
 
+@pytest.mark.slow
 def test_prepare_through_the_entry_point(tmp_path, tokenizer):
     rows = list(toy.generate(60, 10, 300, ["rivers", "trains"], seed=2)) + ['{"messages": [}']
     path = write_lines(tmp_path / "train.jsonl", rows)
@@ -281,7 +282,7 @@ def test_prepare_through_the_entry_point(tmp_path, tokenizer):
 
 
 def compose_data(*overrides):
-    from conftest import compose_lw
+    from helpers import compose_lw
 
     return compose_lw(*overrides).data
 

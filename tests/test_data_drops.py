@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig
 from lw.data import build_sft_dataset, max_length_of
@@ -65,6 +65,7 @@ def printed_table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_max_length_follows_pack_length_and_prepare_prints_what_it_kept(long_file, tmp_path):
     # The long sample fits a pack of 2048: with max_length left at a fixed 1024 it was dropped.
     result = prepare(long_file, tmp_path / "packed", "data.pack_length=2048")
@@ -75,6 +76,7 @@ def test_max_length_follows_pack_length_and_prepare_prints_what_it_kept(long_fil
     assert "WARNING" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_over_the_drop_share_lw_stops_naming_the_count_and_the_setting(long_file, tmp_path):
     result = prepare(long_file, tmp_path / "stopped", "data.pack_length=2048", "data.max_length=1024", check=False)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
@@ -84,6 +86,7 @@ def test_over_the_drop_share_lw_stops_naming_the_count_and_the_setting(long_file
     assert not (tmp_path / "stopped" / "packing_stats.json").exists()  # stopped before packing
 
 
+@pytest.mark.slow
 def test_an_explicit_max_length_wins_and_max_drop_share_1_goes_on_with_a_warning(long_file, tmp_path):
     result = prepare(long_file, tmp_path / "allowed", "data.pack_length=2048", "data.max_length=1024",
                      "data.max_drop_share=1")

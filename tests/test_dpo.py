@@ -13,7 +13,7 @@ from lw.models.chat_format import get_chat_format
 from lw.models.tiny import tiny_tokenizer
 from lw.data.toy_words import TOPIC_NOUNS
 
-from conftest import compose_lw
+from helpers import compose_lw
 
 PROMPT = "Write a 12-word note about rivers."
 CHOSEN = "the quiet river carries the bank . the old stream meets the delta ."
@@ -146,6 +146,7 @@ def toy_preferences(n: int, seed: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_reward_margin_rises_on_a_toy_preference_set(tokenizer, tmp_path):
     from lw.train.registry import trainer_for
 
@@ -269,7 +270,7 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
 
 def test_committed_dpo_miniature_results_say_what_its_readme_says():
     """experiments/dpo/README.md reports these S_l values; the committed results must give them."""
-    from conftest import REPO
+    from helpers import REPO
     from lw.report.analysis import load_sweep, summarize
 
     summary = summarize(load_sweep(REPO / "experiments" / "dpo" / "results" / "cpu"))

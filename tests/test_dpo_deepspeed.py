@@ -11,8 +11,10 @@ from lw.models.tiny import tiny_tokenizer
 from lw.tracking import read_offline_run
 from lw.train.worker import FAULT_RANK_ENV, FAULT_STEP_ENV
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 from test_dpo import toy_preferences, write_pairs
+
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 
 from lw.plan import build_plan
 
-from conftest import run_lw
-from conftest import compose_lw
+from helpers import run_lw
+from helpers import compose_lw
 from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")
@@ -28,6 +28,7 @@ def plans(tmp_path_factory):
     return found, result, cwd
 
 
+@pytest.mark.slow
 def test_every_experiment_has_a_plan_and_nothing_was_loaded_or_written(plans):
     found, result, cwd = plans
     assert sorted(found) == EXPERIMENTS
@@ -37,6 +38,7 @@ def test_every_experiment_has_a_plan_and_nothing_was_loaded_or_written(plans):
     assert not list(cwd.rglob("train.jsonl")) and not list(cwd.rglob("wandb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_plans_follow_the_paper(plans, name):
     plan = plans[0][name]
@@ -104,6 +106,7 @@ def test_paper_plans_follow_the_paper(plans, name):
            f"{attention['sdpa_over_per_sample_attention_flops']:.1f}x the attention FLOPs" in block
 
 
+@pytest.mark.slow
 def test_tiny_plan_counts_the_tokenized_data(plans):
     plan = plans[0]["smoke"]
     data = plan["data"]
@@ -201,6 +204,7 @@ def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tm
     assert (len(trainer.get_train_dataloader()), per_epoch, max_steps) == (20, 7, 14)
 
 
+@pytest.mark.slow
 def test_the_paper_grpo_plan_counts_completions_and_plans_their_generation(plans):
     plan = plans[0]["longwriter_glm4_9b_grpo"]
     data, trainer, memory = plan["data"], plan["trainer"], plan["memory"]
@@ -239,6 +243,7 @@ def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_pat
     assert kept["deepspeed"]["choice"]["fits_without_offload"] and kept["deepspeed"]["offload_param"] == "cpu"
 
 
+@pytest.mark.slow
 def test_the_dpo_plan_holds_two_sequences_a_pair_and_grpo_one_a_completion(plans):
     """Activation memory per rank: a DPO pair is its chosen and its rejected answer in one batch;
     a GRPO training sequence is one prompt and one completion."""

@@ -6,10 +6,12 @@ from statistics import median
 
 import pytest
 
-from conftest import run_lw
+from helpers import run_lw
 
 from lw.tracking import read_offline_run
 from lw.words import count_words, length_score
+
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 
 
 @pytest.fixture(scope="module")

@@ -122,6 +122,7 @@ def file_server(tmp_path):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_download_once_checked_and_atomic(tmp_path, file_server, bench_data_dir):
     url, www, hits = file_server
     data = (bench_data_dir / "longwrite_ruler.jsonl").read_bytes()

@@ -35,6 +35,7 @@ def openai_cfg(server, **kw):
         timeout=5.0, retries=1, max_new_tokens=512), **kw}))
 
 
+@pytest.mark.slow
 def test_openai_backend_generates_appends_and_resumes(tmp_path):
     out = tmp_path / "predictions.jsonl"
     todo = items(6)
@@ -63,6 +64,7 @@ def test_openai_backend_generates_appends_and_resumes(tmp_path):
     assert sorted(r["id"] for r in saved) == [str(i) for i in range(6)]
 
 
+@pytest.mark.slow
 def test_openai_failures_keep_the_finished_and_say_how_to_resume(tmp_path):
     out = tmp_path / "predictions.jsonl"
     todo = items(4)

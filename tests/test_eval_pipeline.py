@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 
 from lw.eval.benchmarks import SUBSETS, language_of
 from lw.eval.run import read_predictions, score_benchmark
@@ -37,6 +37,7 @@ def judge_script(body, attempt):
     return Reply("```json\n" + judge_json(5 if "word" in response else 3) + "\n```")
 
 
+@pytest.mark.slow
 def test_score_task_writes_the_papers_metrics(tmp_path, monkeypatch, bench_data_dir):
     predictions = write_predictions(tmp_path / "preds.jsonl", bench_data_dir)
     run_dir = tmp_path / "scored"
@@ -125,6 +126,7 @@ def test_empty_responses_score_zero(tmp_path):
     assert metrics["b/S_l"] == 0 and metrics["b/n"] == 2
 
 
+@pytest.mark.slow
 def test_eval_task_on_an_api_model_both_benchmarks(tmp_path, bench_data_dir, monkeypatch):
     def writer(body, attempt):
         text = user_text(body)

@@ -8,7 +8,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 
 from lw.config import JudgeConfig, RewardConfig
 from lw.errors import UserError
@@ -49,6 +49,7 @@ def test_log_ratio_length_reward_by_hand():
     assert log_ratio_reward(100, 300) == pytest.approx(0.0, abs=1e-12) and log_ratio_reward(100, 0) == 0.0
 
 
+@pytest.mark.slow
 def test_quality_reward_is_s_q_over_100_from_the_judge(tmp_path):
     def judge(body, attempt):
         text = user_text(body)
@@ -172,6 +173,7 @@ def test_one_grpo_step_keeps_the_users_completion_length_and_weighs_the_rewards(
     assert step["reward"] == pytest.approx(2.0 * length + 0.5 * repetition, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
     # Requests of 5 words and room for 24 tokens: the random model writes too much, and learns to
     # write less within a few steps.
@@ -199,7 +201,7 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
 
 def test_committed_grpo_miniature_results_say_what_its_readme_says():
     """experiments/grpo/README.md reports these plateaus and S_l values; the committed results must give them."""
-    from conftest import REPO
+    from helpers import REPO
     from lw.report.analysis import load_sweep, summarize
 
     summary = summarize(load_sweep(REPO / "experiments" / "grpo" / "results" / "cpu"))
@@ -212,6 +214,7 @@ def test_committed_grpo_miniature_results_say_what_its_readme_says():
         assert f"| {plateau:g} |" in readme and f"| {s_l} |" in readme
 
 
+@pytest.mark.slow
 def test_grpo_under_deepspeed_zero3_on_two_cpu_ranks(tmp_path, tiny_model):
     """The same launcher as SFT and DPO: two ZeRO-3 ranks (gloo), then the driver's evaluation."""
     run_dir = tmp_path / "run"

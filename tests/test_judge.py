@@ -9,7 +9,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_lw
+from helpers import compose_lw
 
 from lw.config import JudgeConfig
 from lw.errors import UserError
@@ -111,6 +111,7 @@ def key(monkeypatch):
     monkeypatch.setenv("LW_TEST_JUDGE_KEY", KEY)
 
 
+@pytest.mark.slow
 def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, key, template):
     rows = rows_with("ok", "MARK-429", "MARK-500", "MARK-SLOW", "MARK-GARBLED", "MARK-SECOND", "MARK-FENCED",
                      "MARK-DOWN")
@@ -152,6 +153,7 @@ def test_judge_end_to_end_with_errors_retries_and_malformed_replies(tmp_path, ke
     assert KEY not in cache.read_text()
 
 
+@pytest.mark.slow
 def test_concurrency_is_bounded_and_used(tmp_path, key, template):
     in_flight, peak, lock = [0], [0], threading.Lock()
 
@@ -170,6 +172,7 @@ def test_concurrency_is_bounded_and_used(tmp_path, key, template):
     assert peak[0] == 3
 
 
+@pytest.mark.slow
 def test_resumes_from_a_cache_with_a_torn_last_line(tmp_path, key, template):
     rows = rows_with(*range(6))
     cache = tmp_path / "judge.jsonl"
@@ -188,6 +191,7 @@ def test_resumes_from_a_cache_with_a_torn_last_line(tmp_path, key, template):
     assert [json.loads(line)["status"] for line in cache.read_text().splitlines()] == ["ok"] * 6
 
 
+@pytest.mark.slow
 def test_missing_key_fails_before_any_request(monkeypatch, template):
     monkeypatch.delenv("LW_TEST_JUDGE_KEY", raising=False)
     with OpenAIServer(scripted) as server:
@@ -241,6 +245,7 @@ def official_script(body, attempt):
     return Reply(judge_json(3))
 
 
+@pytest.mark.slow
 def test_official_preset_sends_max_tokens_honours_attempts_and_counts_what_its_rules_change(tmp_path, key, template):
     from lw.eval.scoring import longbench_metrics, score_lengths
 
@@ -275,6 +280,7 @@ def test_official_preset_sends_max_tokens_honours_attempts_and_counts_what_its_r
     assert metrics["lbw/quality/Coherence"] == pytest.approx(coherence)
 
 
+@pytest.mark.slow
 def test_a_cached_judgement_is_reread_under_the_current_rules(tmp_path, key, template):
     rows = rows_with("MARK-HALF")
     cache = tmp_path / "judge.jsonl"
@@ -289,6 +295,7 @@ def test_a_cached_judgement_is_reread_under_the_current_rules(tmp_path, key, tem
         assert server.count() == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting, value", [("scores", "float"), ("extraction", "strict"), ("attempts", 0),
                                             ("max_tokens", 0)])
 def test_bad_judge_settings_are_refused_naming_the_setting(key, template, setting, value):

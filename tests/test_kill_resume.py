@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_lw, save_tiny_checkpoint
+from helpers import compose_lw, save_tiny_checkpoint
 
 from lw.eval.benchmarks import load_items
 from lw.eval.judge import cache_key, judge_prompt
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 
 # The start of a record, as SIGKILL in the middle of a write leaves it.
 TORN = b'{"id": "torn-by-the-kill", "prom'
@@ -27,7 +29,7 @@ TORN = b'{"id": "torn-by-the-kill", "prom'
 
 class Lw:
     """`python -m lw OVERRIDES` in its own process group (so that SIGKILL takes all of it), its
-    output in a log file; the environment as conftest.run_lw builds it, with a cache of the test's own."""
+    output in a log file; the environment as helpers.run_lw builds it, with a cache of the test's own."""
 
     def __init__(self, overrides: list[str], cwd: Path):
         self.overrides, self.cwd = overrides, cwd

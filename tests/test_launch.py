@@ -17,8 +17,8 @@ from lw.launch.driver import (TrainLogForwarder, WorkerFailure, deepspeed_config
 from lw.launch.topology import Topology, slurm_port, topology
 from lw.tracking import Tracker
 
-from conftest import run_lw
-from conftest import compose_lw
+from helpers import run_lw
+from helpers import compose_lw
 
 
 def launcher(**overrides):
@@ -82,6 +82,7 @@ def test_slurm_outside_an_allocation_fails_before_any_work(monkeypatch):
         is_first_node(launcher(kind="kubernetes"))
 
 
+@pytest.mark.slow
 def test_slurm_sweep_composes_and_refuses_to_submit_without_a_cluster(tmp_path):
     cfg = compose_lw("launcher=slurm", "launcher.nnodes=2", "experiment=longwriter_glm4_9b")
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
@@ -118,6 +119,7 @@ def _torchrun(script: Path, *args: str) -> list[str]:
             "--master-port", str(topology(launcher()).master_port), "--tee", "3", str(script), *args]
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_driver_with_its_exit_code_and_log(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text(FAILING_RANK)
@@ -133,6 +135,7 @@ def test_a_failing_rank_fails_the_driver_with_its_exit_code_and_log(tmp_path):
     assert "rank 1: something broke" in (tmp_path / "workers.log").read_text()
 
 
+@pytest.mark.slow
 def test_an_interrupted_driver_stops_every_worker(tmp_path):
     script = tmp_path / "sleep.py"
     script.write_text(SLEEPING_RANKS)

@@ -17,7 +17,9 @@ from transformers import get_scheduler
 from lw.tracking import read_offline_run
 from lw.train.worker import FAULT_RANK_ENV, FAULT_STEP_ENV
 
-from conftest import run_lw
+from helpers import run_lw
+
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 
 OVERRIDES = ["launcher=deepspeed", "launcher.nproc_per_node=2", "experiment=smoke",
              "trainer.args.save_strategy=steps", "+trainer.args.save_steps=3"]

@@ -23,6 +23,8 @@ from lw.launch.topology import free_port
 from lw.tracking import read_offline_run
 from lw.train.worker import FAULT_ACTION_ENV, FAULT_RANK_ENV, FAULT_STEP_ENV
 
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
+
 OVERRIDES = ["launcher=deepspeed", "launcher.nnodes=2", "launcher.nproc_per_node=1", "launcher.master_addr=127.0.0.1",
              "experiment=smoke", "trainer.args.max_steps=4", "trainer.args.save_strategy=steps",
              "+trainer.args.save_steps=2", "eval.toy_ruler.samples_per_prompt=1"]

@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.train.worker import FAULT_ACTION_ENV, FAULT_RANK_ENV, FAULT_STEP_ENV
 
-from conftest import run_lw
+from helpers import run_lw
+
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 
 
 def test_a_preempted_job_checkpoints_is_requeued_and_resumes(tmp_path):

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO, run_lw
+from helpers import REPO, run_lw
 from lw.report.analysis import load_sweep, summarize
 from lw.report.compare import main as compare_main
 from lw.report.compare import wandb_report
@@ -28,6 +28,7 @@ def sweep(tmp_path_factory):
     return sweep_dir, result
 
 
+@pytest.mark.slow
 def test_each_cap_is_a_run_with_results(sweep):
     sweep_dir, _ = sweep
     runs = sorted(p.parent.name for p in sweep_dir.glob("*/results.csv"))
@@ -39,6 +40,7 @@ def test_each_cap_is_a_run_with_results(sweep):
     assert len(frame) == 2 * 4  # 2 runs x (2 lengths x 1 topic x 2 samples)
 
 
+@pytest.mark.slow
 def test_base_stage_is_trained_once_and_shared(sweep):
     sweep_dir, result = sweep
     output = result.stdout + result.stderr
@@ -48,6 +50,7 @@ def test_base_stage_is_trained_once_and_shared(sweep):
         assert {"base/median_output_words/10", "base/median_output_words/40"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_the_training_data_respects_each_cap(sweep):
     from lw.words import count_words
 
@@ -58,6 +61,7 @@ def test_the_training_data_respects_each_cap(sweep):
         assert max(lengths) <= cap and min(lengths) >= 10
 
 
+@pytest.mark.slow
 def test_one_wandb_group_per_sweep(sweep):
     """Every run of the sweep is logged under one W&B group, the sweep directory's name."""
     sweep_dir, _ = sweep
@@ -69,6 +73,7 @@ def test_one_wandb_group_per_sweep(sweep):
     assert groups == [sweep_dir.name] * 2
 
 
+@pytest.mark.slow
 def test_each_wandb_run_shows_the_base_model_it_trains_from(sweep):
     """The base stage runs before the W&B run starts, so the logged config names the model trained from."""
     sweep_dir, result = sweep
@@ -83,6 +88,7 @@ def test_each_wandb_run_shows_the_base_model_it_trains_from(sweep):
         assert logged["config"]["trainer"]["init_from"] == str(model), run_dir.name
 
 
+@pytest.mark.slow
 def test_compare_writes_markdown_and_figure(sweep):
     sweep_dir, _ = sweep
     compare_main([str(sweep_dir)])
@@ -100,6 +106,7 @@ def test_wandb_report_builds_offline():
     assert report.blocks[1].runsets[0].filters == "Group = 'multirun-x'"
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_the_sweep(sweep, tmp_path):
     sweep_dir, _ = sweep
     notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import compose_lw, run_lw, save_tiny_checkpoint
+from helpers import compose_lw, run_lw, save_tiny_checkpoint
 
 from lw.report.analysis import TABLE_GROUPS, longbench_table
 from lw.report.compare import main as compare_main
@@ -25,6 +25,7 @@ def judge_by_length(body, attempt):
     return Reply("```json\n" + judge_json(1 + len(response) % 5) + "\n```")
 
 
+@pytest.mark.slow
 def test_table_multirun_of_two_models_with_the_judge_then_lw_compare(tmp_path, bench_data_dir):
     short = save_tiny_checkpoint(tmp_path / "short" / "model")
     long = save_tiny_checkpoint(tmp_path / "long" / "model", min_new_tokens=12)
@@ -72,6 +73,7 @@ def test_the_table_puts_the_papers_numbers_under_each_released_model_and_leaves_
     assert set(sweep) == set(PAPER_NAME) and PAPER_NAME["longwriter_glm4_9b"] == "LongWriter-9B-DPO"
 
 
+@pytest.mark.slow
 def test_dry_run_plans_the_evaluation_not_a_training(tmp_path, bench_data_dir):
     result = run_lw("experiment=longbench_write_table", "model=tiny", "dry_run=true", "logger=none",
                     f"eval.longbench_write.data_dir={bench_data_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_lw
+from helpers import REPO, compose_lw
 
 from lw.data import build_sft_dataset, toy
 from lw.launch.topology import free_port
@@ -229,6 +229,7 @@ def two_ranks(tmp_path_factory):
     return tmp / "out", tiny_tokenizer(tmp / "cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", DP_SETTINGS)
 def test_two_ranks_step_on_the_global_mean_by_hand(two_ranks, setting):
     out, tokenizer = two_ranks

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GenerationConfig as TransformersGenerationConfig
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 from test_bad_inputs import user_error
 
 from lw.config import GenerationConfig, ModelConfig, TinyModelConfig
@@ -180,6 +180,7 @@ def test_model_configs_plan_offline_and_name_their_formats():
 
 # --- through python -m lw ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bad_model_inputs_are_one_line(tmp_path, tiny_model):
     base = ("task=eval", f"model.path={tiny_model}", "eval.toy_ruler.lengths=[12]", "eval.toy_ruler.topics=[rivers]",
             "generation.max_new_tokens=2", "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
@@ -192,6 +193,7 @@ def test_bad_model_inputs_are_one_line(tmp_path, tiny_model):
     assert "model.chat_format=longwriter_llama3_1 is an inference format" in line
 
 
+@pytest.mark.slow
 def test_a_trained_model_saves_its_stop_ids(tmp_path):
     run_lw("experiment=smoke", "model.chat_format=glm4", "trainer.args.max_steps=1", "data.toy.num_samples=16",
            "eval.toy_ruler.lengths=[12]", "eval.toy_ruler.samples_per_prompt=1", "generation.max_new_tokens=2",

@@ -118,11 +118,12 @@ def test_packed_logits_equal_separate_forwards(architecture, tokenizer):
     assert (cached_logits - expected).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_training_on_packs_through_the_entry_point(tmp_path):
     """`lw` with data.pack_length trains on packs: an epoch is the packs, not the samples."""
     import json
 
-    from conftest import run_lw
+    from helpers import run_lw
 
     from lw.data import toy
     from lw.tracking import read_offline_run
@@ -145,7 +146,7 @@ def test_training_on_packs_through_the_entry_point(tmp_path):
 
 
 def test_trl_packing_options_are_refused_with_data_pack_length():
-    from conftest import compose_lw
+    from helpers import compose_lw
     from lw.train.sft import sft_config
 
     def compose_with(*overrides):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 
 from lw.eval.judge import DIMENSIONS
@@ -193,6 +193,7 @@ def test_bad_settings_fail_before_any_sampling(tmp_path, overrides, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_length_rule_without_judge_on_an_api_model(tmp_path):
     """rule=length, judge=none: samples ranked by S_l; a prompt naming no length is not sampled."""
     answers = {}  # (prompt, sample number) -> words: the server answers each request with a new length
@@ -245,6 +246,7 @@ def run_scripted_pairs(tmp_path, prompts, words, *overrides):
         return run_dpo_pairs(cfg, tmp_path / "run", Tracker())
 
 
+@pytest.mark.slow
 def test_long_prompts_whose_samples_all_fall_short_still_give_pairs(tmp_path):
     """Every sample under a third of the asked length scores S_l = 0: the nearest is chosen and the
     tie counted as broken, where it used to be dropped."""
@@ -260,6 +262,7 @@ def test_long_prompts_whose_samples_all_fall_short_still_give_pairs(tmp_path):
     assert metrics["pairs/pairs"] == 2 and metrics["pairs/dropped_tie"] == 0
 
 
+@pytest.mark.slow
 def test_an_empty_answer_is_a_failed_sample_never_a_rejected_one(tmp_path):
     """rule=length scores an empty answer S_l = 0, which would make it the easiest rejected answer of
     all; it is a failed sample instead, so a prompt left with one answer gives no pair."""
@@ -273,6 +276,7 @@ def test_an_empty_answer_is_a_failed_sample_never_a_rejected_one(tmp_path):
     assert "best of 2 by S_l" in pair["reason"] and "among 1 others" in pair["reason"]
 
 
+@pytest.mark.slow
 def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
     with OpenAIServer(lambda body, attempt: Reply(" ".join(["word"] * (len(user_text(body)) % 7 * 50 + 10)))) as server:
         cfg = compose_lw("task=dpo_pairs", "eval=longbench_write", f"eval.longbench_write.data_dir={bench_data_dir}",
@@ -300,6 +304,7 @@ def judge_by_hash(body, attempt):
     return Reply(judge_json({d: 1 + digest[i] % 5 for i, d in enumerate(DIMENSIONS)}))
 
 
+@pytest.mark.slow
 def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model, bench_data_dir):
     path = prompts_file(tmp_path, [
         {"id": "field", "prompt": "Write about rivers and lakes", "length": 20},

@@ -11,7 +11,9 @@ from lw.models.chat_format import get_chat_format
 from lw.models.tiny import tiny_tokenizer
 from lw.testing.hf_serve import transformers_serve
 
-from conftest import compose_lw, run_lw
+from helpers import compose_lw, run_lw
+
+pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 
 
 @pytest.fixture(scope="module")
