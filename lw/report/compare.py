@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from lw.errors import UserError, fail, one_line_errors
 from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
@@ -92,7 +93,7 @@ def wandb_report(entity: str | None, project: str, group: str, save: bool):
 class OneLineParser(argparse.ArgumentParser):
     """Bad arguments end in one line, as every other user's mistake does (lw.errors.fail)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         fail(f"{message}; see {self.prog} --help", self.prog)
 
 
