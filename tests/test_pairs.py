@@ -12,8 +12,9 @@ from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.eval.judge import DIMENSIONS
 import math
 
-from lw.pairs import (best_is_shared, closeness, combine, read_prompts, required_length, run_dpo_pairs,
-                      select_pair)
+from lw.data.prompts import read_prompts, required_length
+from lw.tasks.dpo_pairs import Selection, best_is_shared, closeness, combine, resolve_lengths, select_pair, select_pairs
+from lw.tasks.dpo_pairs import run as run_dpo_pairs
 from lw.tracking import Tracker
 from lw.words import count_words, length_score
 
