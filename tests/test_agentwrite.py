@@ -431,3 +431,52 @@ def test_plain_lines_take_an_unnumbered_outline_line_by_line():
     assert all(s.words is None for s in parse_outline(plan, plain_lines=True))
     numbered = "1. the river (200 words)\nsome remark"
     assert parse_outline(numbered, plain_lines=True) == parse_outline(numbered)  # a numbered plan is read as one
+
+
+# --- the filters and the drop accounting, without a server --------------------------------------------
+
+def steps_of(*words):
+    return [Step(text=f"Paragraph {i} - Main Point: p{i}", point=f"p{i}", words=w) for i, w in enumerate(words, 1)]
+
+
+@pytest.mark.parametrize("steps, max_steps, missing_count, reason", [
+    (steps_of(), 50, "keep", "unparseable_outline"),
+    (steps_of(100, 100, 100), 2, "keep", "too_many_steps"),
+    (steps_of(100, 100), 2, "keep", None),  # exactly max_steps is written
+    (steps_of(100, None), 50, "drop", "missing_count"),
+    (steps_of(100, None), 50, "keep", None),
+    (steps_of(None, None, None), 2, "drop", "too_many_steps"),  # too many is said before a missing count
+])
+def test_outline_filter(steps, max_steps, missing_count, reason):
+    dropped = outline_drop(steps, "the outline", max_steps, missing_count)
+    assert (dropped.reason if dropped else None) == reason
+
+
+@pytest.mark.parametrize("paragraphs, words, ratio, reason", [
+    ([], (10,), 0.5, "too_short"),  # every paragraph skipped: nothing to write out
+    (["one two three four"], (10,), 0.5, "too_short"),  # 4 words < 0.5 x 10
+    (["one two three four five"], (10,), 0.5, None),  # exactly half is enough
+    (["one", "two"], (None, None), 0.5, None),  # no counts in the outline: any answer passes
+    (["一二三"], (3,), 1.0, None),  # Chinese characters count as words
+])
+def test_answer_filter(paragraphs, words, ratio, reason):
+    dropped = answer_drop(paragraphs, steps_of(*words), ratio)
+    assert (dropped.reason if dropped else None) == reason
+
+
+def test_drop_accounting():
+    stats, failures = new_stats(4), []
+    count_written(stats)
+    count_drop(stats, failures, "a", Dropped("too_short", "3 words < 0.5 x the outline's 10"))
+    count_drop(stats, failures, "b", Dropped("failed_step", "step 2: HTTP 500 " + "x" * 600))
+    assert (stats["written"], stats["finished"], stats["dropped_too_short"], stats["dropped_failed_step"]) == (1, 2, 1, 1)
+    # a failed call leaves its instruction unfinished: the rerun asks again
+    assert [f["id"] for f in failures] == ["a", "b"] and failures[1]["reason"] == "failed_step"
+    assert len(failures[1]["detail"]) == 500
+    assert stats["instructions"] == 4 and stats["outline_lines_without_count"] == 0
+
+
+def test_a_mixed_prompt_gets_the_chinese_outline_prompt():
+    """Any CJK character makes an instruction Chinese (lw.words.language_of, the benchmark's split)."""
+    assert "字数" in outline_prompt("Write about the 长城 in 800 words")
+    assert "Word Count" in outline_prompt("Write about the Great Wall in 800 words")
