@@ -1,7 +1,7 @@
 """AgentWrite instructions finished per minute at concurrency 16 vs 1: `lw task=agentwrite` against a
-loopback OpenAI-compatible server that answers every call (plans and paragraphs) after a fixed delay.
+loopback OpenAI-compatible server that answers every call (outlines and paragraphs) after a fixed delay.
 
-Each of 32 instructions is a plan call and 3 paragraph calls, in order (128 calls in all). The time
+Each of 32 instructions is an outline call and 3 paragraph calls, in order (128 calls in all). The time
 is the task's own (`time/total_seconds` in metrics.json), so start-up and imports stay out of it.
     python benchmarks/agentwrite_concurrency.py [--delay 0.2] [--concurrency 1 16]
 """
@@ -28,7 +28,7 @@ PLAN = "\n".join(f"Paragraph {i} - Main Point: part {i} of the story - Word Coun
 
 def answer(delay: float, body: dict, attempt: int) -> Reply:
     text = user_text(body)
-    # A write call carries the plan it follows; a plan call does not.
+    # A write call carries the outline it follows; an outline call does not.
     if "Main Point: part 1 of the story" in text:
         return Reply(" ".join(["word"] * 200), delay=delay)
     return Reply(PLAN, delay=delay)

@@ -12,13 +12,13 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lw.config import option_name, register_configs
+from lw.config import register_configs
 from lw.launch.topology import node_suffix
 from lw.errors import EXIT_INCOMPLETE, Incomplete, UserMistake, end_program, fail, one_line
 from lw.tracking import is_secret_key
 
 # Settings that name a file or folder: their value enters run names by its last component.
-PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "plan_prompt",
+PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "outline_prompt",
                  "write_prompt", "init_from", "file"}
 # Names our own runs give their outputs: a path ending in one keeps the folder above it (runs/NAME/model).
 GENERIC_NAMES = {"model", "checkpoints", "data", "final"}
@@ -50,7 +50,7 @@ def run_name(overrides, excluded=(), task: str = "train") -> str:
             if key.rsplit(".", 1)[-1] in PATH_SETTINGS or ("/" in value and "://" not in value):
                 value = short_path(value)
             items.append(f"{key}-{value}")
-    task = option_name(task).removeprefix("Task.")
+    task = str(task)
     joined = "+".join(([task] if task and task != "train" else []) + sorted(items))
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", joined).strip("_") or "default"
     if len(name) > 120:  # keep paths short; the hash keeps distinct runs distinct

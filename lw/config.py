@@ -20,17 +20,6 @@ def option_name(option) -> str:
     return str(getattr(option, "value", option))
 
 
-class Task(str, Enum):
-    """What a run does; each member maps to one function in lw.pipeline.TASKS."""
-
-    train = "train"  # prepare data, train, evaluate the trained model
-    prepare = "prepare"  # prepare (and pack) the training set only
-    eval = "eval"  # evaluate model.path (checkpoint, hub id or API model) without training
-    score = "score"  # score an existing predictions file
-    dpo_pairs = "dpo_pairs"  # sample answers per prompt, score them, write chosen/rejected pairs (lw/pairs.py)
-    agentwrite = "agentwrite"  # plan-then-write long answers with an API model (lw/agentwrite.py)
-
-
 class TrainerKind(str, Enum):
     """Which trainer trains; each member maps to one module in lw.train.registry.TRAINERS."""
 
@@ -306,18 +295,19 @@ class PairsConfig:
 
 @dataclass
 class AgentWriteConfig:
-    """task=agentwrite: long answers by plan-then-write with an OpenAI-compatible model
+    """task=agentwrite: long answers by outline-then-write with an OpenAI-compatible model
     (docs/science.md section 3). The server, model, key, concurrency, timeout and retries come from
     `generation` (generation=openai); the sampling settings of the calls are here."""
 
     # JSONL of {"prompt": ...} (optional "id"), or messages/ShareGPT rows whose one user turn is the instruction
     instructions: Optional[str] = None
-    plan_prompt: Optional[str] = None  # a file with $INST$; null: the built-in prompt (English or Chinese)
-    write_prompt: Optional[str] = None  # a file with $INST$ $PLAN$ $TEXT$ $STEP$; null: the built-in prompt
-    max_steps: int = 50  # a plan with more paragraphs is dropped (dropped_too_many_steps)
-    min_length_ratio: float = 0.5  # an answer under this share of its plan's word counts is dropped
-    missing_count: str = "keep"  # keep | drop: a plan line without a word count (always counted)
-    # A plan with neither numbered lines nor counts is taken line by line (else it is unparseable).
+    outline_prompt: Optional[str] = None  # a file with $INST$; null: the built-in prompt (English or Chinese)
+    # a file with $INST$ $PLAN$ (the outline, named as in the official write.txt) $TEXT$ $STEP$; null: built in
+    write_prompt: Optional[str] = None
+    max_steps: int = 50  # an outline with more paragraphs is dropped (dropped_too_many_steps)
+    min_length_ratio: float = 0.5  # an answer under this share of its outline's word counts is dropped
+    missing_count: str = "keep"  # keep | drop: an outline line without a word count (always counted)
+    # An outline with neither numbered lines nor counts is taken line by line (else it is unparseable).
     plain_lines: bool = False
     empty_paragraph: str = "drop"  # drop (the instruction) | skip (the empty paragraph)
     max_tokens: int = 4096  # per call (the paper's GPT-4o settings)
@@ -402,7 +392,8 @@ class PlanConfig:
 
 @dataclass
 class LwConfig:
-    task: Task = Task.train
+    # A name in lw.tasks.TASKS, checked when the run starts (an unknown one names the valid ones).
+    task: str = "train"
     seed: int = 0
     dry_run: bool = False
     run_name: str = MISSING

@@ -56,15 +56,21 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 
 
-def dry_run(cfg: DictConfig, run_dir: Path) -> dict:
-    if option_name(cfg.task) == "eval":  # nothing trained: no training plan (lw/plan_eval.py)
-        from lw.plan_eval import build_eval_plan, format_eval_plan
+def dry_run_training(cfg: DictConfig, run_dir: Path) -> dict:
+    """The training plan (task=train and task=prepare), printed and written to RUN_DIR/plan.json."""
+    plan = build_plan(cfg, run_dir)
+    return write_plan(plan, format_plan(plan), run_dir)
 
-        plan = build_eval_plan(cfg)
-        text = format_eval_plan(plan)
-    else:
-        plan = build_plan(cfg, run_dir)
-        text = format_plan(plan)
+
+def dry_run_eval(cfg: DictConfig, run_dir: Path) -> dict:
+    """task=eval's plan: nothing is trained, so no training plan (lw/plan_eval.py)."""
+    from lw.plan_eval import build_eval_plan, format_eval_plan
+
+    plan = build_eval_plan(cfg)
+    return write_plan(plan, format_eval_plan(plan), run_dir)
+
+
+def write_plan(plan: dict, text: str, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     print(text)

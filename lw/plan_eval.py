@@ -17,10 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lw.eval.benchmarks import (DEFAULT_FILES, JUDGE_TEMPLATE, OFFICIAL_COMMIT, language_of, load_items,
-                                toy_ruler_items)
+from lw.eval.benchmarks import DEFAULT_FILES, JUDGE_TEMPLATE, OFFICIAL_COMMIT, load_items, toy_ruler_items
 from lw.errors import UserError
-from lw.words import count_words
+from lw.words import count_words, language_of
 
 # The official LongBench-Write at OFFICIAL_COMMIT (evaluation/longbench_write.jsonl and judge.txt),
 # counted with lw.words.count_words: used when the file is not local, so a compute node plans offline.

@@ -1,4 +1,4 @@
-"""task=agentwrite: the plan parser, the prompts, the filters, server faults, bad input, and the task
+"""task=agentwrite: the outline parser, the prompts, the filters, server faults, bad input, and the task
 end to end through `python -m lw`, killed with SIGKILL and resumed."""
 
 import json
@@ -13,14 +13,15 @@ import pytest
 
 from helpers import compose_lw, run_lw
 from lw.errors import Incomplete
-from lw.agentwrite import (Step, clean_paragraph, language, parse_plan, plan_prompt, read_instructions,
-                           run_agentwrite, sha256, write_prompt)
+from lw.tasks.agentwrite import (Dropped, Step, answer_drop, clean_paragraph, count_drop, count_written, new_stats,
+                                 outline_drop, outline_prompt, parse_outline, read_instructions, sha256, write_prompt)
+from lw.tasks.agentwrite import run as run_agentwrite
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
 from lw.jsonl import read_resumable
 from lw.tracking import Tracker
 
 
-# --- the plan parser ---------------------------------------------------------------------------------
+# --- the outline parser ------------------------------------------------------------------------------
 
 PLANS = [
     ("official format",
@@ -65,8 +66,8 @@ PLANS = [
 
 
 @pytest.mark.parametrize("name, text, expected", PLANS, ids=[p[0] for p in PLANS])
-def test_parse_plan(name, text, expected):
-    steps = parse_plan(text)
+def test_parse_outline(name, text, expected):
+    steps = parse_outline(text)
     assert [(s.words, s.point) for s in steps] == expected
     assert all(s.text.strip() for s in steps)  # no empty steps
 
@@ -85,12 +86,11 @@ def test_step_labels_are_stripped(text, clean):
     assert clean_paragraph(text) == clean
 
 
-def test_prompts_hold_instruction_plan_text_and_step():
-    assert language("Write about the 长城") == "en" and language("写一篇关于Python的文章") == "zh"
+def test_prompts_hold_instruction_outline_text_and_step():
     inst, plan = "Write about rivers.", "Paragraph 1 - Main Point: A - Word Count: 200 words\nParagraph 2 - Main Point: B"
-    p = plan_prompt(inst)
+    p = outline_prompt(inst)
     assert inst in p and "Word Count" in p and "$" not in p
-    assert "字数" in plan_prompt("写一篇文章")
+    assert "字数" in outline_prompt("写一篇文章")
     step = Step(text="Paragraph 2 - Main Point: B", point="B", words=None)
     w = write_prompt(inst, plan, ["First paragraph.", "Second one."], step)
     assert inst in w and plan in w and "First paragraph.\n\nSecond one." in w and w.count(step.text) >= 2
@@ -198,7 +198,7 @@ def test_agentwrite_end_to_end(tmp_path):
 
     stats = json.loads((run_dir / "agentwrite/stats.json").read_text())
     assert stats["instructions"] == stats["written"] == stats["finished"] == 3
-    assert all(stats[f"dropped_{r}"] == 0 for r in ("failed_step", "too_short", "unparseable_plan"))
+    assert all(stats[f"dropped_{r}"] == 0 for r in ("failed_step", "too_short", "unparseable_outline"))
     assert stats["tokens_in"] == sum(s["usage"]["prompt_tokens"] for s in steps)
     assert stats["tokens_out"] == sum(s["usage"]["completion_tokens"] for s in steps)
     assert stats["estimated_cost"] == pytest.approx(stats["tokens_in"] * 2.5e-6 + stats["tokens_out"] * 1e-5, abs=1e-6)
@@ -289,11 +289,11 @@ def test_filters_keep(tmp_path):
     assert sorted(ids) == ["nocount", "ok"]
     m = {k.split("/", 1)[1]: v for k, v in metrics.items()}
     assert (m["dropped_too_many_steps"], m["dropped_too_short"], m["dropped_empty_paragraph"],
-            m["dropped_unparseable_plan"], m["dropped_missing_count"], m["dropped_failed_step"]) == (1, 1, 1, 1, 0, 0)
-    assert m["plan_lines_without_count"] == 1 and m["written"] == 2 and m["finished"] == 6
+            m["dropped_unparseable_outline"], m["dropped_missing_count"], m["dropped_failed_step"]) == (1, 1, 1, 1, 0, 0)
+    assert m["outline_lines_without_count"] == 1 and m["written"] == 2 and m["finished"] == 6
     stats = json.loads((tmp_path / "run/agentwrite/stats.json").read_text())
     assert {d["id"]: d["reason"] for d in stats["drops"]} == {
-        "many": "too_many_steps", "short": "too_short", "empty": "empty_paragraph", "unparseable": "unparseable_plan"}
+        "many": "too_many_steps", "short": "too_short", "empty": "empty_paragraph", "unparseable": "unparseable_outline"}
 
 
 @pytest.mark.slow
@@ -305,7 +305,7 @@ def test_filters_drop_missing_count_and_skip_empty(tmp_path):
     data = {r["id"]: r for r in read_jsonl(tmp_path / "run/agentwrite/data.jsonl")}
     assert sorted(data) == ["empty", "many", "ok"]
     assert data["empty"]["messages"][1]["content"] == " ".join(["word"] * 20)  # the empty paragraph skipped
-    assert metrics["agentwrite/dropped_missing_count"] == 1 and metrics["agentwrite/plan_lines_without_count"] == 1
+    assert metrics["agentwrite/dropped_missing_count"] == 1 and metrics["agentwrite/outline_lines_without_count"] == 1
     assert metrics["agentwrite/dropped_empty_paragraph"] == 0
 
 
@@ -343,7 +343,7 @@ def test_server_faults_are_retried_or_counted(tmp_path):
     ids = sorted(r["id"] for r in read_jsonl(tmp_path / "run/agentwrite/data.jsonl"))
     assert ids == ["dropped", "flaky", "ratelimit", "slow"]
     m = {k.split("/", 1)[1]: v for k, v in metrics.items()}
-    assert m["dropped_failed_step"] == 1 and m["dropped_unparseable_plan"] == 1 and m["written"] == 4
+    assert m["dropped_failed_step"] == 1 and m["dropped_unparseable_outline"] == 1 and m["written"] == 4
     assert m["finished"] == 5  # all but the one whose call failed for good
     ratelimited = next(times for text, times in seen.items() if "RATELIMIT" in text and is_plan(text))
     assert len(ratelimited) == 2 and ratelimited[1] - ratelimited[0] >= 0.95  # Retry-After: 1 honoured
@@ -376,7 +376,7 @@ def test_bad_instructions_name_file_line_and_field(tmp_path, line, message):
 
 
 @pytest.mark.slow
-def test_a_plan_of_one_step_under_max_steps_1_is_written(tmp_path):
+def test_an_outline_of_one_step_under_max_steps_1_is_written(tmp_path):
     path = instructions_file(tmp_path, [{"id": "one", "prompt": "Write a short note STEPS=1."}])
     with OpenAIServer(writer) as server:
         metrics = run_agentwrite(cfg_for(server, path, "agentwrite.max_steps=1"), tmp_path / "run", Tracker())
@@ -432,10 +432,59 @@ def test_a_changed_prompt_is_asked_again_and_an_unchanged_one_is_reused(tmp_path
     assert len(steps) == 5 and len(read_resumable(run_dir / "agentwrite/steps.jsonl", key="key")) == 3  # the last wins
 
 
-def test_plain_lines_take_an_unnumbered_plan_line_by_line():
+def test_plain_lines_take_an_unnumbered_outline_line_by_line():
     plan = "the river and its bank\nthe bridge over the stream"
-    assert parse_plan(plan) == []
-    assert [s.point for s in parse_plan(plan, plain_lines=True)] == ["the river and its bank", "the bridge over the stream"]
-    assert all(s.words is None for s in parse_plan(plan, plain_lines=True))
+    assert parse_outline(plan) == []
+    assert [s.point for s in parse_outline(plan, plain_lines=True)] == ["the river and its bank", "the bridge over the stream"]
+    assert all(s.words is None for s in parse_outline(plan, plain_lines=True))
     numbered = "1. the river (200 words)\nsome remark"
-    assert parse_plan(numbered, plain_lines=True) == parse_plan(numbered)  # a numbered plan is read as one
+    assert parse_outline(numbered, plain_lines=True) == parse_outline(numbered)  # a numbered plan is read as one
+
+
+# --- the filters and the drop accounting, without a server --------------------------------------------
+
+def steps_of(*words):
+    return [Step(text=f"Paragraph {i} - Main Point: p{i}", point=f"p{i}", words=w) for i, w in enumerate(words, 1)]
+
+
+@pytest.mark.parametrize("steps, max_steps, missing_count, reason", [
+    (steps_of(), 50, "keep", "unparseable_outline"),
+    (steps_of(100, 100, 100), 2, "keep", "too_many_steps"),
+    (steps_of(100, 100), 2, "keep", None),  # exactly max_steps is written
+    (steps_of(100, None), 50, "drop", "missing_count"),
+    (steps_of(100, None), 50, "keep", None),
+    (steps_of(None, None, None), 2, "drop", "too_many_steps"),  # too many is said before a missing count
+])
+def test_outline_filter(steps, max_steps, missing_count, reason):
+    dropped = outline_drop(steps, "the outline", max_steps, missing_count)
+    assert (dropped.reason if dropped else None) == reason
+
+
+@pytest.mark.parametrize("paragraphs, words, ratio, reason", [
+    ([], (10,), 0.5, "too_short"),  # every paragraph skipped: nothing to write out
+    (["one two three four"], (10,), 0.5, "too_short"),  # 4 words < 0.5 x 10
+    (["one two three four five"], (10,), 0.5, None),  # exactly half is enough
+    (["one", "two"], (None, None), 0.5, None),  # no counts in the outline: any answer passes
+    (["一二三"], (3,), 1.0, None),  # Chinese characters count as words
+])
+def test_answer_filter(paragraphs, words, ratio, reason):
+    dropped = answer_drop(paragraphs, steps_of(*words), ratio)
+    assert (dropped.reason if dropped else None) == reason
+
+
+def test_drop_accounting():
+    stats, failures = new_stats(4), []
+    count_written(stats)
+    count_drop(stats, failures, "a", Dropped("too_short", "3 words < 0.5 x the outline's 10"))
+    count_drop(stats, failures, "b", Dropped("failed_step", "step 2: HTTP 500 " + "x" * 600))
+    assert (stats["written"], stats["finished"], stats["dropped_too_short"], stats["dropped_failed_step"]) == (1, 2, 1, 1)
+    # a failed call leaves its instruction unfinished: the rerun asks again
+    assert [f["id"] for f in failures] == ["a", "b"] and failures[1]["reason"] == "failed_step"
+    assert len(failures[1]["detail"]) == 500
+    assert stats["instructions"] == 4 and stats["outline_lines_without_count"] == 0
+
+
+def test_a_mixed_prompt_gets_the_chinese_outline_prompt():
+    """Any CJK character makes an instruction Chinese (lw.words.language_of, the benchmark's split)."""
+    assert "字数" in outline_prompt("Write about the 长城 in 800 words")
+    assert "Word Count" in outline_prompt("Write about the Great Wall in 800 words")

@@ -172,7 +172,8 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("override, expected", [
     ("seed=abc", "lw: error: Error merging override seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("task=nope", "lw: error: Error merging override task=nope: Invalid value 'nope', expected one of [train, prepare"),
+    ("task=nope", "lw: error: task=nope is not a task; valid tasks: train, prepare, eval, score, dpo_pairs, agentwrite"),
+    ("task=scor", "lw: error: task=scor is not a task; did you mean task=score? valid tasks: train, prepare"),
     ("model=nope", "lw: error: In 'config': Could not find 'model/nope'; available options in 'model': glm4_9b, "
                    "glm4_9b_chat, llama3_1_8b, llama3_1_8b_instruct, longwriter_glm4_9b, longwriter_llama3_1_8b, tiny"),
     ("sampling=nope", "lw: error: In 'config': Could not find 'sampling/nope'; available options in 'sampling': lw, "
@@ -186,6 +187,24 @@ def test_a_bad_setting_is_one_line(tmp_path, override, expected):
     assert line.startswith(expected), line
     if "secret" in override:
         assert not (tmp_path / "runs").exists()  # refused before Hydra writes anything
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["score", "dpo_pairs", "agentwrite"])
+def test_dry_run_of_a_task_without_one_is_refused_before_any_work(tmp_path, task):
+    result = run(f"task={task}", "dry_run=true", "logger=none", "hydra.run.dir=run", cwd=tmp_path)
+    line = user_error(result)
+    assert line.startswith(f"lw: error: task={task} has no dry run (dry_run=true plans train, prepare and eval)"), line
+    assert "training plan" not in result.stdout.lower() and not (tmp_path / "run" / "plan.json").exists()
+
+
+def test_score_and_agentwrite_never_import_torch():
+    """A mistyped judge or server URL must fail in seconds, not after torch's imports."""
+    code = ("import sys, lw.cli, lw.pipeline, lw.tasks; "
+            "[lw.tasks.task_module(t) for t in ('score', 'agentwrite')]; "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.slow

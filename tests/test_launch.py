@@ -210,7 +210,6 @@ def test_unknown_deepspeed_config_lists_the_known_ones(tmp_path):
 
 
 def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
-    from lw.config import Task
     from lw.train.worker import load_run_config
 
     monkeypatch.setenv("LW_TEST_TOKEN", "sekrit-value")  # a key read from the environment, as keys are
@@ -222,7 +221,7 @@ def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
     text = (tmp_path / "launch" / "config.yaml").read_text()
     assert "sekrit-value" not in text and "hub_token: <redacted>" in text and "${" not in text
     loaded = load_run_config(tmp_path)
-    assert loaded.task == Task.train and loaded.run_name == cfg.run_name
+    assert loaded.task == "train" and loaded.run_name == cfg.run_name
     assert loaded.trainer.args.max_steps == 6 and loaded.launcher.deepspeed == "zero3_offload"
     assert json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3
     assert (tmp_path / "launch" / "command.sh").read_text().endswith(f"lw.train.worker {tmp_path}\n")

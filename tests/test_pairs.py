@@ -12,9 +12,11 @@ from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.eval.judge import DIMENSIONS
 import math
 
-from lw.pairs import (best_is_shared, closeness, combine, read_prompts, required_length, run_dpo_pairs,
-                      select_pair)
+from lw.data.prompts import read_prompts, required_length
+from lw.tasks.dpo_pairs import Selection, best_is_shared, closeness, combine, resolve_lengths, select_pair, select_pairs
+from lw.tasks.dpo_pairs import run as run_dpo_pairs
 from lw.tracking import Tracker
+from omegaconf import OmegaConf
 from lw.words import count_words, length_score
 
 
@@ -368,3 +370,45 @@ def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model, bench_data_
         assert server.count() == sent
         assert len((run_dir / "pairs/samples.jsonl").read_text().splitlines()) == 15
         assert (run_dir / "pairs.jsonl").read_text() == first
+
+
+# --- lengths, selection and drop accounting, without a server -----------------------------------------
+
+def test_resolve_lengths_counts_each_source():
+    prompts = [{"id": "a", "prompt": "Write 300 words", "length": 500}, {"id": "b", "prompt": "写一篇800字的文章", "length": None},
+               {"id": "c", "prompt": "Write a poem", "length": None}]
+    assert resolve_lengths(prompts) == {"length_from_field": 1, "length_from_text": 1, "length_unknown": 1}
+    assert [(q["length"], q["source"]) for q in prompts] == [(500, "field"), (800, "text"), (None, "unknown")]
+
+
+def pairs_settings(rule="length", min_margin=0.0):
+    return OmegaConf.create({"samples": 3, "rule": rule, "min_margin": min_margin})
+
+
+def samples_of(pid, *words):
+    return {f"{pid}#{k}": {"id": f"{pid}#{k}", "response": " ".join(["word"] * n)} for k, n in enumerate(words)}
+
+
+def test_select_pairs_counts_pairs_and_drops():
+    prompts = [{"id": "good", "prompt": "p", "length": 100, "source": "field"},
+               {"id": "empty", "prompt": "p", "length": 100, "source": "field"},
+               {"id": "tie", "prompt": "p", "length": 100, "source": "text"}]
+    by_id = {**samples_of("good", 100, 50, 400), **samples_of("empty", 100, 0, 0), **samples_of("tie", 10, 30, 500)}
+    selection = select_pairs(prompts, by_id, {}, pairs_settings(), seed=0)
+    # good: its 100 words are chosen; empty: two empty answers leave one scored sample (failed);
+    # tie: 10, 30 and 500 words all score S_l = 0, and 30 is the nearest to 100: the tie is broken
+    assert [r["id"] for r in selection.records] == ["good", "tie"]
+    assert selection.drops == {"failed": 1, "tie": 0, "margin": 0}
+    assert (selection.samples_failed, selection.tied_by_score, selection.ties_broken) == (2, 1, 1)
+    stats = selection.stats()
+    assert stats["pairs"] == 2 and stats["dropped_failed"] == 1 and stats["ties_broken_by_length"] == 1
+    assert stats["mean_margin"] == stats["mean_chosen_score"] - stats["mean_rejected_score"] > 0
+    assert selection.records[1]["chosen_index"] == 1
+
+
+def test_select_pairs_margin_and_no_pairs():
+    prompts = [{"id": "close", "prompt": "p", "length": 100, "source": "field"}]
+    by_id = samples_of("close", 100, 99, 98)
+    selection = select_pairs(prompts, by_id, {}, pairs_settings(min_margin=5.0), seed=0)
+    assert selection.records == [] and selection.drops["margin"] == 1
+    assert "mean_margin" not in selection.stats()

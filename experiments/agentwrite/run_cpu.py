@@ -1,5 +1,5 @@
 """AgentWrite end to end on 2 CPU cores with nothing from the network: a tiny model served by
-`transformers serve` on loopback writes plans and paragraphs for a few instructions
+`transformers serve` on loopback writes outlines and paragraphs for a few instructions
 (`lw task=agentwrite`), the result trains a tiny model (`lw data=jsonl`), and the toy ruler probes
 it. The text is nonsense (the served model is the smoke miniature); the pipeline is the point.
 
@@ -57,7 +57,7 @@ def main() -> None:
     serve_start = time.time()
     with transformers_serve(writer / "model", log_path=work / "serve.log") as base_url:
         times["serve_start_s"] = round(time.time() - serve_start, 1)
-        # The served model writes no line breaks, numbers or word counts: every plan is one plain
+        # The served model writes no line breaks, numbers or word counts: every outline is one plain
         # line (agentwrite.plain_lines), a step without a count (kept: missing_count=keep).
         times["agentwrite_s"] = lw(["task=agentwrite", f"agentwrite.instructions={instructions}",
                                     "agentwrite.plain_lines=true", "agentwrite.missing_count=keep",

@@ -17,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from lw.data import toy
+from lw.words import language_of
 from lw.jsonl import read_json_objects
 from lw.errors import UserError, MissingFile
 
@@ -35,14 +36,6 @@ JUDGE_TEMPLATE = "judge.txt"
 
 # LongBench-Write's subsets by required length l (docs/science.md section 2); the last one is closed.
 SUBSETS = (("0-500", 0, 500), ("500-2000", 500, 2000), ("2000-4000", 2000, 4000), ("4000-20000", 4000, 20001))
-
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-
-
-def language_of(prompt: str) -> str:
-    """zh for a prompt with any CJK character, else en (the benchmarks hold only these two)."""
-    return "zh" if _CJK.search(prompt) else "en"
-
 
 def subset_of(length: int) -> str | None:
     for name, low, high in SUBSETS:

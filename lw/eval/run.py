@@ -1,17 +1,20 @@
-"""One benchmark's predictions -> scores (length, judge) -> files in the run directory and W&B."""
+"""One benchmark's predictions -> scores (length, judge) -> files in the run directory and W&B; and a
+run's whole evaluation (`evaluate`: generate on every benchmark, score, results.csv)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
 
-from lw.eval.benchmarks import judge_template, language_of, parse_length, subset_of
+from lw.eval.benchmarks import judge_template, parse_length, subset_of
 from lw.eval.judge import DIMENSIONS, build_judge
 from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
-from lw.errors import UserError, MissingFile
+from lw.words import language_of
+from lw.errors import Incomplete, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +129,65 @@ def read_predictions(path: str | Path) -> list[dict]:
     if empty:
         log.warning("%s: %d empty responses (they score S_l = 0)", path, empty)
     return rows
+
+
+# --- a run's evaluation: shared by task=train (the trained model) and task=eval ----------------------
+
+RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l"]
+
+
+def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str = "none") -> dict:
+    """Generate on every configured benchmark (resumable), score, and write files under run_dir.
+
+    A benchmark whose generations or judgements failed after their retries keeps what finished and
+    is reported in the metrics (generation_failed, judge_failed); the run then ends Incomplete.
+    `trainer` names what trained the model in results.csv ("none" for a model evaluated as it is).
+    """
+    from lw.eval.benchmarks import load_items
+    from lw.eval.generate import GenerationFailed, build_backend, generate
+
+    benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), judge_for(cfg, bench_cfg))
+                  for name, bench_cfg in cfg.eval.items()}  # bad files or judge settings fail before the model loads
+    backend = build_backend(cfg, model_path)
+    metrics: dict = {}
+    results, problems = [], []
+    for name, (bench_cfg, items, judge) in benchmarks.items():
+        bench_dir = run_dir / "eval" / name
+        prefix = metric_prefix(bench_cfg.kind, name)
+        try:
+            rows = generate(backend, items, bench_dir / "predictions.jsonl")
+        except GenerationFailed as err:  # not scored: a score of part of a benchmark would mislead
+            metrics.update({f"{prefix}/generation_failed": err.failed, f"{prefix}/n": err.total})
+            problems.append(f"{name}: {err}")
+            continue
+        bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name)
+        metrics.update(bench_metrics)
+        results += result_rows(cfg, name, rows, trainer)
+        problems += judge_problems(name, prefix, bench_metrics, bench_dir)
+    write_results(run_dir, results)
+    if problems:
+        raise Incomplete("; ".join(problems), metrics)
+    return metrics
+
+
+def judge_problems(name: str, prefix: str, metrics: dict, bench_dir: Path) -> list[str]:
+    failed = metrics.get(f"{prefix}/judge_failed", 0)
+    if not failed:
+        return []
+    return [f"{name}: {failed} of {metrics[f'{prefix}/n']} judge requests failed after their retries (see "
+            f"{bench_dir / 'judgements.jsonl'}), S_q leaves them out; finished judgements are cached: rerun the "
+            f"same command to ask only for the rest"]
+
+
+def result_rows(cfg, name: str, rows: list[dict], trainer: str = "none") -> list[dict]:
+    """results.csv's rows of one benchmark: one per scored item."""
+    return [{"run": cfg.run_name, "trainer": trainer, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
+             "seed": cfg.seed, "required": r["length"], "produced": r["produced"], "S_l": round(r["S_l"], 4)}
+            for r in rows]
+
+
+def write_results(run_dir: Path, results: list[dict]) -> None:
+    with open(run_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(results)

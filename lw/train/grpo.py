@@ -77,7 +77,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> GRPOConfig:
 
 def prompt_rows(cfg) -> tuple[list[dict], Counter]:
     """{"id", "prompt", "length"} per prompt of the configured source, and counts of where the lengths came from."""
-    from lw.pairs import read_prompts, required_length
+    from lw.data.prompts import read_prompts, required_length
 
     data_cfg = cfg.data
     source = option_name(data_cfg.source)

@@ -1,18 +1,21 @@
-"""task=agentwrite: long answers by plan-then-write (AgentWrite, docs/science.md section 3).
+"""task=agentwrite: long answers by outline-then-write (AgentWrite, docs/science.md section 3).
 
-For every instruction an OpenAI-compatible model (generation=openai) is asked first for a plan, one
-line per paragraph with its main point and its word count, then for each paragraph in order, given
-the instruction, the whole plan, the text written so far and the current step. The paragraphs,
+For every instruction an OpenAI-compatible model (generation=openai) is asked first for an outline,
+one line per paragraph with its main point and its word count, then for each paragraph in order,
+given the instruction, the whole outline, the text written so far and the current step. ("Plan" in
+lw means only the dry run; the paper calls the outline a plan, and the write prompt's placeholder
+stays $PLAN$ as in the official write.txt, so its prompt files work as they are; the built-in prompts
+keep their wording, which is what the model is asked.) The paragraphs,
 their step labels removed, joined by blank lines, become the answer.
 
 Files under RUN_DIR/agentwrite/ (a rerun of the same command asks only for what is missing):
 - steps.jsonl  one line per finished call, appended and fsynced before the instruction's next call:
-               {"key": "<id>:<step>", "instruction_id", "step" (0 = the plan), "prompt_sha256", "text"
+               {"key": "<id>:<step>", "instruction_id", "step" (0 = the outline), "prompt_sha256", "text"
                (the reply as received), "usage": {"prompt_tokens", "completion_tokens"}, "seconds"}.
                A rerun reuses a call whose prompt hash still matches; a failed call is never written.
 - data.jsonl   {"id", "messages": [user: instruction, assistant: answer]}, what `data=jsonl
                data.path=...` trains on; an instruction already there is never written again.
-- stats.json   instructions, finished, written, dropped by reason, plan lines without a count,
+- stats.json   instructions, finished, written, dropped by reason, outline lines without a count,
                tokens in/out and the estimated cost (over every call in steps.jsonl).
 """
 
@@ -28,18 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lw.jsonl import Appender, read_resumable
-from lw.prompts import read_prompt_file
-from lw.words import count_words
+from lw.data.prompts import read_prompt_file
+from lw.words import count_words, language_of
 from lw.errors import Incomplete, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
-PLAN_FIELDS = ("$INST$",)
+# Only an API model runs: torch is never imported, so a mistyped server URL fails in seconds.
+USES_TORCH = False
+
+OUTLINE_FIELDS = ("$INST$",)
 WRITE_FIELDS = ("$INST$", "$PLAN$", "$TEXT$", "$STEP$")
-DROP_REASONS = ("failed_step", "too_many_steps", "too_short", "empty_paragraph", "missing_count", "unparseable_plan")
+DROP_REASONS = ("failed_step", "too_many_steps", "too_short", "empty_paragraph", "missing_count",
+                "unparseable_outline")
 
 # The project's own wording (not the official LongWriter prompts).
-PLAN_PROMPT_EN = """Before a long answer to the instruction below is written, it needs a plan.
+OUTLINE_PROMPT_EN = """Before a long answer to the instruction below is written, it needs a plan.
 
 Instruction:
 $INST$
@@ -51,7 +58,7 @@ Choose the word counts so that together they match the length the instruction as
 names none, the length its task calls for). Reply with the plan lines only: no title, no
 introduction and no remarks after the plan."""
 
-PLAN_PROMPT_ZH = """在为下面的写作指令撰写长篇回答之前，需要先做一份写作计划。
+OUTLINE_PROMPT_ZH = """在为下面的写作指令撰写长篇回答之前，需要先做一份写作计划。
 
 指令：
 $INST$
@@ -98,22 +105,11 @@ $STEP$
 NOTHING_YET = {"en": "(nothing yet: this is the first paragraph)", "zh": "（尚无内容：这是第一段）"}
 
 
-# --- the language of an instruction -----------------------------------------------------------------
-
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
-
-
-def language(text: str) -> str:
-    """"zh" when CJK characters outnumber Latin letters, else "en"."""
-    return "zh" if len(_CJK.findall(text)) > len(_LATIN.findall(text)) else "en"
-
-
-# --- the plan ---------------------------------------------------------------------------------------
+# --- the outline ---------------------------------------------------------------------------------------
 
 @dataclass
 class Step:
-    text: str  # the plan line(s) as given, for the write prompt's $STEP$
+    text: str  # the outline line(s) as given, for the write prompt's $STEP$
     point: str  # the main point, labels and count removed
     words: int | None  # the word count (English words or Chinese characters); None when the line has none
 
@@ -162,18 +158,18 @@ def _point(line: str) -> str:
     return body
 
 
-def parse_plan(text: str, plain_lines: bool = False) -> list[Step]:
-    """The steps of a plan: one per non-blank line that carries a label, a bullet or a count.
+def parse_outline(text: str, plain_lines: bool = False) -> list[Step]:
+    """The steps of an outline: one per non-blank line that carries a label, a bullet or a count.
 
     Accepts "Paragraph 1 - Main Point: ... - Word Count: 400 words", "1. ... (400 words)",
     "第1段 - 主要内容：... - 字数：400字", bullets, "1)", "(1)", "Step 1:", counts written "1,200 words",
     "400字", "约400字" or "300-400 words" (the upper end), and a label on its own line followed by
     "Main Point:" / "Word Count:" lines. Blank lines never make steps; a "Total: ..." line is no step.
-    In a plan with numbered or bulleted lines only those are steps (not a preamble such as "Here is
-    the plan:" or a title "Plan (2000 words)"); without any, the lines that carry a count are. So a
-    reply without any plan line (a refusal) gives []. A step without a count has words=None.
-    With `plain_lines` (agentwrite.plain_lines), a plan without numbered lines or counts is taken
-    line by line: for a model that writes its plan as plain sentences.
+    In an outline with numbered or bulleted lines only those are steps (not a preamble such as "Here
+    is the plan:" or a title "Plan (2000 words)"); without any, the lines that carry a count are. So a
+    reply without any outline line (a refusal) gives []. A step without a count has words=None.
+    With `plain_lines` (agentwrite.plain_lines), an outline without numbered lines or counts is taken
+    line by line: for a model that writes its outline as plain sentences.
     """
     text = unicodedata.normalize("NFKC", text or "")
     lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
@@ -189,7 +185,7 @@ def parse_plan(text: str, plain_lines: bool = False) -> list[Step]:
         if _TOTAL.match(_LABEL.sub("", bare, count=1) if labelled else bare) and not _LABEL.match(line):
             continue
         entries.append((line, labelled))
-    if any(labelled for _, labelled in entries):  # a numbered plan: a title with a count is no step
+    if any(labelled for _, labelled in entries):  # a numbered outline: a title with a count is no step
         entries = [(t, labelled) for t, labelled in entries if labelled]
     elif not (plain_lines and all(_count(t) is None for t, _ in entries)):
         # unnumbered lines are steps only when they carry a count
@@ -206,17 +202,17 @@ def parse_plan(text: str, plain_lines: bool = False) -> list[Step]:
 _PARAGRAPH_LABEL = re.compile(
     rf"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:(?:paragraph|para\.?)\s*\d+|第\s*[{_ZH_NUM}]+\s*段落?)"
     rf"\s*(?:\*\*)?\s*(?:[-–—:：.、)]\s*|\n|$)(?:\*\*)?\s*", re.IGNORECASE)
-_ECHOED_PLAN = re.compile(r"^(?:main\s*point|word\s*count|主要内容|字数)\s*[:：]", re.IGNORECASE)
+_ECHOED_OUTLINE = re.compile(r"^(?:main\s*point|word\s*count|主要内容|字数)\s*[:：]", re.IGNORECASE)
 
 
 def clean_paragraph(text: str) -> str:
     """The paragraph without a leading step label ("Paragraph 3:", "Paragraph 3 -", "第三段", "第3段：")
-    or an echoed plan line ("Main Point: ... - Word Count: ..." before the text)."""
+    or an echoed outline line ("Main Point: ... - Word Count: ..." before the text)."""
     text = (text or "").strip()
     for _ in range(2):
         text = _PARAGRAPH_LABEL.sub("", text, count=1).strip()
         first, _, rest = text.partition("\n")
-        if _ECHOED_PLAN.match(first.strip(" *-")) and rest.strip():
+        if _ECHOED_OUTLINE.match(first.strip(" *-")) and rest.strip():
             text = rest.strip()
     return text
 
@@ -233,21 +229,22 @@ def _template(path: str | None, fields: tuple[str, ...], what: str) -> str | Non
     missing = [f for f in fields if f not in text]
     if missing:
         raise UserError(f"agentwrite.{what}: {file} lacks the placeholder(s) {' '.join(missing)} "
-                         f"(a {what.split('_')[0]} prompt needs {' '.join(fields)})")
+                         f"(the {what.split('_')[0]} prompt needs {' '.join(fields)})")
     return text
 
 
-def plan_prompt(instruction: str, template: str | None = None) -> str:
-    template = template or (PLAN_PROMPT_ZH if language(instruction) == "zh" else PLAN_PROMPT_EN)
+def outline_prompt(instruction: str, template: str | None = None) -> str:
+    template = template or (OUTLINE_PROMPT_ZH if language_of(instruction) == "zh" else OUTLINE_PROMPT_EN)
     return template.replace("$INST$", instruction.strip())
 
 
-def write_prompt(instruction: str, plan: str, paragraphs: list[str], step: Step, template: str | None = None) -> str:
-    lang = language(instruction)
+def write_prompt(instruction: str, outline: str, paragraphs: list[str], step: Step,
+                 template: str | None = None) -> str:
+    lang = language_of(instruction)
     template = template or (WRITE_PROMPT_ZH if lang == "zh" else WRITE_PROMPT_EN)
     so_far = "\n\n".join(paragraphs) if paragraphs else NOTHING_YET[lang]
-    # One pass over the placeholders, so a plan or text holding "$STEP$" is not filled again.
-    values = {"$INST$": instruction.strip(), "$PLAN$": plan.strip(), "$TEXT$": so_far, "$STEP$": step.text}
+    # One pass over the placeholders, so an outline or text holding "$STEP$" is not filled again.
+    values = {"$INST$": instruction.strip(), "$PLAN$": outline.strip(), "$TEXT$": so_far, "$STEP$": step.text}
     return re.sub(r"\$(?:INST|PLAN|TEXT|STEP)\$", lambda m: values[m.group(0)], template)
 
 
@@ -271,13 +268,64 @@ def read_instructions(path: str | Path) -> list[dict]:
     return [{"id": r["id"], "prompt": r["prompt"]} for r in rows]
 
 
-# --- the task ---------------------------------------------------------------------------------------
+# --- filters and accounting (plain functions of dicts: tested without a server) ---------------------
 
-class _Dropped(Exception):
+class Dropped(Exception):
+    """An instruction left out of data.jsonl, for `reason` (one of DROP_REASONS)."""
+
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
 
+
+def outline_drop(steps: list[Step], outline: str, max_steps: int, missing_count: str) -> Dropped | None:
+    """Why an outline is not written out (no steps, too many, a missing count under missing_count=drop),
+    or None."""
+    missing = sum(s.words is None for s in steps)
+    if not steps:
+        return Dropped("unparseable_outline", f"no outline lines in {outline[:120]!r}")
+    if len(steps) > max_steps:
+        return Dropped("too_many_steps", f"{len(steps)} steps > agentwrite.max_steps={max_steps}")
+    if missing and missing_count == "drop":
+        return Dropped("missing_count", f"{missing} of {len(steps)} outline lines without a word count")
+    return None
+
+
+def answer_drop(paragraphs: list[str], steps: list[Step], min_length_ratio: float) -> Dropped | None:
+    """Why a written answer is dropped (no paragraph, or under min_length_ratio of the outline's
+    word counts), or None."""
+    planned = sum(s.words or 0 for s in steps)
+    produced = count_words("\n\n".join(paragraphs))
+    if not paragraphs or (planned and produced < min_length_ratio * planned):
+        return Dropped("too_short", f"{produced} words < {min_length_ratio} x the outline's {planned}")
+    return None
+
+
+def new_stats(instructions: int) -> dict:
+    return {"instructions": instructions, "finished": 0, "written": 0, **{f"dropped_{r}": 0 for r in DROP_REASONS},
+            "outline_lines_without_count": 0, "calls": 0, "calls_reused": 0, "paragraph_steps": 0}
+
+
+def count_written(stats: dict) -> None:
+    stats["written"] += 1
+    stats["finished"] += 1
+
+
+def count_drop(stats: dict, failures: list[dict], iid: str, err: Dropped) -> None:
+    """A dropped instruction, by reason; one whose call failed is not finished (a rerun asks again)."""
+    stats[f"dropped_{err.reason}"] += 1
+    if err.reason != "failed_step":
+        stats["finished"] += 1
+    failures.append({"id": iid, "reason": err.reason, "detail": str(err)[:500]})
+
+
+def answer_row(iid: str, instruction: str, paragraphs: list[str]) -> dict:
+    """The line of data.jsonl: the instruction and its answer, the paragraphs joined by blank lines."""
+    return {"id": iid, "messages": [{"role": "user", "content": instruction},
+                                    {"role": "assistant", "content": "\n\n".join(paragraphs)}]}
+
+
+# --- the task ---------------------------------------------------------------------------------------
 
 def _check(cfg) -> None:
     a, g = cfg.agentwrite, cfg.generation
@@ -300,140 +348,159 @@ def _check(cfg) -> None:
         raise UserError(f"agentwrite.max_tokens must be at least 1, got {a.max_tokens}")
 
 
-def run_agentwrite(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
-    """task=agentwrite: plan, write paragraph by paragraph, filter; data.jsonl, steps.jsonl, stats.json."""
+def check_written(written: dict, instructions: list[dict], data_path: Path, instructions_path: str) -> None:
+    """data.jsonl must hold the same instruction under each id as the instructions file."""
+    by_id = {q["id"]: q for q in instructions}
+    for iid, row in written.items():
+        user = row.get("messages", [{}])[0].get("content") if row.get("messages") else None
+        if iid in by_id and user != by_id[iid]["prompt"]:
+            raise UserError(f"{data_path}: id {iid} holds a different instruction than {instructions_path}; "
+                             f"use a new run directory for a changed instructions file")
+
+
+class Writer:
+    """One run's calls and counts, shared by the instructions written concurrently (one event loop,
+    so no locks): outline, write, filter and record are its steps."""
+
+    def __init__(self, cfg, endpoint, templates: tuple, cache: dict, instructions: int, outputs: tuple, bar):
+        self.a, self.model, self.endpoint = cfg.agentwrite, cfg.generation.model, endpoint
+        self.outline_template, self.write_template = templates
+        self.cache, self.bar = cache, bar
+        self.steps_out, self.data_out = outputs  # steps.jsonl, data.jsonl
+        self.stats = new_stats(instructions)
+        self.failures: list[dict] = []
+        self.tokens = {"in": sum(r.get("usage", {}).get("prompt_tokens", 0) for r in cache.values()),
+                       "out": sum(r.get("usage", {}).get("completion_tokens", 0) for r in cache.values())}
+
+    def cost(self) -> float:
+        return (self.tokens["in"] / 1e6 * self.a.price_input_per_million
+                + self.tokens["out"] / 1e6 * self.a.price_output_per_million)
+
+    def show(self) -> None:
+        self.bar.set_postfix_str(f"steps {self.stats['paragraph_steps']}, tok in {self.tokens['in']} out "
+                                 f"{self.tokens['out']}, ~${self.cost():.4f}", refresh=False)
+
+    async def call(self, client, iid: str, step: int, prompt: str) -> str:
+        """The reply to one step's prompt: reused from steps.jsonl while its prompt is unchanged, else
+        asked and appended there before the instruction's next call."""
+        from lw import llm
+
+        key = f"{iid}:{step}"
+        done = self.cache.get(key)
+        if done is not None and done.get("prompt_sha256") == sha256(prompt):
+            self.stats["calls_reused"] += 1
+            return done["text"]
+        start = time.time()
+        try:
+            text, usage = await llm.chat_with_usage(client, self.endpoint, self.model, prompt,
+                                                    max_tokens=self.a.max_tokens, temperature=self.a.temperature)
+        except llm.ApiError as err:
+            raise Dropped("failed_step", f"step {step}: {err}") from None
+        record = {"key": key, "instruction_id": iid, "step": step, "prompt_sha256": sha256(prompt),
+                  "text": text, "usage": usage, "seconds": round(time.time() - start, 3)}
+        self.steps_out.write(record)
+        self.cache[key] = record
+        self.stats["calls"] += 1
+        self.tokens["in"] += usage["prompt_tokens"]
+        self.tokens["out"] += usage["completion_tokens"]
+        self.show()
+        self.bar.refresh()
+        return text
+
+    async def outline(self, client, q: dict) -> tuple[str, list[Step]]:
+        text = await self.call(client, q["id"], 0, outline_prompt(q["prompt"], self.outline_template))
+        steps = parse_outline(text, self.a.plain_lines)
+        self.stats["outline_lines_without_count"] += sum(s.words is None for s in steps)
+        return text, steps
+
+    async def write(self, client, q: dict, outline: str, steps: list[Step]) -> list[str]:
+        """The paragraphs, one call per step, each given the text so far."""
+        paragraphs: list[str] = []
+        for number, step in enumerate(steps, start=1):
+            prompt = write_prompt(q["prompt"], outline, paragraphs, step, self.write_template)
+            paragraph = clean_paragraph(await self.call(client, q["id"], number, prompt))
+            self.stats["paragraph_steps"] += 1
+            if paragraph:
+                paragraphs.append(paragraph)
+            elif self.a.empty_paragraph == "drop":
+                raise Dropped("empty_paragraph", f"step {number} came back empty")
+        return paragraphs
+
+    async def work(self, client, q: dict) -> dict:
+        """One instruction: outline, filter, write, filter; its data.jsonl row."""
+        outline, steps = await self.outline(client, q)
+        dropped = outline_drop(steps, outline, self.a.max_steps, self.a.missing_count)
+        if dropped is not None:
+            raise dropped
+        paragraphs = await self.write(client, q, outline, steps)
+        dropped = answer_drop(paragraphs, steps, self.a.min_length_ratio)
+        if dropped is not None:
+            raise dropped
+        return answer_row(q["id"], q["prompt"], paragraphs)
+
+    def record(self, q: dict, row: dict) -> None:
+        self.data_out.write(row)
+        count_written(self.stats)
+        self.bar.update(1)
+        self.show()
+
+    def record_drop(self, q: dict, err: BaseException) -> None:
+        if not isinstance(err, Dropped):  # not a server failure (those are Dropped): a bug, stop
+            raise err
+        count_drop(self.stats, self.failures, q["id"], err)
+        log.log(logging.WARNING if err.reason == "failed_step" else logging.INFO,
+                "agentwrite: instruction %s dropped (%s): %s", q["id"], err.reason, str(err)[:300])
+        self.bar.update(1)
+        self.show()
+
+    def count_already_written(self, instructions: list[dict], written: dict) -> None:
+        """Instructions a run before wrote: finished, their outlines' lines without a count counted."""
+        for q in instructions:
+            if q["id"] in written:
+                count_written(self.stats)
+                outline = self.cache.get(f"{q['id']}:0")
+                if outline:
+                    self.stats["outline_lines_without_count"] += sum(
+                        s.words is None for s in parse_outline(outline["text"], self.a.plain_lines))
+
+
+def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
+    """task=agentwrite: outline, write paragraph by paragraph, filter; data.jsonl, steps.jsonl, stats.json."""
     from tqdm import tqdm
 
     from lw import llm
 
     _check(cfg)
     a, g = cfg.agentwrite, cfg.generation
-    plan_template = _template(a.plan_prompt, PLAN_FIELDS, "plan_prompt")
-    write_template = _template(a.write_prompt, WRITE_FIELDS, "write_prompt")
+    templates = (_template(a.outline_prompt, OUTLINE_FIELDS, "outline_prompt"),
+                 _template(a.write_prompt, WRITE_FIELDS, "write_prompt"))
     instructions = read_instructions(a.instructions)
     endpoint = llm.Endpoint(g.base_url, g.api_key_env, g.timeout, g.retries, "generation")
-
     out_dir = Path(run_dir) / "agentwrite"
     out_dir.mkdir(parents=True, exist_ok=True)
     steps_path, data_path = out_dir / "steps.jsonl", out_dir / "data.jsonl"
-    cache = read_resumable(steps_path, key="key")
-    written = read_resumable(data_path, key="id")
-    by_id = {q["id"]: q for q in instructions}
-    for iid, row in written.items():
-        user = row.get("messages", [{}])[0].get("content") if row.get("messages") else None
-        if iid in by_id and user != by_id[iid]["prompt"]:
-            raise UserError(f"{data_path}: id {iid} holds a different instruction than {a.instructions}; "
-                             f"use a new run directory for a changed instructions file")
-
-    tokens = {"in": sum(r.get("usage", {}).get("prompt_tokens", 0) for r in cache.values()),
-              "out": sum(r.get("usage", {}).get("completion_tokens", 0) for r in cache.values())}
-
-    def cost() -> float:
-        return tokens["in"] / 1e6 * a.price_input_per_million + tokens["out"] / 1e6 * a.price_output_per_million
-
-    stats = {"instructions": len(instructions), "finished": 0, "written": 0,
-             **{f"dropped_{r}": 0 for r in DROP_REASONS}, "plan_lines_without_count": 0,
-             "calls": 0, "calls_reused": 0, "paragraph_steps": 0}
-    failures: list[dict] = []
+    cache, written = read_resumable(steps_path, key="key"), read_resumable(data_path, key="id")
+    check_written(written, instructions, data_path, a.instructions)
     todo = [q for q in instructions if q["id"] not in written]
-    for q in instructions:  # already written: count their plans' lines without a count all the same
-        if q["id"] in written:
-            stats["written"] += 1
-            stats["finished"] += 1
-            plan = cache.get(f"{q['id']}:0")
-            if plan:
-                stats["plan_lines_without_count"] += sum(s.words is None for s in parse_plan(plan["text"], cfg.agentwrite.plain_lines))
-    sampling = {"max_tokens": a.max_tokens, "temperature": a.temperature}
     bar = tqdm(total=len(instructions), initial=len(instructions) - len(todo), desc=f"agentwrite ({g.model})",
                unit="instr")
-
-    def postfix() -> None:
-        bar.set_postfix_str(f"steps {stats['paragraph_steps']}, tok in {tokens['in']} out {tokens['out']}, "
-                            f"~${cost():.4f}", refresh=False)
-
     with Appender(steps_path) as steps_out, Appender(data_path) as data_out:
-
-        async def call(client, iid: str, step: int, prompt: str) -> str:
-            key = f"{iid}:{step}"
-            done = cache.get(key)
-            if done is not None and done.get("prompt_sha256") == sha256(prompt):
-                stats["calls_reused"] += 1
-                return done["text"]
-            start = time.time()
-            try:
-                text, usage = await llm.chat_with_usage(client, endpoint, g.model, prompt, **sampling)
-            except llm.ApiError as err:
-                raise _Dropped("failed_step", f"step {step}: {err}") from None
-            record = {"key": key, "instruction_id": iid, "step": step, "prompt_sha256": sha256(prompt),
-                      "text": text, "usage": usage, "seconds": round(time.time() - start, 3)}
-            steps_out.write(record)  # on disk before the next call of this instruction is sent
-            cache[key] = record
-            stats["calls"] += 1
-            tokens["in"] += usage["prompt_tokens"]
-            tokens["out"] += usage["completion_tokens"]
-            postfix()
-            bar.refresh()
-            return text
-
-        async def work(client, q: dict) -> dict:
-            iid, instruction = q["id"], q["prompt"]
-            plan_text = await call(client, iid, 0, plan_prompt(instruction, plan_template))
-            steps = parse_plan(plan_text, cfg.agentwrite.plain_lines)
-            missing = sum(s.words is None for s in steps)
-            stats["plan_lines_without_count"] += missing
-            if not steps:
-                raise _Dropped("unparseable_plan", f"no plan lines in {plan_text[:120]!r}")
-            if len(steps) > a.max_steps:
-                raise _Dropped("too_many_steps", f"{len(steps)} steps > agentwrite.max_steps={a.max_steps}")
-            if missing and a.missing_count == "drop":
-                raise _Dropped("missing_count", f"{missing} of {len(steps)} plan lines without a word count")
-            paragraphs: list[str] = []
-            for number, step in enumerate(steps, start=1):
-                reply = await call(client, iid, number, write_prompt(instruction, plan_text, paragraphs, step,
-                                                                      write_template))
-                stats["paragraph_steps"] += 1
-                paragraph = clean_paragraph(reply)
-                if not paragraph:
-                    if a.empty_paragraph == "drop":
-                        raise _Dropped("empty_paragraph", f"step {number} came back empty")
-                    continue
-                paragraphs.append(paragraph)
-            answer = "\n\n".join(paragraphs)
-            planned = sum(s.words or 0 for s in steps)
-            produced = count_words(answer)
-            if not paragraphs or (planned and produced < a.min_length_ratio * planned):
-                raise _Dropped("too_short", f"{produced} words < {a.min_length_ratio} x the plan's {planned}")
-            return {"id": iid, "messages": [{"role": "user", "content": instruction},
-                                            {"role": "assistant", "content": answer}]}
-
-        def on_result(q, row) -> None:
-            data_out.write(row)
-            stats["written"] += 1
-            stats["finished"] += 1
-            bar.update(1)
-            postfix()
-
-        def on_error(q, err) -> None:
-            if not isinstance(err, _Dropped):  # not a server failure (those are _Dropped): a bug, stop
-                raise err
-            reason = err.reason
-            stats[f"dropped_{reason}"] += 1
-            if reason != "failed_step":
-                stats["finished"] += 1
-            failures.append({"id": q["id"], "reason": reason, "detail": str(err)[:500]})
-            log.log(logging.WARNING if reason == "failed_step" else logging.INFO,
-                    "agentwrite: instruction %s dropped (%s): %s", q["id"], reason, str(err)[:300])
-            bar.update(1)
-            postfix()
-
+        writer = Writer(cfg, endpoint, templates, cache, len(instructions), (steps_out, data_out), bar)
+        writer.count_already_written(instructions, written)
         try:
             if todo:
                 endpoint.check_reachable()
-                llm.run_bounded(todo, work, g.concurrency, on_result, on_error)
+                llm.run_bounded(todo, writer.work, g.concurrency, writer.record, writer.record_drop)
         finally:
             bar.close()
+    return report(writer, out_dir, data_path, tracker)
 
-    stats.update({"tokens_in": tokens["in"], "tokens_out": tokens["out"], "estimated_cost": round(cost(), 6)})
+
+def report(writer: Writer, out_dir: Path, data_path: Path, tracker) -> dict:
+    """stats.json and the metrics; Incomplete when a call failed after its retries."""
+    stats, failures = writer.stats, writer.failures
+    stats.update({"tokens_in": writer.tokens["in"], "tokens_out": writer.tokens["out"],
+                  "estimated_cost": round(writer.cost(), 6)})
     (out_dir / "stats.json").write_text(json.dumps({**stats, "drops": failures}, indent=2, ensure_ascii=False) + "\n")
     log.info("agentwrite: %d of %d instructions written (%s); %d calls, %d reused", stats["written"],
              stats["instructions"], ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v)

@@ -20,13 +20,12 @@ import json
 import logging
 import math
 import random
-import re
 import statistics
-import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lw.jsonl import read_resumable, write_jsonl
-from lw.prompts import read_prompt_file
+from lw.data.prompts import read_prompts, required_length
 from lw.words import count_words, length_score
 from lw.errors import Incomplete, UserError
 
@@ -38,99 +37,6 @@ FROM_FIELD, FROM_TEXT, UNKNOWN = "field", "text", "unknown"  # where a prompt's 
 STAT_OF_SOURCE = {FROM_FIELD: "length_from_field", FROM_TEXT: "length_from_text", UNKNOWN: "length_unknown"}
 SOURCE_LABELS = {FROM_FIELD: "length given", FROM_TEXT: "length read from the prompt", UNKNOWN: "no length: S_q"}
 _TIE = 1e-9  # scores this close are equal (float noise of the means)
-
-
-# --- the required length, from the instruction's own words ----------------------------------------
-
-_NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
-_EN_RANGE = re.compile(rf"({_NUMBER})\s*(?:-|–|to|and)\s*({_NUMBER})\s*(k)?\s*-?\s*words?\b", re.IGNORECASE)
-_EN = re.compile(rf"({_NUMBER})\s*(k|thousand)?\s*-?\s*words?\b", re.IGNORECASE)
-_EN_COUNT = re.compile(rf"word\s*(?:count|limit)\s*(?:of|:|is|=)?\s*(?:about|around|at least|at most)?\s*({_NUMBER})\b",
-                       re.IGNORECASE)
-_ZH_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
-_ZH_UNITS = {"十": 10, "百": 100, "千": 1000, "万": 10000}
-_ZH_NUMERAL = rf"[{''.join(_ZH_DIGITS)}十百千万]+"
-_ZH_NUMERAL_MIN = 50  # below this a numeral before 字 is an idiom, not a length (十字路口, 一字一句)
-_ZH_RANGE = re.compile(rf"({_NUMBER})\s*(万|千)?\s*[-~～到至]\s*({_NUMBER})\s*(万|千)?\s*个?(?:汉)?[字词]")
-_ZH = re.compile(rf"({_NUMBER}|{_ZH_NUMERAL})\s*(万|千)?\s*个?(?:汉)?[字词]")
-_ZH_COUNT = re.compile(rf"字数\s*(?:要求)?\s*[:：]?\s*(?:为|是|在|应|需|要)?\s*"
-                       rf"(?:不少于|不低于|不超过|至少|大约|大概|约|控制在|达到|超过)?\s*({_NUMBER}|{_ZH_NUMERAL})\s*(万|千)?")
-
-
-def _zh_numeral(text: str) -> int | None:
-    """一千五百 -> 1500, 两万 -> 20000, 三千 -> 3000; None for what is not a Chinese numeral."""
-    total, section, digit = 0, 0, None
-    for char in text:
-        if char in _ZH_DIGITS:
-            digit = _ZH_DIGITS[char]
-        elif char in ("十", "百", "千"):
-            section += (1 if digit is None else digit) * _ZH_UNITS[char]
-            digit = None
-        elif char == "万":
-            total += (section + (digit or 0)) * 10000
-            section, digit = 0, None
-        else:
-            return None
-    value = total + section + (digit or 0)
-    return value or None
-
-
-def _number(text: str, unit: str | None = None) -> int | None:
-    if re.fullmatch(_ZH_NUMERAL, text):
-        value = _zh_numeral(text)
-        if value is None or value < _ZH_NUMERAL_MIN:
-            return None
-    else:
-        value = float(text.replace(",", ""))
-    scale = {"k": 1000, "thousand": 1000, "千": 1000, "万": 10000}.get((unit or "").lower(), 1)
-    value = round(value * scale)
-    return value if value > 0 else None
-
-
-def required_length(text: str) -> int | None:
-    """The length (words, or Chinese characters) an instruction asks for, or None when it names none.
-
-    English: "a 5000-word essay", "about 800 words", "in 1,200 words", "at least 300 words",
-    "1.5k words", "a word count of 500"; Chinese: "不少于3000字", "5000字的文章", "字数不少于2000",
-    "约800字", "三千字", "1.5万字", "300词的英语作文". A range ("800-1000 words", "3000到5000字") gives its upper end, as LongBench-Write states them. The
-    first mention wins ("a 2000-word essay with a 200-word summary" asks for 2000).
-    """
-    text = unicodedata.normalize("NFKC", text)  # full-width digits and commas
-    found: list[tuple[int, int]] = []  # (position, length)
-    ranges: list[tuple[int, int]] = []  # spans of the ranges found: no single number inside one counts
-    bounds = [(m, (m.group(1), m.group(3)), (m.group(2), m.group(3))) for m in _EN_RANGE.finditer(text)]
-    bounds += [(m, (m.group(1), m.group(2) or m.group(4)), (m.group(3), m.group(4))) for m in _ZH_RANGE.finditer(text)]
-    for m, low, high in bounds:  # (match, (low, its unit), (high, its unit))
-        low, high = _number(*low), _number(*high)
-        if low and high and low < high:
-            found.append((m.start(), high))
-            ranges.append(m.span())
-    for pattern in (_EN, _EN_COUNT, _ZH, _ZH_COUNT):
-        for m in pattern.finditer(text):
-            if any(m.start() < end and m.end() > start for start, end in ranges):
-                continue
-            value = _number(m.group(1), m.group(2) if pattern.groups > 1 else None)
-            if value:
-                found.append((m.start(), value))
-    return min(found)[1] if found else None
-
-
-# --- prompts --------------------------------------------------------------------------------------
-
-def read_prompts(path: str | Path, setting: str = "pairs.prompts") -> list[dict]:
-    """{"id", "prompt", "length" (or None)} per line of a prompts JSONL: `prompt` (optional `id`,
-    `length`), or a messages/ShareGPT row whose one user turn is the prompt. Bad lines fail named."""
-    from lw.eval.benchmarks import parse_length
-
-    def check_id(pid, where: str) -> str:
-        if "#" in str(pid):
-            raise UserError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {str(pid)!r}")
-        return str(pid)
-
-    rows = read_prompt_file(path, setting, "field 'prompt' must be a non-empty string", check_id)
-    return [{"id": r["id"], "prompt": r["prompt"],
-             "length": None if r["row"].get("length") is None else parse_length(r["row"]["length"], r["where"])}
-            for r in rows]
 
 
 def benchmark_prompts(cfg) -> list[dict]:
@@ -238,7 +144,7 @@ def _judge(cfg, run_dir: Path):
 def score_samples(q: dict, by_id: dict, judgements: dict, p) -> tuple[list[dict], list[float | None]]:
     """One prompt's samples scored (S_l, S_q, the rule's score; None for an empty answer or a missing
     S_q the rule needs) and each sample's closeness to the required length (None without one)."""
-    from lw.eval.judge import OK  # imported where a task runs, as run_dpo_pairs does
+    from lw.eval.judge import OK  # imported where a task runs, as `run` does
     from lw.eval.scoring import quality_scores
 
     sample_scores, near = [], []
@@ -273,85 +179,128 @@ def pair_record(q: dict, sample_scores: list[dict], chosen: int, rejected: int, 
     }
 
 
-def run_dpo_pairs(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
-    """task=dpo_pairs: sample, score, choose and reject; pairs.jsonl, pairs_stats.json, the plot."""
-    from lw.eval.generate import build_backend, generate
-    from lw.eval.judge import FAILED
-
-    _check(cfg)
-    p = cfg.pairs
-    prompts = read_prompts(p.prompts) if p.prompts else benchmark_prompts(cfg)
-    stats = {"prompts": len(prompts), "length_from_field": 0, "length_from_text": 0, "length_unknown": 0}
+def resolve_lengths(prompts: list[dict]) -> dict:
+    """Each prompt's required length and where it came from (its `length` field, else its text, else
+    unknown), set on the prompt as "length" and "source"; the count of prompts per source."""
+    counts = {stat: 0 for stat in STAT_OF_SOURCE.values()}
     for prompt in prompts:
         if prompt["length"] is not None:
             prompt["source"] = FROM_FIELD
         else:
             prompt["length"] = required_length(prompt["prompt"])
             prompt["source"] = FROM_TEXT if prompt["length"] is not None else UNKNOWN
-        stats[STAT_OF_SOURCE[prompt["source"]]] += 1
-    judge = _judge(cfg, run_dir)  # a bad key, URL or template fails before the model loads
-    scorable = prompts
-    stats["dropped_no_length"] = 0
-    if judge is None:  # rule=length: a prompt without a required length cannot be ranked
-        scorable = [q for q in prompts if q["length"] is not None]
-        stats["dropped_no_length"] = len(prompts) - len(scorable)
-        if stats["dropped_no_length"]:
-            log.warning("pairs: %d prompts name no required length and there is no judge: not sampled",
-                        stats["dropped_no_length"])
+        counts[STAT_OF_SOURCE[prompt["source"]]] += 1
+    return counts
 
-    items = [{"id": f"{q['id']}#{k}", "prompt": q["prompt"]} for q in scorable for k in range(p.samples)]
-    pairs_dir = run_dir / "pairs"
-    samples_path = pairs_dir / "samples.jsonl"
+
+def rankable(prompts: list[dict], judge) -> list[dict]:
+    """The prompts whose samples can be ranked: every one with a judge; without one (rule=length)
+    only those with a required length."""
+    if judge is not None:
+        return prompts
+    kept = [q for q in prompts if q["length"] is not None]
+    if len(kept) < len(prompts):
+        log.warning("pairs: %d prompts name no required length and there is no judge: not sampled",
+                    len(prompts) - len(kept))
+    return kept
+
+
+def sample(cfg, prompts: list[dict], samples_path: Path) -> list[dict]:
+    """`pairs.samples` answers per prompt, id "<prompt id>#<k>", resumed from samples_path."""
+    from lw.eval.generate import build_backend, generate
+
+    items = [{"id": f"{q['id']}#{k}", "prompt": q["prompt"]} for q in prompts for k in range(cfg.pairs.samples)]
     done = read_resumable(samples_path)
     # The model loads only when something is left to sample.
     backend = build_backend(cfg, cfg.model.path) if any(i["id"] not in done for i in items) else None
-    rows = generate(backend, items, samples_path)
-    by_id = {row["id"]: row for row in rows}
+    return generate(backend, items, samples_path)
 
+
+def judge_samples(judge, rows: list[dict]) -> dict:
+    """The judge's judgement of every non-empty sample, by sample id ({} without a judge)."""
     nonempty = [row for row in rows if row["response"].strip()]
-    judgements = {}
-    if judge is not None and nonempty:
-        judgements = {j["id"]: j for j in judge.judge(nonempty)}
+    if judge is None or not nonempty:
+        return {}
+    return {j["id"]: j for j in judge.judge(nonempty)}
 
-    records, chosen_scores, rejected_scores, plot_points = [], [], [], []
-    drops = {"failed": 0, "tie": 0, "margin": 0}
-    samples_failed = tied_by_score = ties_broken = 0
-    for q in scorable:
+
+@dataclass
+class Selection:
+    """The pairs chosen from the scored samples, and the counts of what did not make one."""
+
+    records: list[dict] = field(default_factory=list)  # the lines of pairs.jsonl (`pair_record`)
+    drops: dict = field(default_factory=lambda: {"failed": 0, "tie": 0, "margin": 0})  # prompts, by reason
+    samples_failed: int = 0  # samples without a score (empty, or without the S_q the rule needs)
+    tied_by_score: int = 0  # prompts whose best score two samples share
+    ties_broken: int = 0  # of those, the ones the nearness to the length decided
+
+    def stats(self) -> dict:
+        chosen = [r["scores"][r["chosen_index"]]["score"] for r in self.records]
+        rejected = [r["scores"][r["rejected_index"]]["score"] for r in self.records]
+        stats = {"samples_failed": self.samples_failed, "pairs": len(self.records),
+                 "tied_by_score": self.tied_by_score, "ties_broken_by_length": self.ties_broken,
+                 **{f"dropped_{k}": v for k, v in self.drops.items()}}
+        if self.records:
+            stats["mean_chosen_score"] = statistics.fmean(chosen)
+            stats["mean_rejected_score"] = statistics.fmean(rejected)
+            stats["mean_margin"] = stats["mean_chosen_score"] - stats["mean_rejected_score"]
+        return stats
+
+
+def select_pairs(prompts: list[dict], by_id: dict, judgements: dict, p, seed: int) -> Selection:
+    """Score each prompt's samples (by_id: sample id -> row) and choose its pair, or count its drop."""
+    selection = Selection()
+    for q in prompts:
         sample_scores, near = score_samples(q, by_id, judgements, p)
         scores = [s["score"] for s in sample_scores]
-        samples_failed += sum(score is None for score in scores)
+        selection.samples_failed += sum(score is None for score in scores)
         # S_q ranks by quality alone (rule=quality, or no required length): its ties stay ties.
         near = near if p.rule != "quality" and q["length"] is not None else None
-        chosen, rejected, reason = select_pair(scores, cfg.seed, q["id"], p.min_margin, near)
+        chosen, rejected, reason = select_pair(scores, seed, q["id"], p.min_margin, near)
         shared = best_is_shared(scores)
-        tied_by_score += shared
-        ties_broken += shared and reason != "tie"
+        selection.tied_by_score += shared
+        selection.ties_broken += shared and reason != "tie"
         if reason:
-            drops[reason] += 1
-            continue
-        records.append(pair_record(q, sample_scores, chosen, rejected, shared, by_id, p.rule))
-        best, worse = sample_scores[chosen]["score"], sample_scores[rejected]["score"]
-        chosen_scores.append(best)
-        rejected_scores.append(worse)
-        plot_points.append((best, worse, q["source"]))
+            selection.drops[reason] += 1
+        else:
+            selection.records.append(pair_record(q, sample_scores, chosen, rejected, shared, by_id, p.rule))
+    return selection
 
+
+def write_pairs(cfg, run_dir: Path, records: list[dict], stats: dict, tracker) -> dict:
+    """pairs.jsonl, pairs_stats.json and the scatter plot; the stats logged as pairs/<key>."""
     write_jsonl(records, run_dir / "pairs.jsonl")
-    judge_failed = sum(1 for j in judgements.values() if j["status"] == FAILED)
-    stats.update({"samples": len(rows), "samples_failed": samples_failed, "judge_failed": judge_failed,
-                  "pairs": len(records), "tied_by_score": tied_by_score, "ties_broken_by_length": ties_broken,
-                  **{f"dropped_{k}": v for k, v in drops.items()}})
-    if records:
-        stats["mean_chosen_score"] = statistics.fmean(chosen_scores)
-        stats["mean_rejected_score"] = statistics.fmean(rejected_scores)
-        stats["mean_margin"] = stats["mean_chosen_score"] - stats["mean_rejected_score"]
     (run_dir / "pairs_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    log.info("pairs: %d pairs from %d prompts (%s)", len(records), len(prompts),
+    log.info("pairs: %d pairs from %d prompts (%s)", len(records), stats["prompts"],
              ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v))
-    plot = score_scatter(plot_points, run_dir / "pairs_scores.png",
-                         f"{cfg.run_name}: chosen vs rejected ({RULE_NAMES[p.rule]})")
+    points = [(r["scores"][r["chosen_index"]]["score"], r["scores"][r["rejected_index"]]["score"],
+               r["length_source"]) for r in records]
+    plot = score_scatter(points, run_dir / "pairs_scores.png",
+                         f"{cfg.run_name}: chosen vs rejected ({RULE_NAMES[cfg.pairs.rule]})")
     metrics = {f"pairs/{k}": v for k, v in stats.items()}
     tracker.log(metrics)
     tracker.image("pairs/scores_scatter", plot)
+    return metrics
+
+
+def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
+    """task=dpo_pairs: resolve lengths, sample, score, select, write (pairs.jsonl, pairs_stats.json, the plot)."""
+    from lw.eval.judge import FAILED
+
+    _check(cfg)
+    p = cfg.pairs
+    prompts = read_prompts(p.prompts) if p.prompts else benchmark_prompts(cfg)
+    stats = {"prompts": len(prompts), **resolve_lengths(prompts)}
+    judge = _judge(cfg, run_dir)  # a bad key, URL or template fails before the model loads
+    scorable = rankable(prompts, judge)
+    stats["dropped_no_length"] = len(prompts) - len(scorable)
+    pairs_dir = run_dir / "pairs"
+    rows = sample(cfg, scorable, pairs_dir / "samples.jsonl")
+    judgements = judge_samples(judge, rows)
+    selection = select_pairs(scorable, {row["id"]: row for row in rows}, judgements, p, cfg.seed)
+    judge_failed = sum(1 for j in judgements.values() if j["status"] == FAILED)
+    stats.update({"samples": len(rows), "judge_failed": judge_failed, **selection.stats()})
+    metrics = write_pairs(cfg, run_dir, selection.records, stats, tracker)
     if judge_failed:
         raise Incomplete(f"pairs: {judge_failed} of {len(judgements)} judge requests failed after their retries, so "
                          f"their samples were not ranked; the samples and the finished judgements are kept in "

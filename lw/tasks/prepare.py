@@ -1,0 +1,22 @@
+"""task=prepare: the training set (tokenized, packed) and its statistics, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NEEDS_TOKENIZER = True
+
+
+def run(cfg, run_dir: Path, tracker, tokenizer) -> dict:
+    from lw.data.drops import drop_table
+    from lw.train.registry import trainer_for
+
+    _, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
+    print(drop_table(stats))
+    return {f"data/{k}": v for k, v in stats.items()}
+
+
+def dry_run(cfg, run_dir: Path) -> dict:
+    from lw.plan import dry_run_training
+
+    return dry_run_training(cfg, run_dir)

@@ -1,0 +1,31 @@
+"""task=score: score.predictions (a JSONL of prompt, type, length, response) without any model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lw.errors import Incomplete, UserError
+
+# No model runs: torch is never imported, so a mistyped judge URL fails in seconds, not after the imports.
+USES_TORCH = False
+
+
+def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
+    from lw.config import BenchmarkConfig
+    from lw.eval.run import (judge_for, judge_problems, metric_prefix, read_predictions, result_rows,
+                             score_benchmark, write_results)
+
+    if not cfg.score.predictions:
+        raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
+    name = cfg.score.benchmark
+    bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
+    rows = read_predictions(cfg.score.predictions)
+    metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
+                                    judge_for(cfg, bench_cfg), cfg.run_name)
+    write_results(run_dir, result_rows(cfg, name, rows))
+    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, run_dir / "eval" / name)
+    if problems:
+        raise Incomplete("; ".join(problems), metrics)
+    return metrics

@@ -1,0 +1,86 @@
+"""task=train: prepare the data, train, then evaluate the trained model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from lw.config import option_name
+
+log = logging.getLogger(__name__)
+
+NEEDS_TOKENIZER = True
+
+
+def check(cfg, run_dir: Path) -> None:
+    """A bad trainer option fails here, before any data or weights are touched."""
+    from lw.train.registry import trainer_for
+
+    trainer_for(cfg).training_args(cfg, run_dir / "checkpoints", "none")
+
+
+def before_tracking(cfg, tokenizer) -> dict:
+    """The base stage, trained (or reused) before the W&B run starts, so that its config shows the
+    init_from the run trains from; the base's probe figures."""
+    if cfg.trainer.base is None:
+        return {}
+    from lw.train.base_stage import ensure_base_model
+
+    base = ensure_base_model(cfg, tokenizer)
+    cfg.trainer.init_from = str(base)  # distributed workers read it from the saved config
+    probe = json.loads((base.parent / "probe.json").read_text())
+    return {f"base/median_output_words/{n}": words for n, words in probe.items()}
+
+
+def run(cfg, run_dir: Path, tracker, tokenizer) -> dict | None:
+    """Train, then evaluate the trained model (None on nodes other than 0)."""
+    from lw.eval.run import evaluate
+
+    metrics: dict = {}
+    if cfg.launcher.kind != "local":  # workers in child processes
+        from lw.launch.driver import launch_training
+
+        model_dir = launch_training(cfg, tokenizer, run_dir, tracker, metrics)
+        if model_dir is None:
+            return None
+    else:
+        model_dir = train_here(cfg, run_dir, tracker, tokenizer, metrics)
+    metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker, trainer=option_name(cfg.trainer.kind)))
+    return metrics
+
+
+def train_here(cfg, run_dir: Path, tracker, tokenizer, metrics: dict) -> Path:
+    """launcher=local: train in this process; the data's statistics go into `metrics`."""
+    from lw.models import build_model
+    from lw.train.registry import trainer_for
+
+    trainer = trainer_for(cfg)
+    check_judges(cfg)
+    dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
+    metrics.update({f"data/{k}": v for k, v in stats.items()})
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+    return trainer.train(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
+
+
+def check_judges(cfg) -> None:
+    """Before training: the benchmarks' files, the judge's template and key must be there (they fail
+    here); a judge server that is not up yet only gets a warning, as it may start before evaluation."""
+    from lw.eval.benchmarks import load_items
+    from lw.eval.run import judge_for
+    from lw.llm import ServerUnusable
+
+    for bench_cfg in cfg.eval.values():
+        load_items(bench_cfg, cfg.cache_dir)
+        judge = judge_for(cfg, bench_cfg)
+        if judge is not None:
+            try:
+                judge.endpoint.check_reachable()
+            except ServerUnusable as err:
+                log.warning("%s; training goes on, but the judge must be up when evaluation starts", err)
+
+
+def dry_run(cfg, run_dir: Path) -> dict:
+    from lw.plan import dry_run_training
+
+    return dry_run_training(cfg, run_dir)
