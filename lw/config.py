@@ -36,7 +36,7 @@ class TrainerKind(str, Enum):
 
     sft = "sft"  # supervised fine-tuning (TRL SFTTrainer)
     dpo = "dpo"  # direct preference optimisation with an SFT term (TRL DPOTrainer)
-    grpo = "grpo"  # reinforcement learning on rewards such as S_l (TRL GRPOTrainer, lw/rewards.py)
+    grpo = "grpo"  # reinforcement learning on rewards such as S_l (TRL GRPOTrainer, lw/train/rewards.py)
 
 
 @dataclass
@@ -328,7 +328,7 @@ class AgentWriteConfig:
 
 @dataclass
 class RewardConfig:
-    """trainer=grpo: each reward's weight (0 leaves it out; lw/rewards.py). TRL sums the weighted
+    """trainer=grpo: each reward's weight (0 leaves it out; lw/train/rewards.py). TRL sums the weighted
     rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
 
     length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)

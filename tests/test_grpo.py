@@ -13,7 +13,7 @@ from conftest import compose_lw, run_lw
 from lw.config import JudgeConfig, RewardConfig
 from lw.errors import UserError
 from lw.eval.judge import Judge
-from lw.rewards import (length_log_ratio_reward, length_reward, log_ratio_reward, quality_reward, reward_functions,
+from lw.train.rewards import (length_log_ratio_reward, length_reward, log_ratio_reward, quality_reward, reward_functions,
                         text_of)
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import read_offline_run

@@ -2,7 +2,7 @@
 GRPOTrainer: the `grpo` trainer of lw.train.registry.
 
 Each step samples `num_generations` completions per prompt from the policy, scores them with the
-rewards of `reward.*` (lw/rewards.py) and moves the policy towards the better ones of each group.
+rewards of `reward.*` (lw/train/rewards.py) and moves the policy towards the better ones of each group.
 The prompts are writing instructions with a required length: the toy requests of `data=toy`
 (lengths data.toy.min_words-max_words, not filtered by data.max_output_words, which only labels the
 run with its starting model's cap), a JSONL of prompts (`data=prompts data.path=FILE`: `prompt`
@@ -32,7 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
-from lw.rewards import length_function
+from lw.train.rewards import length_function
 from lw.train import fit_and_save
 from lw.words import count_words
 from lw.config import option_name
@@ -205,7 +205,7 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
 def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
     from lw.eval.run import longbench_judge
-    from lw.rewards import reward_functions
+    from lw.train.rewards import reward_functions
 
     args = training_args(cfg, output_dir / "checkpoints", report_to)
     if "max_completion_length" not in cfg.trainer.args:
