@@ -21,7 +21,7 @@ from trl import DPOConfig, DPOTrainer
 from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
 from lw.models import attention_implementation, local_device
-from lw.train import fit_and_save
+from lw.train.fit import checkpoint_dir, fit_and_save
 from lw.errors import UserError
 from lw.config import option_name
 
@@ -37,7 +37,7 @@ class LwDPOTrainer(DPOTrainer):
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
 
-def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
+def training_args(cfg, checkpoint_dir: Path, report_to: str) -> DPOConfig:
     """DPOConfig from `trainer.args`; a bad option or a setting DPO cannot honour fails here, at start."""
     trainer = cfg.trainer
     if trainer.init_from is None and cfg.model.path is None:
@@ -55,7 +55,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
-        return DPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+        return DPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                          run_name=cfg.run_name, max_length=max_length_of(cfg.data), **args)
     except (TypeError, ValueError) as e:
         raise UserError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
@@ -80,9 +80,9 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
     return build_preference_dataset(cfg, tokenizer, run_dir)
 
 
-def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
-    """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
-    args = training_args(cfg, output_dir / "checkpoints", report_to)
+def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
+    """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            callbacks=callbacks)
-    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
+    return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)

@@ -33,7 +33,7 @@ from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
 from lw.train.rewards import length_function
-from lw.train import fit_and_save
+from lw.train.fit import checkpoint_dir, fit_and_save
 from lw.words import count_words
 from lw.config import option_name
 
@@ -47,7 +47,7 @@ REWARD_CURVE = "reward_curve.png"
 TRAIN_LOG = "train_log.json"  # TRL's log history: the reward, each reward's mean, completion lengths per step
 
 
-def training_args(cfg, output_dir: Path, report_to: str) -> GRPOConfig:
+def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
     """GRPOConfig from `trainer.args`; a bad option or a setting GRPO cannot honour fails here, at start."""
     trainer = cfg.trainer
     if trainer.init_from is None and cfg.model.path is None:
@@ -69,7 +69,7 @@ def training_args(cfg, output_dir: Path, report_to: str) -> GRPOConfig:
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
-        return GRPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+        return GRPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                           run_name=cfg.run_name, **args)
     except (TypeError, ValueError) as e:
         raise UserError(f"trainer.args: {e} (options are those of trl.GRPOConfig)") from None
@@ -202,12 +202,12 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
     return extra
 
 
-def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
-    """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
+def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
+    """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
     from lw.eval.run import longbench_judge
     from lw.train.rewards import reward_functions
 
-    args = training_args(cfg, output_dir / "checkpoints", report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     if "max_completion_length" not in cfg.trainer.args:
         args.max_completion_length = completion_budget(dataset, tokenizer,
                                                        getattr(model.config, "max_position_embeddings", None))
@@ -223,11 +223,11 @@ def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, call
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
-    final = fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
+    final = fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        (Path(output_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
-        reward_curve(history, Path(output_dir) / REWARD_CURVE, cfg.run_name)
+        (Path(run_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
+        reward_curve(history, Path(run_dir) / REWARD_CURVE, cfg.run_name)
     return final
 
 

@@ -3,7 +3,7 @@
 The pipeline, the distributed worker and the dry-run planner ask this registry for the trainer
 of `trainer.kind` and call only what every trainer module provides:
 
-    training_args(cfg, output_dir, report_to) -> transformers.TrainingArguments
+    training_args(cfg, checkpoint_dir, report_to) -> transformers.TrainingArguments
         its TRL config, built from `trainer.args`; a bad option fails here, at start
     build_dataset(cfg, tokenizer, run_dir) -> (datasets.Dataset, stats)
         the training set, and flat statistics about it (logged as data/<key>)
@@ -30,7 +30,7 @@ TRAINERS: dict[TrainerKind, str] = {
 
 
 class Trainer(Protocol):
-    def training_args(self, cfg, output_dir: Path, report_to: str): ...
+    def training_args(self, cfg, checkpoint_dir: Path, report_to: str): ...
 
     def build_dataset(self, cfg, tokenizer, run_dir: Path): ...
 
