@@ -22,6 +22,7 @@ from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
 from lw.models import attention_implementation, local_device
 from lw.train.fit import checkpoint_dir, fit_and_save
+from lw.train.registry import TrainerPlan
 from lw.errors import UserError
 from lw.config import option_name
 
@@ -61,19 +62,20 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> DPOConfig:
         raise UserError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
 
 
-def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
+def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
     """For the dry run: a pair is two sequences (chosen and rejected in one batch), and the reference."""
     if args.precompute_ref_log_probs:
-        return {"sequences_per_example": 2, "full_logits": False,
-                "reference": "precomputed: one forward pass of the starting model over every pair before training "
-                             "(DeepSpeed inference engine on the same ZeRO-3 shards); no second model in memory"}
+        return TrainerPlan(sequences_per_example=2, full_logits=False,
+                           reference="precomputed: one forward pass of the starting model over every pair before "
+                                     "training (DeepSpeed inference engine on the same ZeRO-3 shards); no second "
+                                     "model in memory")
     # A second ZeRO-3 model, parameters offloaded like the policy's: 16-bit weights on the host, and
     # its largest layer gathered on the GPU during its forward pass.
-    return {"sequences_per_example": 2, "full_logits": False,
-            "reference": "a reference model loaded from the same checkpoint, ZeRO-3 sharded and offloaded "
-                         "like the policy (no full copy per rank)",
-            "gpu_per_rank": {"reference_largest_layer": 2 * counts["largest_layer"]},
-            "host_per_node": {"reference_bf16_params": 2 * counts["total"] / nnodes}}
+    return TrainerPlan(sequences_per_example=2, full_logits=False,
+                       reference="a reference model loaded from the same checkpoint, ZeRO-3 sharded and offloaded "
+                                 "like the policy (no full copy per rank)",
+                       gpu_per_rank={"reference_largest_layer": 2 * counts["largest_layer"]},
+                       host_per_node={"reference_bf16_params": 2 * counts["total"] / nnodes})
 
 
 def build_dataset(cfg, tokenizer, run_dir: Path):

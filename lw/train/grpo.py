@@ -34,6 +34,7 @@ from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
 from lw.train.rewards import length_function
 from lw.train.fit import checkpoint_dir, fit_and_save
+from lw.train.registry import TrainerPlan
 from lw.words import count_words
 from lw.config import option_name
 
@@ -161,7 +162,7 @@ def completion_budget(dataset, tokenizer, context: int | None) -> int:
 PLAN_PROMPT_TOKENS = 1024
 
 
-def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
+def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
     """For the dry run: each prompt gives num_generations training sequences of prompt + completion
     tokens; generation holds the gathered weights (or vLLM's share of the GPU) and a KV cache."""
     assumptions = []
@@ -189,17 +190,17 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
                 gpu["generation_gathered_bf16_weights"] = 2 * counts["total"]
     how = f"vLLM ({args.vllm_mode})" if args.use_vllm else "transformers generate"
     # TRL takes the log-probabilities of the completion tokens from full logits.
-    extra = {"sequences_per_example": 1, "sequences_per_row": args.num_generations, "tokens_per_sequence": sequence,
-             "full_logits": True, "gpu_per_rank": gpu, "assumptions": assumptions,
-             "generation": f"{args.num_generations} completions per prompt of up to {args.max_completion_length} "
-                           f"tokens, by {how}"}
+    shape = TrainerPlan(sequences_per_row=args.num_generations, tokens_per_sequence=sequence, full_logits=True,
+                        gpu_per_rank=gpu, assumptions=assumptions,
+                        generation=f"{args.num_generations} completions per prompt of up to "
+                                   f"{args.max_completion_length} tokens, by {how}")
     if args.beta == 0:
-        extra["reference"] = "none (beta = 0: no KL term, no reference model)"
-        return extra
-    extra["reference"] = "a reference model from the same checkpoint, ZeRO-3 sharded and offloaded like the policy"
+        shape.reference = "none (beta = 0: no KL term, no reference model)"
+        return shape
+    shape.reference = "a reference model from the same checkpoint, ZeRO-3 sharded and offloaded like the policy"
     gpu["reference_largest_layer"] = 2 * counts["largest_layer"]
-    extra["host_per_node"] = {"reference_bf16_params": 2 * counts["total"] / nnodes}
-    return extra
+    shape.host_per_node = {"reference_bf16_params": 2 * counts["total"] / nnodes}
+    return shape
 
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:

@@ -17,8 +17,9 @@ lw/config.py, a `conf/trainer/<name>.yaml` and one line in TRAINERS (docs/archit
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Optional, Protocol
 
 from lw.config import TrainerKind
 
@@ -29,6 +30,21 @@ TRAINERS: dict[TrainerKind, str] = {
 }
 
 
+@dataclass
+class TrainerPlan:
+    """What a trainer adds to a dry run (lw/plan.py); a trainer without a `plan` hook gets the defaults."""
+
+    sequences_per_example: int = 1  # training sequences per example in a batch (a DPO pair: chosen and rejected)
+    sequences_per_row: int = 1  # training sequences each data row gives (GRPO: its completions per prompt)
+    tokens_per_sequence: Optional[int] = None  # their length, when it is not the data's (GRPO: prompt + completion)
+    full_logits: bool = True  # whether (tokens x vocabulary) logits are held for the loss
+    reference: Optional[str] = None  # how the reference log-probabilities are had, for a trainer that has one
+    generation: Optional[str] = None  # how it generates, for a trainer that samples while training
+    gpu_per_rank: dict[str, float] = field(default_factory=dict)  # extra GPU bytes per rank, by name
+    host_per_node: dict[str, float] = field(default_factory=dict)  # extra host bytes per node, by name
+    assumptions: list[str] = field(default_factory=list)
+
+
 class Trainer(Protocol):
     def training_args(self, cfg, checkpoint_dir: Path, report_to: str): ...
 
@@ -36,10 +52,16 @@ class Trainer(Protocol):
 
     def train(self, cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path: ...
 
-    # Optional: plan(cfg, args, counts, nnodes, hf_config) -> dict, what the trainer adds to a dry run (lw/plan.py).
+    # Optional: plan(cfg, args, counts, nnodes, hf_config) -> TrainerPlan, what it adds to a dry run (lw/plan.py).
 
 
 def trainer_for(cfg) -> Trainer:
     """The trainer module of `cfg.trainer.kind` (imported on first use: each pulls in its TRL trainer)."""
     kind = TrainerKind(getattr(cfg.trainer.kind, "value", cfg.trainer.kind))
     return importlib.import_module(TRAINERS[kind])  # type: ignore[return-value]
+
+
+def trainer_plan(trainer: Trainer, cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
+    """The trainer's own dry-run figures, or the defaults when it has no `plan` hook."""
+    hook = getattr(trainer, "plan", None)
+    return hook(cfg, args, counts, nnodes, hf_config) if hook else TrainerPlan()
