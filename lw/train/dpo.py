@@ -22,9 +22,8 @@ from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
 from lw.models import attention_implementation, local_device
 from lw.train.fit import checkpoint_dir, fit_and_save
-from lw.train.registry import TrainerPlan
+from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
-from lw.config import option_name
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 
@@ -44,14 +43,9 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> DPOConfig:
     if trainer.init_from is None and cfg.model.path is None:
         raise UserError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
                          "(or model.path)")
-    if option_name(trainer.loss_weighting) != "token_mean" \
-            or trainer.eos_loss_weight != 1.0:
-        raise UserError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
-                         "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")
-    args = dict(trainer.args)
-    if "max_length" in args:
-        raise UserError("trainer.args.max_length: set data.max_length instead (a longer pair is dropped and "
-                         "counted, never truncated)")
+    trainer_config(cfg)  # a misspelt or mistyped trainer option fails here, at start
+    args = trl_args(cfg, DPOConfig, set_by_lw={
+        "max_length": "data.max_length (a longer pair is dropped and counted, never truncated)"})
     args.setdefault("use_cpu", not torch.cuda.is_available())
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)

@@ -5,6 +5,7 @@ The `sft` trainer of lw.train.registry: training_args, build_dataset and train.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,9 +15,22 @@ from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
 from lw.models import attention_implementation, local_device, use_attention
 from lw.train.fit import checkpoint_dir, fit_and_save
-from lw.train.loss import count_items, lm_loss
+from lw.train.loss import LossWeighting, count_items, lm_loss
+from lw.train.registry import trainer_config, trl_args
 from lw.errors import UserError
-from lw.config import option_name
+from lw.config import TrainerConfig, option_name
+
+
+@dataclass
+class SFTTrainerConfig(TrainerConfig):
+    """trainer=sft: the common options and the loss's (lw/train/loss.py)."""
+
+    # Weight of each answer's end-of-sequence token in the loss: a tiny model learns when to stop from it.
+    eos_loss_weight: float = 1.0
+    loss_weighting: LossWeighting = LossWeighting.token_mean
+
+
+CONFIG = SFTTrainerConfig
 
 
 class LwSFTTrainer(SFTTrainer):
@@ -74,7 +88,8 @@ def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = No
     With data.pack_length the rows are packs made by lw.data (TRL's own packing, which packs
     each batch of 1,000 samples on its own and truncates silently, stays off).
     """
-    args = dict(cfg.trainer.args if args is None else args)
+    args = trl_args(cfg, SFTConfig, args, where,
+                    {"max_length": "data.max_length (data.pack_length when packing)"})
     args.setdefault("use_cpu", not torch.cuda.is_available())
     seed = cfg.seed if seed is None else seed
     pack_length = pack_length or cfg.data.get("pack_length")
@@ -93,6 +108,7 @@ def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = No
 
 
 def training_args(cfg, checkpoint_dir: Path, report_to: str) -> SFTConfig:
+    trainer_config(cfg)  # a misspelt or mistyped trainer option fails here, at start
     return sft_config(cfg, checkpoint_dir, report_to)
 
 
@@ -109,9 +125,10 @@ def build_trainer(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str,
     # The pipeline builds the model as for generation; packs may want another implementation.
     use_attention(model, attention_implementation(cfg.model, local_device(args.use_cpu), packing=packed,
                                                   training=True))
+    options = trainer_config(cfg)
     return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                        data_collator=collator, eos_loss_weight=cfg.trainer.eos_loss_weight,
-                        loss_weighting=cfg.trainer.loss_weighting, callbacks=callbacks)
+                        data_collator=collator, eos_loss_weight=options.eos_loss_weight,
+                        loss_weighting=options.loss_weighting, callbacks=callbacks)
 
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:

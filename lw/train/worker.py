@@ -45,12 +45,12 @@ def node_launch_dir(run_dir: Path) -> Path:
 
 def load_run_config(run_dir: Path) -> DictConfig:
     """The driver's resolved config, checked against the typed schema again."""
-    from lw.config import LwConfig
+    from lw.config import lw_schema
 
     path = node_launch_dir(run_dir) / "config.yaml"
     if not path.exists():
         raise MissingFile(f"{path} does not exist: the driver (`lw launcher=deepspeed ...`) writes it")
-    return OmegaConf.merge(OmegaConf.structured(LwConfig), OmegaConf.load(path))
+    return OmegaConf.merge(lw_schema(), OmegaConf.load(path))
 
 
 def skip_cpu_shm_comm() -> None:
