@@ -390,9 +390,9 @@ def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Ex
 def last_checkpoint(run_dir: Path) -> str:
     from transformers.trainer_utils import get_last_checkpoint
 
-    from lw.train.fit import checkpoint_dir
+    from lw.train.fit import checkpoint_dir_of
 
-    checkpoints = checkpoint_dir(run_dir)
+    checkpoints = checkpoint_dir_of(run_dir)
     found = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     return f"the last checkpoint, {found}, is kept" if found else "no checkpoint was saved yet"
 

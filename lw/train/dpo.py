@@ -21,7 +21,7 @@ from trl import DPOConfig, DPOTrainer
 from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
 from lw.models import attention_implementation, local_device
-from lw.train.fit import checkpoint_dir, fit_and_save
+from lw.train.fit import checkpoint_dir_of, fit_and_save
 from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
 
@@ -78,7 +78,7 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
-    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
     trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            callbacks=callbacks)
     return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)

@@ -8,7 +8,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dir(run_dir: Path) -> Path:
+def checkpoint_dir_of(run_dir: Path) -> Path:
     """Where a run's trainer checkpoints (TRL's args.output_dir) and resumes from: run_dir/checkpoints."""
     return Path(run_dir) / "checkpoints"
 

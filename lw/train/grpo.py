@@ -34,7 +34,7 @@ from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
 from lw.train.rewards import RewardConfig, length_function
-from lw.train.fit import checkpoint_dir, fit_and_save
+from lw.train.fit import checkpoint_dir_of, fit_and_save
 from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.words import count_words
 from lw.config import TrainerConfig, option_name
@@ -216,7 +216,7 @@ def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbac
     from lw.eval.run import longbench_judge
     from lw.train.rewards import reward_functions
 
-    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
     if "max_completion_length" not in cfg.trainer.args:
         args.max_completion_length = completion_budget(dataset, tokenizer,
                                                        getattr(model.config, "max_position_embeddings", None))

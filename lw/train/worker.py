@@ -152,7 +152,7 @@ def train(run_dir: Path) -> Path:
 
     from lw.launch.topology import single_process_env
     from lw.models import build_model, build_tokenizer
-    from lw.train.fit import checkpoint_dir
+    from lw.train.fit import checkpoint_dir_of
     from lw.train.registry import trainer_for
 
     cfg = load_run_config(run_dir)
@@ -172,7 +172,7 @@ def train(run_dir: Path) -> Path:
     trainer = trainer_for(cfg)
     # Arguments first, alive while the model is built: their DeepSpeed config is what makes
     # from_pretrained/from_config build the model under zero.Init.
-    args = trainer.training_args(cfg, checkpoint_dir(run_dir), "none")
+    args = trainer.training_args(cfg, checkpoint_dir_of(run_dir), "none")
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     dataset = load_from_disk(str(check_same_data(run_dir / "data" / "tokenized")))
     # Built with the attention implementation for training on this rank's device (packs on a GPU:
