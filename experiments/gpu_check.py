@@ -339,7 +339,7 @@ def grpo(args) -> int:
     from lw.launch.topology import single_process_env
     from lw.models.chat_format import get_chat_format
     from lw.models.tiny import tiny_tokenizer
-    from lw.rewards import length_reward
+    from lw.train.rewards import length_reward
     from lw.train.worker import skip_cpu_shm_comm
 
     cuda = torch.cuda.is_available()

@@ -68,7 +68,7 @@ setup() {
   fi
   "$PY" - <<'PY'
 import deepspeed, torch, transformers, accelerate, trl, datasets, hydra, omegaconf
-import lw.data.packing, lw.train.sft, lw.train.dpo, lw.rewards  # what the stages import
+import lw.data.packing, lw.train.sft, lw.train.dpo, lw.train.rewards  # what the stages import
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 print("transformers", transformers.__version__, "accelerate", accelerate.__version__, "deepspeed", deepspeed.__version__,
       "trl", trl.__version__, "datasets", datasets.__version__)

@@ -12,20 +12,12 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 def option_name(option) -> str:
     """The string of a config option, whether OmegaConf gives it as an Enum member or a plain string."""
     return str(getattr(option, "value", option))
-
-
-class TrainerKind(str, Enum):
-    """Which trainer trains; each member maps to one module in lw.train.registry.TRAINERS."""
-
-    sft = "sft"  # supervised fine-tuning (TRL SFTTrainer)
-    dpo = "dpo"  # direct preference optimisation with an SFT term (TRL DPOTrainer)
-    grpo = "grpo"  # reinforcement learning on rewards such as S_l (TRL GRPOTrainer, lw/rewards.py)
 
 
 @dataclass
@@ -155,15 +147,6 @@ class DataConfig:
     toy: ToyDataConfig = field(default_factory=ToyDataConfig)
 
 
-class LossWeighting(str, Enum):
-    token_mean = "token_mean"  # every target token of the global batch weighs the same
-    sequence_mean = "sequence_mean"  # every sequence weighs the same, whatever its length (LongAlign's)
-    pack_mean = "pack_mean"  # mean over each pack (row), then over packs
-    # each pack's token mean times its number of sequences / 30, then the mean over packs: the
-    # released LongWriter training code's --pack_loss (lw/train/loss.py)
-    pack_sequences_over_30 = "pack_sequences_over_30"
-
-
 @dataclass
 class BaseStageConfig:
     """A pretraining stage on documents of every length, trained once and cached, that every
@@ -181,15 +164,18 @@ class BaseStageConfig:
 
 @dataclass
 class TrainerConfig:
-    """The trainer and its options. Values live in conf/trainer/*.yaml (one default each, there)."""
+    """What every trainer has. Values live in conf/trainer/*.yaml (one default each, there).
 
-    kind: TrainerKind = MISSING
+    A trainer's own options (SFT's loss weighting, GRPO's rewards) are fields of its module's
+    subclass of this (`CONFIG`, lw/train/registry.py); the composed `trainer` node is checked
+    against it at start (lw.train.registry.trainer_config), so the node is left open here.
+    """
+
+    kind: str = MISSING  # a key of lw.train.registry.TRAINERS
     init_from: Optional[str] = None  # start from this checkpoint instead of model.path
     base: Optional[BaseStageConfig] = None  # train (or reuse) a base stage first and start from it
-    # Weight of the end-of-sequence token in the loss: a tiny model learns when to stop from it.
-    eos_loss_weight: float = MISSING
-    loss_weighting: LossWeighting = MISSING
-    args: Dict[str, Any] = field(default_factory=dict)  # passed to the trainer's TRL config as they are
+    # Passed to the trainer's TRL config (SFTConfig, DPOConfig, ...); a key that config lacks is refused at start.
+    args: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -317,21 +303,6 @@ class AgentWriteConfig:
 
 
 @dataclass
-class RewardConfig:
-    """trainer=grpo: each reward's weight (0 leaves it out; lw/rewards.py). TRL sums the weighted
-    rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
-
-    length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)
-    # s_l: S_l / 100; log_ratio: max(0, 1 - |log(produced/required)| / log 3), 0 at 3x and at a third alike
-    length_kind: str = "s_l"
-    quality: float = 0.0  # S_q / 100 from the judge (judge=openai)
-    repetition: float = 0.0  # TRL's n-gram repetition penalty, in [-1, 0]
-    repetition_ngram: int = 3
-    overlong: float = 0.0  # TRL's soft punishment of completions reaching max_completion_length, in [-1, 0]
-    overlong_buffer: int = 0  # tokens before max_completion_length where it starts (0: a tenth of it)
-
-
-@dataclass
 class LoggerConfig:
     kind: str = "wandb"  # wandb | none
     project: str = "lw"
@@ -400,18 +371,26 @@ class LwConfig:
     cache_dir: str = MISSING
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
-    trainer: TrainerConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: Dict[str, BenchmarkConfig] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     agentwrite: AgentWriteConfig = field(default_factory=AgentWriteConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = MISSING
     launcher: LauncherConfig = MISSING
     plan: PlanConfig = field(default_factory=PlanConfig)
 
 
+def lw_schema() -> DictConfig:
+    """The typed schema the config composes against. The `trainer` node is open: Hydra takes an
+    override of any key under it without `+` (trainer.args.KEY, trainer.reward.length, ...), and
+    lw.train.registry checks the node against its trainer's own dataclass and TRL config at start."""
+    schema = OmegaConf.structured(LwConfig)
+    OmegaConf.set_struct(schema.trainer, False)
+    return schema
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="lw_schema", node=LwConfig)
+    ConfigStore.instance().store(name="lw_schema", node=lw_schema())

@@ -47,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from lw.launch.flops import attention_flops_per_pair, causal_pairs, matmul_flops_per_token, train_flops_per_token
 from lw.models import (apply_config_overrides, attention_implementation, flash_attention_installed, local_device,
                        parameter_counts)
-from lw.train.registry import trainer_for
+from lw.train.registry import TrainerPlan, trainer_for, trainer_plan
 from lw.errors import UserError
 from lw.config import option_name
 
@@ -88,8 +88,8 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
     # What the trainer adds to the plan: sequences per training example (a DPO pair is two), training
     # sequences per data row (GRPO: its completions per prompt) and their length, its reference
     # pass, its generation, extra memory.
-    shape = trainer.plan(cfg, args, counts, nnodes, hf_config) if hasattr(trainer, "plan") else {}
-    data = plan_data(cfg, args, world, shape.get("sequences_per_row", 1), shape.get("tokens_per_sequence"))
+    shape = trainer_plan(trainer, cfg, args, counts, nnodes, hf_config)
+    data = plan_data(cfg, args, world, shape.sequences_per_row, shape.tokens_per_sequence)
     attention = plan_attention(cfg, args, hf_config, counts, data, data.pop("pack_sequence_lengths"))
     deepspeed = None
     if cfg.launcher.kind != "local":
@@ -98,11 +98,10 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
         deepspeed = {**plan_deepspeed(cfg, args, hf_config, world, data["total_steps"], choice["chosen"]),
                      "choice": choice}
     memory = plan_memory(cfg, args, hf_config, counts, data["tokens_per_sequence"], nproc, nnodes, deepspeed,
-                         shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
-                         shape.get("host_per_node", {}), shape.get("full_logits", True), attention)
+                         shape, attention)
     return {
         "run_name": cfg.run_name,
-        "task": cfg.task.value if hasattr(cfg.task, "value") else str(cfg.task),
+        "task": str(cfg.task),
         "model": {"name": cfg.model.name, "path": cfg.model.path, "model_type": hf_config.model_type,
                   "parameters": counts["total"], "largest_layer_parameters": counts["largest_layer"],
                   "layers": hf_config.num_hidden_layers, "hidden_size": hf_config.hidden_size,
@@ -119,12 +118,11 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                       "activation_checkpointing": bool(args.activation_checkpointing)},
         "attention": attention,
         "deepspeed": deepspeed,
-        "trainer": {"kind": option_name(cfg.trainer.kind),
-                    "sequences_per_example": shape.get("sequences_per_example", 1),
-                    **{k: shape[k] for k in ("reference", "generation") if k in shape}},
+        "trainer": {"kind": option_name(cfg.trainer.kind), "sequences_per_example": shape.sequences_per_example,
+                    **{k: getattr(shape, k) for k in ("reference", "generation") if getattr(shape, k) is not None}},
         "memory": memory,
         "assumptions": data.pop("assumptions") + attention.pop("assumptions") + memory.pop("assumptions")
-        + shape.get("assumptions", []),
+        + shape.assumptions,
     }
 
 
@@ -169,46 +167,22 @@ def plan_data(cfg: DictConfig, args, world: int, sequences_per_row: int = 1,
 
     pack_length = cfg.data.pack_length
     assumptions: list[str] = []
-    stats = None
-    pack_sequence_lengths = None
-    if _tokenizer_is_local(cfg.model):
-        try:
-            stats, pack_sequence_lengths = _prepared_stats(cfg)  # lw.data packs exactly as training will
-        except FileNotFoundError as e:
-            if not cfg.plan.sources:
-                raise
-            assumptions.append(f"the training data is not there yet ({e})")
+    stats, pack_sequence_lengths = _tokenized_stats(cfg, assumptions)
     if stats is not None:
         sequences, tokens, how = stats["sequences_packed"], stats["real_tokens"], "tokenized"
         sources = [{"name": cfg.data.name, "sequences": sequences, "tokens": tokens, "filter": stats}]
         packs = stats["packs"] if pack_length else None
     else:
-        if not cfg.plan.sources:
-            raise UserError(f"dry run: the tokenizer of model.path={cfg.model.path!r} is not local, so the data "
-                             "cannot be counted: state its size in plan.sources (name, sequences, mean_tokens)")
-        sources = [{"name": s.name, "sequences": s.sequences, "tokens": round(s.sequences * s.mean_tokens)}
-                   for s in cfg.plan.sources]
+        sources, packs = _assumed_sources(cfg, assumptions), None
         sequences = sum(s["sequences"] for s in sources)
         tokens = sum(s["tokens"] for s in sources)
         how = "assumed"
-        assumptions.append("data sizes from plan.sources (not counted): " + ", ".join(
-            f"{s.name} {s.sequences} sequences x {s.mean_tokens:g} tokens" for s in cfg.plan.sources))
-        packs = None
         if pack_length:
             packs = math.ceil(tokens / (pack_length * cfg.plan.packing_efficiency))
             assumptions.append(f"packs = tokens / (pack_length x packing efficiency {cfg.plan.packing_efficiency})")
-    units = packs if pack_length else sequences * sequences_per_row
     micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
-    # As the HF Trainer counts: each rank gets ceil(units / world) examples in ceil(. / micro)
-    # batches; an optimizer step takes `accumulation` of them, the last one of an epoch fewer.
-    batches_per_rank = math.ceil(math.ceil(units / world) / micro)
-    steps_per_epoch = max(math.ceil(batches_per_rank / accumulation), 1)
-    if args.max_steps > 0:
-        total_steps = args.max_steps
-        epochs = total_steps / steps_per_epoch
-    else:
-        total_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-        epochs = float(args.num_train_epochs)
+    steps_per_epoch, total_steps, epochs = _optimizer_steps(
+        args, packs if pack_length else sequences * sequences_per_row, world)
     tokens_per_sequence = tokens_per_sequence or pack_length or max_length_of(cfg.data)
     return {
         "counted": how,
@@ -228,6 +202,42 @@ def plan_data(cfg: DictConfig, args, world: int, sequences_per_row: int = 1,
         "assumptions": assumptions,
         "pack_sequence_lengths": pack_sequence_lengths,  # for plan_attention, not the plan file
     }
+
+
+def _tokenized_stats(cfg: DictConfig, assumptions: list[str]) -> tuple[dict | None, list[list[int]] | None]:
+    """The prepared set's statistics and pack lengths when the tokenizer and data are local, else
+    (None, None) with the reason in `assumptions` (plan.sources then states the sizes)."""
+    if not _tokenizer_is_local(cfg.model):
+        return None, None
+    try:
+        return _prepared_stats(cfg)  # lw.data packs exactly as training will
+    except FileNotFoundError as e:
+        if not cfg.plan.sources:
+            raise
+        assumptions.append(f"the training data is not there yet ({e})")
+        return None, None
+
+
+def _assumed_sources(cfg: DictConfig, assumptions: list[str]) -> list[dict]:
+    """The training sources as plan.sources states them, for data the plan cannot count."""
+    if not cfg.plan.sources:
+        raise UserError(f"dry run: the tokenizer of model.path={cfg.model.path!r} is not local, so the data "
+                         "cannot be counted: state its size in plan.sources (name, sequences, mean_tokens)")
+    assumptions.append("data sizes from plan.sources (not counted): " + ", ".join(
+        f"{s.name} {s.sequences} sequences x {s.mean_tokens:g} tokens" for s in cfg.plan.sources))
+    return [{"name": s.name, "sequences": s.sequences, "tokens": round(s.sequences * s.mean_tokens)}
+            for s in cfg.plan.sources]
+
+
+def _optimizer_steps(args, units: int, world: int) -> tuple[int, int, float]:
+    """(steps per epoch, total steps, epochs) for `units` training rows over `world` ranks."""
+    # As the HF Trainer counts: each rank gets ceil(units / world) examples in ceil(. / micro)
+    # batches; an optimizer step takes `accumulation` of them, the last one of an epoch fewer.
+    batches_per_rank = math.ceil(math.ceil(units / world) / args.per_device_train_batch_size)
+    steps_per_epoch = max(math.ceil(batches_per_rank / args.gradient_accumulation_steps), 1)
+    if args.max_steps > 0:
+        return steps_per_epoch, args.max_steps, args.max_steps / steps_per_epoch
+    return steps_per_epoch, math.ceil(args.num_train_epochs * steps_per_epoch), float(args.num_train_epochs)
 
 
 def _tokenizer_is_local(model_cfg) -> bool:
@@ -382,57 +392,20 @@ def _auto_keys(node, prefix: str = "") -> list[str]:
 # --------------------------------------------------------------------------------------- memory
 
 def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, nproc: int, nnodes: int,
-                deepspeed: dict | None, sequences_per_example: int = 1, trainer_gpu: dict | None = None,
-                trainer_host: dict | None = None, full_logits: bool = True, attention: dict | None = None) -> dict:
-    params, largest = counts["total"], counts["largest_layer"]
+                deepspeed: dict | None, shape: TrainerPlan, attention: dict | None = None) -> dict:
+    """GPU memory per rank and host memory per node: model states, activations, the trainer's extras."""
     a = _activation_bytes(cfg, args)
-    m = args.per_device_train_batch_size * sequences_per_example
-    h, layers, ffn = hf_config.hidden_size, hf_config.num_hidden_layers, hf_config.intermediate_size
-    heads = hf_config.num_attention_heads
-    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
-    d = getattr(hf_config, "head_dim", None) or h // heads
-    vocab = hf_config.vocab_size
-    layer_width = 4 * h + 2 * heads * d + 2 * kv_heads * d + 4 * ffn
-    if args.activation_checkpointing:
-        activations = {"layer_inputs": layers * m * seq_len * h * a, "recomputed_layer": 2 * m * seq_len * layer_width * a}
-    else:
-        activations = {"all_layers": layers * m * seq_len * layer_width * a, "recomputed_layer": m * seq_len * layer_width * a}
-    activations["logits_and_loss"] = m * seq_len * vocab * (a + 8) if full_logits else 0
-    implementation = (attention or {}).get("implementation")
-    activations["attention_scores"] = m * heads * seq_len**2 * a if implementation == "eager" else 0
-    if implementation == "sdpa" and attention.get("packing"):
-        activations["attention_mask"] = attention["sdpa_mask_bytes"]
+    activations = activation_memory(args, hf_config, a, args.per_device_train_batch_size * shape.sequences_per_example,
+                                    seq_len, shape.full_logits, attention or {})
     assumptions = ["GPU and host memory are estimates (see lw/plan.py); allow a few GiB for the CUDA "
                    "context and fragmentation"]
-    if not full_logits:
+    if not shape.full_logits:
         assumptions.append("the trainer projects the LM head in tiles over answer positions only (TRL's fused LM "
                            "head): no (tokens x vocabulary) logits are held")
-    gpu: dict[str, float] = {}
-    host_per_node: dict[str, float] = {}
-    if deepspeed is not None and deepspeed["stage"] == 3:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-        offload_opt = deepspeed["offload_optimizer"] == "cpu"
-        offload_param = deepspeed["offload_param"] == "cpu"
-        cpu_mem, _, _ = estimate_zero3_model_states_mem_needs(
-            params, largest, num_gpus_per_node=nproc, num_nodes=nnodes, cpu_offload=offload_opt,
-            cpu_offload_params=offload_param, zero_init=True, additional_buffer_factor=1.5)
-        zero = deepspeed["config"]["zero_optimization"]
-        gpu.update(zero3_gpu_states(params, largest, nproc * nnodes, offload_opt, offload_param))
-        gpu["communication_buffers"] = 2 * (zero.get("stage3_prefetch_bucket_size", 0)
-                                            + 2 * zero.get("reduce_bucket_size", 0))
-        host_per_node["model_states_deepspeed_estimate"] = cpu_mem
-        if offload_opt:
-            share = params / nnodes  # the node's ranks hold this many parameters' states together
-            host_per_node.update({"fp32_master_params": 4 * share, "adam_moments": 8 * share,
-                                  "fp32_gradients": 4 * share, "bf16_params": 2 * share if offload_param else 0})
-    else:
-        # One process, no sharding: weights, gradients and two Adam moments in the model's dtype.
-        gpu["model_states"] = 4 * params * (2 if cfg.model.dtype in ("bfloat16", "float16") else 4)
-        assumptions.append("no DeepSpeed: weights, gradients and Adam moments all on the device")
+    gpu, host_per_node = model_state_memory(cfg, counts, nproc, nnodes, deepspeed, assumptions)
     gpu.update({f"activations_{k}": v for k, v in activations.items()})
-    gpu.update(trainer_gpu or {})
-    trainer_host = dict(trainer_host or {})
+    gpu.update(shape.gpu_per_rank)
+    trainer_host = dict(shape.host_per_node)
     if "reference_bf16_params" in trainer_host and deepspeed is not None and deepspeed["offload_param"] != "cpu":
         # A reference model sharded like the policy: without parameter offload its 16-bit shards stay
         # on the GPUs, one world's share per rank.
@@ -449,6 +422,55 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
         "host_per_node_gib": {k: round(v / GIB, 2) for k, v in host_per_node.items()},
         "assumptions": assumptions,
     }
+
+
+def activation_memory(args, hf_config, a: int, m: int, seq_len: int, full_logits: bool, attention: dict) -> dict:
+    """Activation bytes per rank by part, for m sequences of seq_len tokens (the model in lw/plan.py's docstring)."""
+    h, layers, ffn = hf_config.hidden_size, hf_config.num_hidden_layers, hf_config.intermediate_size
+    heads = hf_config.num_attention_heads
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+    d = getattr(hf_config, "head_dim", None) or h // heads
+    layer_width = 4 * h + 2 * heads * d + 2 * kv_heads * d + 4 * ffn
+    if args.activation_checkpointing:
+        activations = {"layer_inputs": layers * m * seq_len * h * a, "recomputed_layer": 2 * m * seq_len * layer_width * a}
+    else:
+        activations = {"all_layers": layers * m * seq_len * layer_width * a, "recomputed_layer": m * seq_len * layer_width * a}
+    activations["logits_and_loss"] = m * seq_len * hf_config.vocab_size * (a + 8) if full_logits else 0
+    implementation = attention.get("implementation")
+    activations["attention_scores"] = m * heads * seq_len**2 * a if implementation == "eager" else 0
+    if implementation == "sdpa" and attention.get("packing"):
+        activations["attention_mask"] = attention["sdpa_mask_bytes"]
+    return activations
+
+
+def model_state_memory(cfg: DictConfig, counts: dict, nproc: int, nnodes: int, deepspeed: dict | None,
+                       assumptions: list[str]) -> tuple[dict, dict]:
+    """(GPU bytes per rank, host bytes per node) of weights, gradients and optimizer states."""
+    params, largest = counts["total"], counts["largest_layer"]
+    gpu: dict[str, float] = {}
+    host_per_node: dict[str, float] = {}
+    if deepspeed is None or deepspeed["stage"] != 3:
+        # One process, no sharding: weights, gradients and two Adam moments in the model's dtype.
+        gpu["model_states"] = 4 * params * (2 if cfg.model.dtype in ("bfloat16", "float16") else 4)
+        assumptions.append("no DeepSpeed: weights, gradients and Adam moments all on the device")
+        return gpu, host_per_node
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    offload_opt = deepspeed["offload_optimizer"] == "cpu"
+    offload_param = deepspeed["offload_param"] == "cpu"
+    cpu_mem, _, _ = estimate_zero3_model_states_mem_needs(
+        params, largest, num_gpus_per_node=nproc, num_nodes=nnodes, cpu_offload=offload_opt,
+        cpu_offload_params=offload_param, zero_init=True, additional_buffer_factor=1.5)
+    zero = deepspeed["config"]["zero_optimization"]
+    gpu.update(zero3_gpu_states(params, largest, nproc * nnodes, offload_opt, offload_param))
+    gpu["communication_buffers"] = 2 * (zero.get("stage3_prefetch_bucket_size", 0)
+                                        + 2 * zero.get("reduce_bucket_size", 0))
+    host_per_node["model_states_deepspeed_estimate"] = cpu_mem
+    if offload_opt:
+        share = params / nnodes  # the node's ranks hold this many parameters' states together
+        host_per_node.update({"fp32_master_params": 4 * share, "adam_moments": 8 * share,
+                              "fp32_gradients": 4 * share, "bf16_params": 2 * share if offload_param else 0})
+    return gpu, host_per_node
 
 
 # -------------------------------------------------------------------------------------- offload
@@ -475,7 +497,7 @@ def zero3_gpu_states(params: int, largest: int, world: int, offload_optimizer: b
     return {"model_states": per_param * share, "gathered_layer": 4 * largest}
 
 
-def plan_offload(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, shape: dict, attention: dict,
+def plan_offload(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, shape: TrainerPlan, attention: dict,
                  total_steps: int, budget_gib: float) -> dict:
     """Which DeepSpeed config the run uses and why: launcher.deepspeed as given, or for `auto` the
     fastest of AUTO_DEEPSPEED whose estimated GPU memory per rank fits `budget_gib` less headroom."""
@@ -484,9 +506,7 @@ def plan_offload(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, s
     estimates = {}
     for name in AUTO_DEEPSPEED:
         filled = plan_deepspeed(cfg, args, hf_config, nproc * nnodes, total_steps, name)
-        memory = plan_memory(cfg, args, hf_config, counts, seq_len, nproc, nnodes, filled,
-                             shape.get("sequences_per_example", 1), shape.get("gpu_per_rank", {}),
-                             shape.get("host_per_node", {}), shape.get("full_logits", True), attention)
+        memory = plan_memory(cfg, args, hf_config, counts, seq_len, nproc, nnodes, filled, shape, attention)
         estimates[name] = memory["gpu_per_rank_total_gib"]
     limit = budget_gib - HEADROOM_GIB
     fits = estimates["zero3"] <= limit
@@ -521,8 +541,8 @@ def resolve_deepspeed(cfg: DictConfig) -> str:
     hf_config = model_config(cfg)
     counts = parameter_counts(hf_config)
     nproc, nnodes = _world(cfg.launcher)
-    shape = trainer.plan(cfg, args, counts, nnodes, hf_config) if hasattr(trainer, "plan") else {}
-    seq_len = shape.get("tokens_per_sequence") or cfg.data.pack_length or max_length_of(cfg.data)
+    shape = trainer_plan(trainer, cfg, args, counts, nnodes, hf_config)
+    seq_len = shape.tokens_per_sequence or cfg.data.pack_length or max_length_of(cfg.data)
     packing = bool(cfg.data.pack_length)
     held = 1 if args.activation_checkpointing else hf_config.num_hidden_layers
     row = args.per_device_train_batch_size * seq_len

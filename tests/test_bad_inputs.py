@@ -181,6 +181,10 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
     ("sed=1", "lw: error: Could not override 'sed'; To append to your config use +sed=1: Key 'sed' not in 'LwConfig'"),
     ("judge.api_key=sk-secret-value", "lw: error: judge.api_key: secrets are never passed as overrides"),
     ("data.max_drop_share=2", "lw: error: data.max_drop_share"),
+    ("trainer.kind=ppo", "lw: error: trainer.kind=ppo is not a trainer: the trainers are sft, dpo, grpo"),
+    ("trainer.eos_los_weight=2", "lw: error: trainer.eos_los_weight is not an option of trainer=sft; did you mean "
+                                 "eos_loss_weight"),
+    ("trainer.args.output_dir=x", "lw: error: trainer.args.output_dir: lw sets it; set hydra.run.dir"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, override, expected):
     line = user_error(run(override, "logger=none", cwd=tmp_path))

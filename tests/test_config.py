@@ -1,5 +1,9 @@
 """Every config composes against the typed schema; bad overrides fail at start, clearly."""
 
+import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -7,9 +11,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lw.cli import CONFIG_DIR, run_name
-from lw.config import TrainerConfig, TrainerKind
+from lw.config import TrainerConfig
 from lw.data.settings import DEFAULT_MAX_LENGTH, max_length_of
-from lw.train.registry import TRAINERS, trainer_for
+from lw.errors import UserError
+from lw.train.registry import TRAINERS, trainer_config, trainer_for
 
 from helpers import compose_lw, run_lw
 
@@ -62,9 +67,9 @@ def test_an_unknown_task_names_the_closest_and_the_valid_ones():
         task_module("zzz")
 
 
-@pytest.mark.parametrize("kind", list(TrainerKind))
+@pytest.mark.parametrize("kind", list(TRAINERS))
 def test_every_trainer_kind_has_a_module_with_the_trainer_functions(kind):
-    module = trainer_for(OmegaConf.create({"trainer": {"kind": kind.value}}))
+    module = trainer_for(OmegaConf.create({"trainer": {"kind": kind}}))
     assert module.__name__ == TRAINERS[kind]
     for name in ("training_args", "build_dataset", "train"):
         assert callable(getattr(module, name)), f"{module.__name__} lacks {name}"
@@ -74,14 +79,122 @@ def test_every_trainer_kind_has_a_module_with_the_trainer_functions(kind):
 def test_trainer_yaml_holds_every_option_a_researcher_sets(option):
     """A trainer option's file names each of its settings (one default, in the YAML)."""
     raw = OmegaConf.load(Path(CONFIG_DIR) / "trainer" / f"{option}.yaml")
-    required = [name for name, f in TrainerConfig.__dataclass_fields__.items() if name != "args"]
+    assert raw.kind in TRAINERS
+    schema = getattr(trainer_for(OmegaConf.create({"trainer": raw})), "CONFIG", TrainerConfig)
+    required = [name for name in schema.__dataclass_fields__ if name != "args"]
     assert sorted(set(required) - set(raw)) == [], f"trainer/{option}.yaml lacks these settings"
-    assert raw.kind in {k.value for k in TrainerKind}
 
 
-def test_unknown_trainer_kind_fails_at_compose():
-    with pytest.raises(ConfigCompositionException, match="kind"):
-        compose_lw("trainer.kind=ppo")
+def test_an_unknown_trainer_kind_fails_at_start_naming_the_trainers():
+    cfg = compose_lw("trainer.kind=sfx")
+    with pytest.raises(UserError, match="trainer.kind=sfx is not a trainer: the trainers are sft, dpo, grpo; "
+                                        "did you mean sft"):
+        trainer_for(cfg)
+
+
+def test_a_trainers_own_options_are_set_without_plus_and_checked_against_its_dataclass():
+    cfg = compose_lw("trainer.eos_loss_weight=3", "trainer.loss_weighting=pack_mean")
+    assert cfg.trainer.eos_loss_weight == 3  # in the composed config, so in .hydra/config.yaml and W&B
+    options = trainer_config(cfg)
+    assert options.eos_loss_weight == 3.0 and options.loss_weighting.value == "pack_mean"
+    with pytest.raises(UserError, match="trainer.eos_los_weight is not an option of trainer=sft; did you mean "
+                                        "eos_loss_weight"):
+        trainer_config(compose_lw("trainer.eos_los_weight=3"))
+    with pytest.raises(UserError, match="trainer.loss_weighting: Invalid value 'nope'"):
+        trainer_config(compose_lw("trainer.loss_weighting=nope"))
+    # SFT's loss options are SFT's alone; GRPO's rewards live under its trainer node.
+    with pytest.raises(UserError, match="trainer.eos_loss_weight is not an option of trainer=dpo"):
+        trainer_config(compose_lw("trainer=dpo", "trainer.eos_loss_weight=1"))
+    grpo = compose_lw("trainer=grpo", "trainer.reward.length=0.5", "trainer.reward.quality=0.25")
+    assert grpo.trainer.reward.length == 0.5 and trainer_config(grpo).reward.quality == 0.25
+    with pytest.raises(UserError, match="trainer.reward.lenght is not an option of trainer=grpo; did you mean length"):
+        trainer_config(compose_lw("trainer=grpo", "trainer.reward.lenght=0.5"))
+    with pytest.raises(ConfigCompositionException, match="reward"):
+        compose_lw("reward.length=1")  # the old root node is gone
+
+
+def test_a_known_trl_key_needs_no_plus_and_an_unknown_one_is_refused_with_the_close_keys():
+    cfg = compose_lw("trainer.args.adam_epsilon=1e-6")  # not in conf/trainer/sft.yaml: no `+` needed
+    assert trainer_for(cfg).training_args(cfg, Path("unused"), "none").adam_epsilon == 1e-6
+    with pytest.raises(UserError, match="trainer.args.learning_rat is not an option of trl.SFTConfig; "
+                                        "did you mean learning_rate"):
+        cfg = compose_lw("trainer.args.learning_rat=1")
+        trainer_for(cfg).training_args(cfg, Path("unused"), "none")
+    cfg = compose_lw("trainer=dpo", "trainer.init_from=x", "trainer.args.bta=0.5")
+    with pytest.raises(UserError, match="trl.DPOConfig; did you mean beta"):
+        trainer_for(cfg).training_args(cfg, Path("unused"), "none")
+
+
+@pytest.mark.parametrize("key, setting", [("seed", "set seed instead"), ("output_dir", "set hydra.run.dir"),
+                                          ("report_to", "set logger.kind instead"), ("max_length", "set data.max_length")])
+def test_trl_keys_lw_sets_from_its_own_settings_are_refused_pointing_there(key, setting):
+    cfg = compose_lw(f"trainer.args.{key}=1")
+    with pytest.raises(UserError, match=f"trainer.args.{key}: lw sets it; {setting}"):
+        trainer_for(cfg).training_args(cfg, Path("unused"), "none")
+
+
+THROWAWAY_TRAINER = '''
+"""A trainer added as docs/architecture.md says: this module, a YAML and one registry line."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+from lw.config import TrainerConfig
+from lw.train import sft
+from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.train.registry import trainer_config, trl_args
+
+
+@dataclass
+class ThrowawayConfig(TrainerConfig):
+    note: str = "unset"
+
+
+CONFIG = ThrowawayConfig
+build_dataset = sft.build_dataset
+
+
+def training_args(cfg, checkpoint_dir: Path, report_to: str) -> SFTConfig:
+    trainer_config(cfg)
+    return SFTConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, report_to=report_to, use_cpu=True,
+                     completion_only_loss=True, **trl_args(cfg, SFTConfig))
+
+
+def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
+    (Path(run_dir) / "note.txt").write_text(trainer_config(cfg).note)
+    trainer = SFTTrainer(model=model, args=training_args(cfg, checkpoint_dir_of(run_dir), report_to),
+                         train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
+'''
+
+
+def test_a_throwaway_trainer_registered_in_a_test_runs_through_lw_and_writes_its_model(tmp_path):
+    (tmp_path / "throwaway_trainer.py").write_text(THROWAWAY_TRAINER)
+    (tmp_path / "conf" / "trainer").mkdir(parents=True)
+    (tmp_path / "conf" / "trainer" / "throwaway.yaml").write_text(
+        "kind: throwaway\ninit_from: null\nbase: null\nnote: unset\nargs:\n  max_steps: 2\n"
+        "  per_device_train_batch_size: 4\n  learning_rate: 1.0e-3\n  save_strategy: 'no'\n")
+    (tmp_path / "lw_with_throwaway.py").write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from lw.train.registry import TRAINERS
+        TRAINERS["throwaway"] = "throwaway_trainer"  # the one registry line
+        from lw.cli import main
+        main()
+    """))
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "lw_with_throwaway.py"), f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+         "experiment=smoke", "trainer=throwaway", "trainer.note=written", "trainer.args.max_steps=1",
+         "eval.toy_ruler.lengths=[12]", "eval.toy_ruler.samples_per_prompt=1", "generation.max_new_tokens=4",
+         "logger=none", f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (run_dir / "model" / "config.json").exists() and (run_dir / "note.txt").read_text() == "written"
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.trainer.kind == "throwaway" and saved.trainer.note == "written"
+    assert json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_paper_experiments_differ_only_in_the_model():
@@ -111,11 +224,12 @@ def test_wrong_type_and_unknown_option_fail_at_compose():
 
 @pytest.mark.slow
 def test_misspelt_trainer_option_fails_before_any_work(tmp_path):
-    # Hydra refuses a new key without "+"; with it, SFTConfig refuses it before data or weights.
-    assert "lerning_rate" in run_lw("trainer.args.lerning_rate=0.1", cwd=tmp_path, check=False).stderr
-    result = run_lw("+trainer.args.lerning_rate=0.1", "logger=none", cwd=tmp_path, check=False)
-    assert result.returncode != 0
-    assert "lerning_rate" in result.stderr and "trl.SFTConfig" in result.stderr
+    # With or without "+", the TRL config's fields refuse it at start, before data or weights.
+    for override in ("trainer.args.lerning_rate=0.1", "+trainer.args.lerning_rate=0.1"):
+        result = run_lw(override, "logger=none", cwd=tmp_path, check=False)
+        assert result.returncode == 2
+        assert ("lw: error: trainer.args.lerning_rate is not an option of trl.SFTConfig; did you mean "
+                "learning_rate") in result.stderr
     assert not list(tmp_path.glob("runs/*/data"))
 
 

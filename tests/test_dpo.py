@@ -123,9 +123,9 @@ def test_dpo_options_are_validated_at_start(tmp_path):
     assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 1.0]
     assert args.max_length == 1024 and args.precompute_ref_log_probs
     with pytest.raises(ValueError, match="trl.DPOConfig"):
-        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "+trainer.args.betta=0.2"), tmp_path, "none")
+        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "trainer.args.betta=0.2"), tmp_path, "none")
     with pytest.raises(ValueError, match="data.max_length"):
-        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "+trainer.args.max_length=99"), tmp_path, "none")
+        trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "trainer.args.max_length=99"), tmp_path, "none")
     with pytest.raises(ValueError, match="trainer.init_from"):
         trainer_for(dpo_cfg(path)).training_args(dpo_cfg(path, "trainer.init_from=null"), tmp_path, "none")
     with pytest.raises(ValueError, match="loss_weighting"):

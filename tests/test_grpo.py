@@ -10,11 +10,11 @@ from omegaconf import OmegaConf
 
 from helpers import compose_lw, run_lw
 
-from lw.config import JudgeConfig, RewardConfig
+from lw.config import JudgeConfig
 from lw.errors import UserError
 from lw.eval.judge import Judge
-from lw.rewards import (length_log_ratio_reward, length_reward, log_ratio_reward, quality_reward, reward_functions,
-                        text_of)
+from lw.train.rewards import (RewardConfig, length_log_ratio_reward, length_reward, log_ratio_reward, quality_reward,
+                              reward_functions, text_of)
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import read_offline_run
 from lw.train.grpo import completion_budget, prompt_rows, training_args
@@ -118,7 +118,8 @@ def test_prompts_without_a_length_and_no_judge_are_dropped_and_counted(tmp_path)
     dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
     assert dataset["length"] == [30] and stats["dropped_no_length"] == 1 and stats["prompts_in"] == 2
     # With the judge's S_q as a reward, a prompt without a length is rewarded by quality alone: kept.
-    cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x", "reward.quality=1.0")
+    cfg = compose_lw("trainer=grpo", "data=prompts", f"data.path={path}", "trainer.init_from=x",
+                     "trainer.reward.quality=1.0")
     dataset, stats = build_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run2")
     assert dataset["length"] == [30, None] and stats["prompts_trained"] == 2 and "dropped_no_length" not in stats
 
@@ -139,10 +140,10 @@ def test_max_completion_length_follows_the_longest_required_length():
 
 @pytest.mark.parametrize("override, message", [
     ("trainer.init_from=null", "trainer=grpo starts from a trained model"),
-    ("+trainer.args.reward_weights=[1.0]", "set the weights as reward.length"),
+    ("trainer.args.reward_weights=[1.0]", "set the weights as trainer.reward.length"),
     ("trainer.args.num_generations=3", "trainer.args:"),
     ("data=pairs", "trainer=grpo samples its own answers"),
-    ("reward.length_kind=linear", "reward.length_kind must be one of"),
+    ("trainer.reward.length_kind=linear", "trainer.reward.length_kind must be one of"),
 ])
 def test_bad_grpo_settings_fail_at_start(override, message):
     cfg = compose_lw("trainer=grpo", "trainer.init_from=runs/x/model", override)
@@ -152,14 +153,14 @@ def test_bad_grpo_settings_fail_at_start(override, message):
 
 def test_one_grpo_step_keeps_the_users_completion_length_and_weighs_the_rewards(tmp_path, tiny_model):
     """trainer.args.max_completion_length as the user set it (not the computed budget, 19 tokens
-    here), and reward.* handed to TRL as its reward_weights: the logged reward is the weighted sum."""
+    here), and trainer.reward.* handed to TRL as its reward_weights: the logged reward is the weighted sum."""
     from lw.models import build_model, build_tokenizer
     from lw.train.registry import trainer_for
 
     cfg = compose_lw("trainer=grpo", f"trainer.init_from={tiny_model}", "trainer.args.max_steps=1",
                      "trainer.args.logging_steps=1", "trainer.args.per_device_train_batch_size=8",
-                     "trainer.args.num_generations=4", "+trainer.args.max_completion_length=12", "reward.length=2.0",
-                     "reward.repetition=0.5", "data.toy.num_samples=8", "data.toy.min_words=5",
+                     "trainer.args.num_generations=4", "trainer.args.max_completion_length=12",
+                     "trainer.reward.length=2.0", "trainer.reward.repetition=0.5", "data.toy.num_samples=8", "data.toy.min_words=5",
                      "data.toy.max_words=5", "data.toy.round_lengths=false")
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     trainer = trainer_for(cfg)
@@ -195,7 +196,7 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
     assert metrics["data/prompts_trained"] == 64 and "ruler/S_l" in metrics
     assert open(run_dir / "results.csv").readline().startswith("run,trainer") and ",grpo," in (run_dir / "results.csv").read_text()
     logged = read_offline_run(next((run_dir / "wandb").glob("offline-run-*")))
-    assert logged["config"]["trainer"]["kind"] == "grpo" and logged["config"]["reward"]["length"] == 1.0
+    assert logged["config"]["trainer"]["kind"] == "grpo" and logged["config"]["trainer"]["reward"]["length"] == 1.0
     assert logged["summary"]["train/rewards/length_reward/mean"] == pytest.approx(rewards[-1], abs=1e-6)
 
 

@@ -31,8 +31,8 @@ UNASKED = {
                            "(data.overlong=truncate)", "raise {longer}"),
     "over_max_length": ("longer than data.max_length={max_length} tokens, prompt and the longer answer "
                         "(pairs are never truncated)", "raise {longer}"),
-    "no_length": ("without a required length, and there is no quality reward to score them (reward.quality=0)",
-                  "give them a `length` field, or set reward.quality with judge=openai"),
+    "no_length": ("without a required length, and there is no quality reward to score them "
+                  "(trainer.reward.quality=0)", "give them a `length` field, or set trainer.reward.quality with judge=openai"),
 }
 BAD = ("bad ({reason}, data.on_bad_sample=drop)",
        "fix them in the source (data.on_bad_sample=error names the file, line and field)")

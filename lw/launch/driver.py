@@ -390,7 +390,10 @@ def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Ex
 def last_checkpoint(run_dir: Path) -> str:
     from transformers.trainer_utils import get_last_checkpoint
 
-    found = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    from lw.train.fit import checkpoint_dir_of
+
+    checkpoints = checkpoint_dir_of(run_dir)
+    found = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     return f"the last checkpoint, {found}, is kept" if found else "no checkpoint was saved yet"
 
 

@@ -72,9 +72,9 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _trainer_order(column: pd.Series) -> pd.Series:
     """Trainers in the order a study chains them (SFT, then DPO), others after."""
-    from lw.config import TrainerKind
+    from lw.train.registry import TRAINERS
 
-    order = {kind.value: i for i, kind in enumerate(TrainerKind)}
+    order = {kind: i for i, kind in enumerate(TRAINERS)}
     return column.map(order).fillna(len(order)) if column.name == "trainer" else column
 
 

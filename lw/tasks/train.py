@@ -15,9 +15,10 @@ NEEDS_TOKENIZER = True
 
 def check(cfg, run_dir: Path) -> None:
     """A bad trainer option fails here, before any data or weights are touched."""
+    from lw.train.fit import checkpoint_dir_of
     from lw.train.registry import trainer_for
 
-    trainer_for(cfg).training_args(cfg, run_dir / "checkpoints", "none")
+    trainer_for(cfg).training_args(cfg, checkpoint_dir_of(run_dir), "none")
 
 
 def before_tracking(cfg, tokenizer) -> dict:

@@ -1,35 +1,5 @@
 """Training: TRL trainers configured from the Hydra config, one module per trainer kind (registry.py)."""
 
-from __future__ import annotations
+from lw.train.fit import fit_and_save
 
-import logging
-from pathlib import Path
-
-log = logging.getLogger(__name__)
-
-
-def fit_and_save(trainer, tokenizer, output_dir: Path, chat_format: str, stop_tokens=()) -> Path:
-    """Train (resuming from the last checkpoint in the trainer's output_dir) and save the final model
-    and tokenizer into output_dir/model, the tokenizer with the chat format as its chat template and
-    the generation config with every end-of-turn id (lw.models.stops), so a server that reads them
-    (`vllm serve`, `transformers serve`) renders and stops as lw does."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from lw.models.chat_format import get_chat_format
-    from lw.models.stops import stop_token_ids
-
-    checkpoints = trainer.args.output_dir
-    last = get_last_checkpoint(checkpoints) if Path(checkpoints).is_dir() else None
-    if last:
-        log.info("resuming from %s", last)
-    stops = stop_token_ids(tokenizer, stop_tokens, get_chat_format(chat_format), trainer.model.generation_config)
-    trainer.train(resume_from_checkpoint=last)
-    trainer.model.generation_config.eos_token_id = stops
-    final = Path(output_dir) / "model"
-    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
-    if trainer.is_world_process_zero():
-        template = get_chat_format(chat_format).jinja
-        if template:
-            tokenizer.chat_template = template
-        tokenizer.save_pretrained(final)
-    return final
+__all__ = ["fit_and_save"]

@@ -21,9 +21,9 @@ from trl import DPOConfig, DPOTrainer
 from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
 from lw.models import attention_implementation, local_device
-from lw.train import fit_and_save
+from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
-from lw.config import option_name
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 
@@ -37,52 +37,48 @@ class LwDPOTrainer(DPOTrainer):
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
 
-def training_args(cfg, output_dir: Path, report_to: str) -> DPOConfig:
+def training_args(cfg, checkpoint_dir: Path, report_to: str) -> DPOConfig:
     """DPOConfig from `trainer.args`; a bad option or a setting DPO cannot honour fails here, at start."""
     trainer = cfg.trainer
     if trainer.init_from is None and cfg.model.path is None:
         raise UserError("trainer=dpo starts from an SFT model: set trainer.init_from=runs/NAME/model "
                          "(or model.path)")
-    if option_name(trainer.loss_weighting) != "token_mean" \
-            or trainer.eos_loss_weight != 1.0:
-        raise UserError("trainer=dpo: the SFT term is TRL's token-mean NLL of the chosen answers; keep "
-                         "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")
-    args = dict(trainer.args)
-    if "max_length" in args:
-        raise UserError("trainer.args.max_length: set data.max_length instead (a longer pair is dropped and "
-                         "counted, never truncated)")
+    trainer_config(cfg)  # a misspelt or mistyped trainer option fails here, at start
+    args = trl_args(cfg, DPOConfig, set_by_lw={
+        "max_length": "data.max_length (a longer pair is dropped and counted, never truncated)"})
     args.setdefault("use_cpu", not torch.cuda.is_available())
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
-        return DPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+        return DPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                          run_name=cfg.run_name, max_length=max_length_of(cfg.data), **args)
     except (TypeError, ValueError) as e:
         raise UserError(f"trainer.args: {e} (options are those of trl.DPOConfig)") from None
 
 
-def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
+def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
     """For the dry run: a pair is two sequences (chosen and rejected in one batch), and the reference."""
     if args.precompute_ref_log_probs:
-        return {"sequences_per_example": 2, "full_logits": False,
-                "reference": "precomputed: one forward pass of the starting model over every pair before training "
-                             "(DeepSpeed inference engine on the same ZeRO-3 shards); no second model in memory"}
+        return TrainerPlan(sequences_per_example=2, full_logits=False,
+                           reference="precomputed: one forward pass of the starting model over every pair before "
+                                     "training (DeepSpeed inference engine on the same ZeRO-3 shards); no second "
+                                     "model in memory")
     # A second ZeRO-3 model, parameters offloaded like the policy's: 16-bit weights on the host, and
     # its largest layer gathered on the GPU during its forward pass.
-    return {"sequences_per_example": 2, "full_logits": False,
-            "reference": "a reference model loaded from the same checkpoint, ZeRO-3 sharded and offloaded "
-                         "like the policy (no full copy per rank)",
-            "gpu_per_rank": {"reference_largest_layer": 2 * counts["largest_layer"]},
-            "host_per_node": {"reference_bf16_params": 2 * counts["total"] / nnodes}}
+    return TrainerPlan(sequences_per_example=2, full_logits=False,
+                       reference="a reference model loaded from the same checkpoint, ZeRO-3 sharded and offloaded "
+                                 "like the policy (no full copy per rank)",
+                       gpu_per_rank={"reference_largest_layer": 2 * counts["largest_layer"]},
+                       host_per_node={"reference_bf16_params": 2 * counts["total"] / nnodes})
 
 
 def build_dataset(cfg, tokenizer, run_dir: Path):
     return build_preference_dataset(cfg, tokenizer, run_dir)
 
 
-def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
-    """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
-    args = training_args(cfg, output_dir / "checkpoints", report_to)
+def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
+    """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
+    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
     trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            callbacks=callbacks)
-    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
+    return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)

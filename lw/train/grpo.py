@@ -2,7 +2,7 @@
 GRPOTrainer: the `grpo` trainer of lw.train.registry.
 
 Each step samples `num_generations` completions per prompt from the policy, scores them with the
-rewards of `reward.*` (lw/rewards.py) and moves the policy towards the better ones of each group.
+rewards of `trainer.reward.*` (lw/train/rewards.py) and moves the policy towards the better ones of each group.
 The prompts are writing instructions with a required length: the toy requests of `data=toy`
 (lengths data.toy.min_words-max_words, not filtered by data.max_output_words, which only labels the
 run with its starting model's cap), a JSONL of prompts (`data=prompts data.path=FILE`: `prompt`
@@ -23,6 +23,7 @@ import logging
 import math
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,10 +33,11 @@ from trl import GRPOConfig, GRPOTrainer
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
-from lw.rewards import length_function
-from lw.train import fit_and_save
+from lw.train.rewards import RewardConfig, length_function
+from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.words import count_words
-from lw.config import option_name
+from lw.config import TrainerConfig, option_name
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +49,36 @@ REWARD_CURVE = "reward_curve.png"
 TRAIN_LOG = "train_log.json"  # TRL's log history: the reward, each reward's mean, completion lengths per step
 
 
-def training_args(cfg, output_dir: Path, report_to: str) -> GRPOConfig:
+@dataclass
+class GRPOTrainerConfig(TrainerConfig):
+    """trainer=grpo: the common options and the rewards' weights (trainer.reward.length, ...)."""
+
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+CONFIG = GRPOTrainerConfig
+
+
+def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
     """GRPOConfig from `trainer.args`; a bad option or a setting GRPO cannot honour fails here, at start."""
     trainer = cfg.trainer
     if trainer.init_from is None and cfg.model.path is None:
         raise UserError("trainer=grpo starts from a trained model: set trainer.init_from=runs/NAME/model "
                         "(or model.path: a base or SFT checkpoint)")
-    if option_name(trainer.loss_weighting) != "token_mean" or trainer.eos_loss_weight != 1.0:
-        raise UserError("trainer=grpo: the loss is TRL's GRPO loss (trainer.args.loss_type); keep "
-                        "trainer.loss_weighting=token_mean and trainer.eos_loss_weight=1.0")
     if cfg.data.pack_length is not None:
         raise UserError("trainer=grpo trains on its own completions, one per row: set data.pack_length=null")
     if option_name(cfg.data.source) == "pairs":
         raise UserError("trainer=grpo samples its own answers to prompts: set data=prompts data.path=FILE, "
                         "data=toy, or a messages source whose user turns are the prompts")
-    args = dict(trainer.args)
-    if "reward_weights" in args:
-        raise UserError("trainer.args.reward_weights: set the weights as reward.length, reward.quality, ... instead")
-    length_function(cfg.reward.length_kind)  # a bad reward.length_kind fails before the model loads
+    rewards = trainer_config(cfg).reward  # a misspelt or mistyped trainer option fails here, at start
+    args = trl_args(cfg, GRPOConfig, set_by_lw={
+        "reward_weights": "the weights as trainer.reward.length, trainer.reward.quality, ..."})
+    length_function(rewards.length_kind)  # a bad trainer.reward.length_kind fails before the model loads
     args.setdefault("use_cpu", not torch.cuda.is_available())
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
-        return GRPOConfig(output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
+        return GRPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
                           run_name=cfg.run_name, **args)
     except (TypeError, ValueError) as e:
         raise UserError(f"trainer.args: {e} (options are those of trl.GRPOConfig)") from None
@@ -124,7 +133,7 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
 
     rows, counts = prompt_rows(cfg)
     stats = {"prompts_in": len(rows), **counts}
-    if float(cfg.reward.quality) == 0:
+    if float(trainer_config(cfg).reward.quality) == 0:
         kept = [row for row in rows if row["length"] is not None]
         stats["dropped_no_length"] = len(rows) - len(kept)
         report_drops(stats, cfg.data)
@@ -161,7 +170,7 @@ def completion_budget(dataset, tokenizer, context: int | None) -> int:
 PLAN_PROMPT_TOKENS = 1024
 
 
-def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
+def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
     """For the dry run: each prompt gives num_generations training sequences of prompt + completion
     tokens; generation holds the gathered weights (or vLLM's share of the GPU) and a KV cache."""
     assumptions = []
@@ -189,25 +198,25 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> dict:
                 gpu["generation_gathered_bf16_weights"] = 2 * counts["total"]
     how = f"vLLM ({args.vllm_mode})" if args.use_vllm else "transformers generate"
     # TRL takes the log-probabilities of the completion tokens from full logits.
-    extra = {"sequences_per_example": 1, "sequences_per_row": args.num_generations, "tokens_per_sequence": sequence,
-             "full_logits": True, "gpu_per_rank": gpu, "assumptions": assumptions,
-             "generation": f"{args.num_generations} completions per prompt of up to {args.max_completion_length} "
-                           f"tokens, by {how}"}
+    shape = TrainerPlan(sequences_per_row=args.num_generations, tokens_per_sequence=sequence, full_logits=True,
+                        gpu_per_rank=gpu, assumptions=assumptions,
+                        generation=f"{args.num_generations} completions per prompt of up to "
+                                   f"{args.max_completion_length} tokens, by {how}")
     if args.beta == 0:
-        extra["reference"] = "none (beta = 0: no KL term, no reference model)"
-        return extra
-    extra["reference"] = "a reference model from the same checkpoint, ZeRO-3 sharded and offloaded like the policy"
+        shape.reference = "none (beta = 0: no KL term, no reference model)"
+        return shape
+    shape.reference = "a reference model from the same checkpoint, ZeRO-3 sharded and offloaded like the policy"
     gpu["reference_largest_layer"] = 2 * counts["largest_layer"]
-    extra["host_per_node"] = {"reference_bf16_params": 2 * counts["total"] / nnodes}
-    return extra
+    shape.host_per_node = {"reference_bf16_params": 2 * counts["total"] / nnodes}
+    return shape
 
 
-def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
-    """Train, resuming from the last checkpoint in output_dir/checkpoints, and save the final model."""
+def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
+    """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
     from lw.eval.run import longbench_judge
-    from lw.rewards import reward_functions
+    from lw.train.rewards import reward_functions
 
-    args = training_args(cfg, output_dir / "checkpoints", report_to)
+    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
     if "max_completion_length" not in cfg.trainer.args:
         args.max_completion_length = completion_budget(dataset, tokenizer,
                                                        getattr(model.config, "max_position_embeddings", None))
@@ -218,16 +227,17 @@ def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, call
         raise UserError(f"trainer=grpo renders prompts with the chat format's template; {cfg.model.chat_format} "
                         f"has none: choose model.chat_format=llama3_1 or glm4")
     tokenizer.chat_template = template
-    judge = longbench_judge(cfg) if float(cfg.reward.quality) != 0 else None
-    funcs, weights = reward_functions(cfg.reward, args.max_completion_length, judge)
+    rewards = trainer_config(cfg).reward
+    judge = longbench_judge(cfg) if float(rewards.quality) != 0 else None
+    funcs, weights = reward_functions(rewards, args.max_completion_length, judge)
     args.reward_weights = weights
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
-    final = fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
+    final = fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        (Path(output_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
-        reward_curve(history, Path(output_dir) / REWARD_CURVE, cfg.run_name)
+        (Path(run_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
+        reward_curve(history, Path(run_dir) / REWARD_CURVE, cfg.run_name)
     return final
 
 

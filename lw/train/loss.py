@@ -26,12 +26,25 @@ Its weight multiplies its token's loss inside whichever mean is chosen.
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
 import torch.nn.functional as F
 from lw.errors import UserError
 from lw.config import option_name
 
-WEIGHTINGS = ("token_mean", "sequence_mean", "pack_mean", "pack_sequences_over_30")
+
+
+class LossWeighting(str, Enum):
+    """`trainer.loss_weighting` of trainer=sft (the weightings above)."""
+
+    token_mean = "token_mean"
+    sequence_mean = "sequence_mean"
+    pack_mean = "pack_mean"
+    pack_sequences_over_30 = "pack_sequences_over_30"
+
+
+WEIGHTINGS = tuple(w.value for w in LossWeighting)
 # The released training code's fixed divisor: DataCollatorForLMPackDataset sets a pack's loss
 # weight to (sum of its per-sequence weights) / 30 (THUDM/LongWriter train/main.py line 68).
 PACK_SEQUENCES_DIVISOR = 30

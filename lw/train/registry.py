@@ -3,43 +3,126 @@
 The pipeline, the distributed worker and the dry-run planner ask this registry for the trainer
 of `trainer.kind` and call only what every trainer module provides:
 
-    training_args(cfg, output_dir, report_to) -> transformers.TrainingArguments
+    training_args(cfg, checkpoint_dir, report_to) -> transformers.TrainingArguments
         its TRL config, built from `trainer.args`; a bad option fails here, at start
     build_dataset(cfg, tokenizer, run_dir) -> (datasets.Dataset, stats)
         the training set, and flat statistics about it (logged as data/<key>)
     train(cfg, model, tokenizer, dataset, run_dir, report_to, callbacks=None) -> Path
         train (resuming from run_dir/checkpoints) and save the final model into run_dir/model
 
-Adding a trainer: a module in lw/train/ with these three functions, a `TrainerKind` member in
-lw/config.py, a `conf/trainer/<name>.yaml` and one line in TRAINERS (docs/architecture.md).
+and, optionally, `CONFIG` (a subclass of lw.config.TrainerConfig with the trainer's own options)
+and `plan(cfg, args, counts, nnodes, hf_config) -> TrainerPlan` (what it adds to a dry run).
+
+Adding a trainer: a module in lw/train/ with these functions, a `conf/trainer/<name>.yaml` and one
+line in TRAINERS (docs/architecture.md, "Adding a trainer").
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Optional, Protocol
 
-from lw.config import TrainerKind
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-TRAINERS: dict[TrainerKind, str] = {
-    TrainerKind.sft: "lw.train.sft",
-    TrainerKind.dpo: "lw.train.dpo",
-    TrainerKind.grpo: "lw.train.grpo",
+from lw.config import TrainerConfig
+from lw.errors import UserError
+
+TRAINERS: dict[str, str] = {
+    "sft": "lw.train.sft",  # supervised fine-tuning (TRL SFTTrainer)
+    "dpo": "lw.train.dpo",  # direct preference optimisation with an SFT term (TRL DPOTrainer)
+    "grpo": "lw.train.grpo",  # reinforcement learning on rewards such as S_l (TRL GRPOTrainer)
+}
+
+# TRL options lw sets from its own settings: each names the setting to change instead.
+SET_BY_LW = {
+    "output_dir": "hydra.run.dir (checkpoints go to RUN_DIR/checkpoints)",
+    "seed": "seed",
+    "data_seed": "seed",
+    "report_to": "logger.kind",
+    "run_name": "run_name",
 }
 
 
+@dataclass
+class TrainerPlan:
+    """What a trainer adds to a dry run (lw/plan.py); a trainer without a `plan` hook gets the defaults."""
+
+    sequences_per_example: int = 1  # training sequences per example in a batch (a DPO pair: chosen and rejected)
+    sequences_per_row: int = 1  # training sequences each data row gives (GRPO: its completions per prompt)
+    tokens_per_sequence: Optional[int] = None  # their length, when it is not the data's (GRPO: prompt + completion)
+    full_logits: bool = True  # whether (tokens x vocabulary) logits are held for the loss
+    reference: Optional[str] = None  # how the reference log-probabilities are had, for a trainer that has one
+    generation: Optional[str] = None  # how it generates, for a trainer that samples while training
+    gpu_per_rank: dict[str, float] = field(default_factory=dict)  # extra GPU bytes per rank, by name
+    host_per_node: dict[str, float] = field(default_factory=dict)  # extra host bytes per node, by name
+    assumptions: list[str] = field(default_factory=list)
+
+
 class Trainer(Protocol):
-    def training_args(self, cfg, output_dir: Path, report_to: str): ...
+    def training_args(self, cfg, checkpoint_dir: Path, report_to: str): ...
 
     def build_dataset(self, cfg, tokenizer, run_dir: Path): ...
 
     def train(self, cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path: ...
 
-    # Optional: plan(cfg, args, counts, nnodes, hf_config) -> dict, what the trainer adds to a dry run (lw/plan.py).
+
+def closest(name: str, choices, otherwise: str) -> str:
+    """`; did you mean X?` for the choices nearest a misspelt name, else `otherwise`."""
+    near = difflib.get_close_matches(name, list(choices), n=3)
+    return f"; did you mean {' or '.join(near)}?" if near else otherwise
 
 
 def trainer_for(cfg) -> Trainer:
     """The trainer module of `cfg.trainer.kind` (imported on first use: each pulls in its TRL trainer)."""
-    kind = TrainerKind(getattr(cfg.trainer.kind, "value", cfg.trainer.kind))
+    kind = str(cfg.trainer.kind)
+    if kind not in TRAINERS:
+        raise UserError(f"trainer.kind={kind} is not a trainer: the trainers are {', '.join(TRAINERS)}"
+                        + closest(kind, TRAINERS, ""))
     return importlib.import_module(TRAINERS[kind])  # type: ignore[return-value]
+
+
+def trainer_config(cfg) -> DictConfig:
+    """The `trainer` node checked against its trainer's dataclass (its module's CONFIG, else
+    TrainerConfig): a key it does not declare or a value of the wrong type fails here, in one line."""
+    schema = getattr(trainer_for(cfg), "CONFIG", TrainerConfig)
+    given = OmegaConf.to_container(cfg.trainer, resolve=True)
+    options = [f.name for f in dataclasses.fields(schema)]
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise UserError(f"trainer.{unknown[0]} is not an option of trainer={cfg.trainer.kind}"
+                        + closest(unknown[0], options, f"; its options: {', '.join(options)}"))
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), given)
+    except ConfigKeyError as e:  # a key a nested option (trainer.reward, trainer.base) lacks
+        fields = [f.name for f in dataclasses.fields(e.object_type)] if dataclasses.is_dataclass(e.object_type) else []
+        raise UserError(f"trainer.{e.full_key} is not an option of trainer={cfg.trainer.kind}"
+                        + closest(str(e.key), fields, f"; the options there: {', '.join(fields)}")) from None
+    except OmegaConfBaseException as e:
+        raise UserError(f"trainer.{e.full_key}: {e.msg.splitlines()[0]}") from None
+
+
+def trl_args(cfg, config_class, args: dict | None = None, where: str = "trainer.args",
+             set_by_lw: dict[str, str] | None = None) -> dict:
+    """`trainer.args` (or `args`) as a dict, every key an option of `config_class` (a TRL config)
+    that lw does not set itself; a key that is not refuses the run, named."""
+    args = dict(OmegaConf.to_container(cfg.trainer.args, resolve=True) if args is None else args)
+    valid = {f.name for f in dataclasses.fields(config_class) if f.init}
+    owned = {**SET_BY_LW, **(set_by_lw or {})}
+    for key in args:
+        if key in owned:
+            raise UserError(f"{where}.{key}: lw sets it; set {owned[key]} instead")
+        if key not in valid:
+            raise UserError(f"{where}.{key} is not an option of trl.{config_class.__name__}"
+                            + closest(key, valid, f" (see trl.{config_class.__name__}'s fields)"))
+    return args
+
+
+def trainer_plan(trainer: Trainer, cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
+    """The trainer's own dry-run figures, or the defaults when it has no `plan` hook."""
+    hook = getattr(trainer, "plan", None)
+    return hook(cfg, args, counts, nnodes, hf_config) if hook else TrainerPlan()

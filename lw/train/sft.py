@@ -5,6 +5,7 @@ The `sft` trainer of lw.train.registry: training_args, build_dataset and train.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,10 +14,23 @@ from trl import SFTConfig, SFTTrainer
 from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
 from lw.models import attention_implementation, local_device, use_attention
-from lw.train import fit_and_save
-from lw.train.loss import count_items, lm_loss
+from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.train.loss import LossWeighting, count_items, lm_loss
+from lw.train.registry import trainer_config, trl_args
 from lw.errors import UserError
-from lw.config import option_name
+from lw.config import TrainerConfig, option_name
+
+
+@dataclass
+class SFTTrainerConfig(TrainerConfig):
+    """trainer=sft: the common options and the loss's (lw/train/loss.py)."""
+
+    # Weight of each answer's end-of-sequence token in the loss: a tiny model learns when to stop from it.
+    eos_loss_weight: float = 1.0
+    loss_weighting: LossWeighting = LossWeighting.token_mean
+
+
+CONFIG = SFTTrainerConfig
 
 
 class LwSFTTrainer(SFTTrainer):
@@ -67,14 +81,15 @@ class LwSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, seed: int | None = None,
+def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = None, seed: int | None = None,
                where: str = "trainer.args", pack_length: int | None = None) -> SFTConfig:
     """SFTConfig from `trainer.args` (or `args`); an unknown or mistyped option fails here, at start.
 
     With data.pack_length the rows are packs made by lw.data (TRL's own packing, which packs
     each batch of 1,000 samples on its own and truncates silently, stays off).
     """
-    args = dict(cfg.trainer.args if args is None else args)
+    args = trl_args(cfg, SFTConfig, args, where,
+                    {"max_length": "data.max_length (data.pack_length when packing)"})
     args.setdefault("use_cpu", not torch.cuda.is_available())
     seed = cfg.seed if seed is None else seed
     pack_length = pack_length or cfg.data.get("pack_length")
@@ -85,15 +100,16 @@ def sft_config(cfg, output_dir: Path, report_to: str, args: dict | None = None, 
         attention_implementation(cfg.model, local_device(args["use_cpu"]), packing=pack_length is not None,
                                  training=True)
     try:
-        return SFTConfig(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=report_to,
+        return SFTConfig(output_dir=str(checkpoint_dir), seed=seed, data_seed=seed, report_to=report_to,
                          run_name=cfg.run_name,  # the W&B config holds both; they must agree
                          max_length=max_length, completion_only_loss=True, **args)
     except TypeError as e:
         raise UserError(f"{where}: {e} (options are those of trl.SFTConfig)") from None
 
 
-def training_args(cfg, output_dir: Path, report_to: str) -> SFTConfig:
-    return sft_config(cfg, output_dir, report_to)
+def training_args(cfg, checkpoint_dir: Path, report_to: str) -> SFTConfig:
+    trainer_config(cfg)  # a misspelt or mistyped trainer option fails here, at start
+    return sft_config(cfg, checkpoint_dir, report_to)
 
 
 def build_dataset(cfg, tokenizer, run_dir: Path):
@@ -101,20 +117,21 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
     return build_sft_dataset(cfg, tokenizer, run_dir)
 
 
-def build_trainer(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:
+def build_trainer(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:
     """The trainer; a packed dataset (rows with seq_lengths) gets the padding-free pack collator."""
-    args = training_args(cfg, output_dir / "checkpoints", report_to)
+    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
     packed = "seq_lengths" in dataset.column_names
     collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
     # The pipeline builds the model as for generation; packs may want another implementation.
     use_attention(model, attention_implementation(cfg.model, local_device(args.use_cpu), packing=packed,
                                                   training=True))
+    options = trainer_config(cfg)
     return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                        data_collator=collator, eos_loss_weight=cfg.trainer.eos_loss_weight,
-                        loss_weighting=cfg.trainer.loss_weighting, callbacks=callbacks)
+                        data_collator=collator, eos_loss_weight=options.eos_loss_weight,
+                        loss_weighting=options.loss_weighting, callbacks=callbacks)
 
 
-def train(cfg, model, tokenizer, dataset, output_dir: Path, report_to: str, callbacks=None) -> Path:
-    """Train, resuming from the last checkpoint in `output_dir`, and save the final model."""
-    trainer = build_trainer(cfg, model, tokenizer, dataset, output_dir, report_to, callbacks)
-    return fit_and_save(trainer, tokenizer, output_dir, cfg.model.chat_format, cfg.model.stop_tokens)
+def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
+    """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
+    trainer = build_trainer(cfg, model, tokenizer, dataset, run_dir, report_to, callbacks)
+    return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)

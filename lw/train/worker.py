@@ -45,12 +45,12 @@ def node_launch_dir(run_dir: Path) -> Path:
 
 def load_run_config(run_dir: Path) -> DictConfig:
     """The driver's resolved config, checked against the typed schema again."""
-    from lw.config import LwConfig
+    from lw.config import lw_schema
 
     path = node_launch_dir(run_dir) / "config.yaml"
     if not path.exists():
         raise MissingFile(f"{path} does not exist: the driver (`lw launcher=deepspeed ...`) writes it")
-    return OmegaConf.merge(OmegaConf.structured(LwConfig), OmegaConf.load(path))
+    return OmegaConf.merge(lw_schema(), OmegaConf.load(path))
 
 
 def skip_cpu_shm_comm() -> None:
@@ -152,6 +152,7 @@ def train(run_dir: Path) -> Path:
 
     from lw.launch.topology import single_process_env
     from lw.models import build_model, build_tokenizer
+    from lw.train.fit import checkpoint_dir_of
     from lw.train.registry import trainer_for
 
     cfg = load_run_config(run_dir)
@@ -171,7 +172,7 @@ def train(run_dir: Path) -> Path:
     trainer = trainer_for(cfg)
     # Arguments first, alive while the model is built: their DeepSpeed config is what makes
     # from_pretrained/from_config build the model under zero.Init.
-    args = trainer.training_args(cfg, run_dir / "checkpoints", "none")
+    args = trainer.training_args(cfg, checkpoint_dir_of(run_dir), "none")
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
     dataset = load_from_disk(str(check_same_data(run_dir / "data" / "tokenized")))
     # Built with the attention implementation for training on this rank's device (packs on a GPU:

@@ -3,19 +3,20 @@ batch's `prompts`, `completions` and the dataset's other columns (`length`), and
 per completion, or None where it does not apply (TRL leaves those out of the weighted sum).
 
 - length:     S_l / 100, the benchmark's own length score against the prompt's required length
-              (reward.length_kind=s_l), or max(0, 1 - |log(produced/required)| / log 3), symmetric in
-              the ratio (reward.length_kind=log_ratio)
+              (trainer.reward.length_kind=s_l), or max(0, 1 - |log(produced/required)| / log 3), symmetric in
+              the ratio (trainer.reward.length_kind=log_ratio)
 - quality:    S_q / 100 from the LLM judge (any OpenAI-compatible endpoint; concurrent, cached)
 - repetition: TRL's n-gram repetition penalty, in [-1, 0]
 - overlong:   TRL's soft punishment of completions that run into max_completion_length, in [-1, 0]
 
-`reward.<name>` is each one's weight (0 leaves it out); TRL combines them by
+`trainer.reward.<name>` is each one's weight (0 leaves it out); TRL combines them by
 `trainer.args.multi_objective_aggregation`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 from lw.errors import UserError
@@ -23,6 +24,21 @@ from lw.words import count_words, length_score
 
 REWARDS = ("length", "quality", "repetition", "overlong")
 LENGTH_KINDS = ("s_l", "log_ratio")
+
+
+@dataclass
+class RewardConfig:
+    """`trainer.reward` of trainer=grpo: each reward's weight (0 leaves it out). TRL sums the weighted
+    rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
+
+    length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)
+    # s_l: S_l / 100; log_ratio: max(0, 1 - |log(produced/required)| / log 3), 0 at 3x and at a third alike
+    length_kind: str = "s_l"
+    quality: float = 0.0  # S_q / 100 from the judge (judge=openai)
+    repetition: float = 0.0  # TRL's n-gram repetition penalty, in [-1, 0]
+    repetition_ngram: int = 3
+    overlong: float = 0.0  # TRL's soft punishment of completions reaching max_completion_length, in [-1, 0]
+    overlong_buffer: int = 0  # tokens before max_completion_length where it starts (0: a tenth of it)
 
 
 def text_of(turns) -> str:
@@ -68,9 +84,9 @@ def quality_reward(judge) -> Callable:
 
 
 def length_function(kind: str) -> Callable:
-    """The length reward of reward.length_kind."""
+    """The length reward of trainer.reward.length_kind."""
     if kind not in LENGTH_KINDS:
-        raise UserError(f"reward.length_kind must be one of {', '.join(LENGTH_KINDS)}, got {kind!r}")
+        raise UserError(f"trainer.reward.length_kind must be one of {', '.join(LENGTH_KINDS)}, got {kind!r}")
     return length_reward if kind == "s_l" else length_log_ratio_reward
 
 
@@ -87,19 +103,20 @@ def reward_functions(reward_cfg, max_completion_length: int, judge=None) -> tupl
             func = length_function(reward_cfg.length_kind)
         elif name == "quality":
             if judge is None:
-                raise UserError("reward.quality needs the judge: set judge=openai (judge.base_url, judge.model), "
-                                "or reward.quality=0")
+                raise UserError("trainer.reward.quality needs the judge: set judge=openai (judge.base_url, "
+                                "judge.model), or trainer.reward.quality=0")
             func = quality_reward(judge)
         elif name == "repetition":
             func = get_repetition_penalty_reward(ngram_size=reward_cfg.repetition_ngram)
         else:
             buffer = reward_cfg.overlong_buffer or max(1, max_completion_length // 10)
             if not 0 < buffer < max_completion_length:
-                raise UserError(f"reward.overlong_buffer={buffer} must lie in (0, max_completion_length="
+                raise UserError(f"trainer.reward.overlong_buffer={buffer} must lie in (0, max_completion_length="
                                 f"{max_completion_length})")
             func = get_soft_overlong_punishment(max_completion_length, buffer)
         funcs.append(func)
         weights.append(weight)
     if not funcs:
-        raise UserError("trainer=grpo needs a reward: give reward.length (or reward.quality, ...) a non-zero weight")
+        raise UserError("trainer=grpo needs a reward: give trainer.reward.length (or trainer.reward.quality, ...) "
+                        "a non-zero weight")
     return funcs, weights

@@ -1,0 +1,41 @@
+"""Training a built TRL trainer to its end and saving what every trainer kind saves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir_of(run_dir: Path) -> Path:
+    """Where a run's trainer checkpoints (TRL's args.output_dir) and resumes from: run_dir/checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def fit_and_save(trainer, tokenizer, run_dir: Path, chat_format: str, stop_tokens=()) -> Path:
+    """Train (resuming from the last checkpoint in the trainer's args.output_dir, the run's
+    checkpoint_dir) and save the final model and tokenizer into run_dir/model, the tokenizer with the
+    chat format as its chat template and the generation config with every end-of-turn id
+    (lw.models.stops), so a server that reads them (`vllm serve`, `transformers serve`) renders and
+    stops as lw does."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from lw.models.chat_format import get_chat_format
+    from lw.models.stops import stop_token_ids
+
+    checkpoint_dir = trainer.args.output_dir
+    last = get_last_checkpoint(checkpoint_dir) if Path(checkpoint_dir).is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    stops = stop_token_ids(tokenizer, stop_tokens, get_chat_format(chat_format), trainer.model.generation_config)
+    trainer.train(resume_from_checkpoint=last)
+    trainer.model.generation_config.eos_token_id = stops
+    final = Path(run_dir) / "model"
+    trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
+    if trainer.is_world_process_zero():
+        template = get_chat_format(chat_format).jinja
+        if template:
+            tokenizer.chat_template = template
+        tokenizer.save_pretrained(final)
+    return final
