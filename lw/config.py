@@ -274,8 +274,9 @@ class PairsConfig:
     rule: str = "mean"
     # A pair whose chosen and rejected scores differ by no more than this is dropped (dropped_margin);
     # a best score shared by two samples goes to the one nearest the required length (rules length and
-    # mean), and is dropped (dropped_tie) when they are equally near or the rule is quality. A pair
-    # separated only by that nearness has no score margin: kept only with min_margin 0.
+    # mean); samples still equally good (equally near, or rule quality) are interchangeable: the first is
+    # chosen and the rejected drawn from the worse ones; dropped (dropped_tie) only when no sample is
+    # worse. A pair separated only by that nearness has no score margin: kept only with min_margin 0.
     min_margin: float = 0.0
 
 

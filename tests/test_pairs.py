@@ -92,9 +92,12 @@ def test_failed_samples_are_never_chosen_or_rejected():
 def test_dropped_pairs():
     assert select_pair([None, None, None, None], 0, "p") == (None, None, "failed")
     assert select_pair([None, 80.0, None, None], 0, "p") == (None, None, "failed")
-    assert select_pair([80.0, 20.0, 80.0, 10.0], 0, "p") == (None, None, "tie")  # the best is shared
-    assert select_pair([50.0, 50.0], 0, "p") == (None, None, "tie")
-    assert select_pair([0.1 + 0.2, 0.3, 0.0], 0, "p")[2] == "tie"  # float noise is no difference
+    # A shared best: the first is chosen, the rejected drawn from the worse samples only.
+    assert {select_pair([80.0, 20.0, 80.0, 10.0], seed, "p") for seed in range(20)} == {(0, 1, None), (0, 3, None)}
+    assert select_pair([50.0, 50.0], 0, "p") == (None, None, "tie")  # nothing worse to reject
+    # float noise is no difference: 0 and 1 share the best, so 1 is never the rejected one
+    assert {select_pair([0.1 + 0.2, 0.3, 0.0], seed, "p") for seed in range(10)} == {(0, 2, None)}
+    assert select_pair([0.1 + 0.2, 0.3], 0, "p") == (None, None, "tie")
     # min_margin: the drawn rejected must be further below than this
     chosen, rejected, _ = select_pair([60.0, 58.0, 10.0], 0, "p")
     margin = [60.0, 58.0, 10.0][chosen] - [60.0, 58.0, 10.0][rejected]
@@ -123,8 +126,10 @@ def test_a_shared_best_is_broken_by_closeness():
     assert {select_pair(scores, seed, "p", near=near)[1] for seed in range(20)} == {0, 2, 3}
     # Only the shared best is reordered: a unique best stays chosen however far it is.
     assert select_pair([70.0, 40.0, 40.0], 0, "p", near=[-2.0, -0.1, -0.5])[0] == 0
-    # Equally near and equally scored: still a tie; an empty (-inf) sample among them too.
-    assert select_pair([0.0, 0.0, 0.0], 0, "p", near=[-1.0, -1.0, -3.0]) == (None, None, "tie")
+    # Equally near and equally scored: the first is chosen and a less near one rejected; with none
+    # less near, a tie; an empty (-inf) sample among them too.
+    assert select_pair([0.0, 0.0, 0.0], 0, "p", near=[-1.0, -1.0, -3.0]) == (0, 2, None)
+    assert select_pair([0.0, 0.0, 0.0], 0, "p", near=[-1.0, -1.0, -1.0]) == (None, None, "tie")
     assert select_pair([0.0, 0.0], 0, "p", near=[-math.inf, -math.inf]) == (None, None, "tie")
     # A rejected equal in score but less near has no score margin: dropped only when one is asked for.
     assert select_pair([0.0, 0.0], 0, "p", near=[-0.5, -1.0]) == (0, 1, None)
@@ -404,6 +409,18 @@ def test_select_pairs_counts_pairs_and_drops():
     assert stats["pairs"] == 2 and stats["dropped_failed"] == 1 and stats["ties_broken_by_length"] == 1
     assert stats["mean_margin"] == stats["mean_chosen_score"] - stats["mean_rejected_score"] > 0
     assert selection.records[1]["chosen_index"] == 1
+
+
+def test_an_equally_good_best_keeps_its_prompt_when_a_worse_sample_exists():
+    """Two samples of the same length share the best score and nearness: the first is chosen and the
+    worse one rejected (a kept tie, not broken by length); with no worse sample the prompt is a tie."""
+    prompts = [{"id": "twins", "prompt": "p", "length": 100, "source": "field"},
+               {"id": "all_same", "prompt": "p", "length": 100, "source": "field"}]
+    by_id = {**samples_of("twins", 90, 90, 40), **samples_of("all_same", 90, 90, 90)}
+    selection = select_pairs(prompts, by_id, {}, pairs_settings(), seed=0)
+    assert [(r["id"], r["chosen_index"], r["rejected_index"]) for r in selection.records] == [("twins", 0, 2)]
+    assert selection.drops == {"failed": 0, "tie": 1, "margin": 0}
+    assert (selection.tied_by_score, selection.ties_broken) == (2, 0)
 
 
 def test_select_pairs_margin_and_no_pairs():

@@ -81,33 +81,40 @@ def best_is_shared(scores: list[float | None]) -> bool:
     return len(scored) > 1 and sum(1 for s in scored if abs(s - max(scored)) <= _TIE) > 1
 
 
-def select_pair(scores: list[float | None], seed: int, prompt_id: str, min_margin: float = 0.0,
-                near: list[float] | None = None):
-    """(chosen index, rejected index, None) or (None, None, drop reason) for one prompt's samples.
-
-    chosen: the best score, a shared best broken by `near` (each sample's `closeness`, None: no
-    tie-break); rejected: drawn among the other scored samples with random.Random(f"{seed}:{prompt_id}").
-    Dropped: fewer than two scored samples ("failed"), the best shared by two samples that `near` does
-    not separate ("tie"), or chosen and rejected no more than min_margin apart in score ("margin"; a
-    rejected equal in score but less near passes only with min_margin 0).
-    """
+def best_samples(scores: list[float | None], near: list[float] | None = None) -> list[int]:
+    """The indices of the best scored samples: those sharing the best score, and of those the
+    nearest to the required length (`near`: each sample's closeness; None: no tie-break)."""
     scored = [i for i, s in enumerate(scores) if s is not None]
-    if len(scored) < 2:
-        return None, None, "failed"
     top = max(scores[i] for i in scored)
     tied = [i for i in scored if abs(scores[i] - top) <= _TIE]
     if len(tied) > 1 and near is not None:
         nearest = max(near[i] for i in tied)
         tied = [i for i in tied if near[i] >= nearest - _TIE]
-    if len(tied) > 1:
+    return tied
+
+
+def select_pair(scores: list[float | None], seed: int, prompt_id: str, min_margin: float = 0.0,
+                near: list[float] | None = None):
+    """(chosen index, rejected index, None) or (None, None, drop reason) for one prompt's samples.
+
+    chosen: the best sample (best_samples); where several stay equally good, the first of them, as
+    the samples are drawn alike. rejected: drawn among the other scored samples, those equally good
+    excepted, with random.Random(f"{seed}:{prompt_id}"). Dropped: fewer than two scored samples
+    ("failed"), no sample worse than the best ("tie"), or chosen and rejected no more than min_margin
+    apart in score ("margin"; a rejected equal in score but less near passes only with min_margin 0).
+    """
+    scored = [i for i, s in enumerate(scores) if s is not None]
+    if len(scored) < 2:
+        return None, None, "failed"
+    best = best_samples(scores, near)
+    others = [i for i in scored if i not in best]
+    if not others:
         return None, None, "tie"
-    best = tied[0]
-    others = [i for i in scored if i != best]
     rejected = random.Random(f"{seed}:{prompt_id}").choice(others)
-    gap = scores[best] - scores[rejected]
+    gap = scores[best[0]] - scores[rejected]
     if (gap <= _TIE and min_margin > 0) or _TIE < gap <= min_margin:
         return None, None, "margin"
-    return best, rejected, None
+    return best[0], rejected, None
 
 
 def _round(x: float | None) -> float | None:
@@ -259,7 +266,7 @@ def select_pairs(prompts: list[dict], by_id: dict, judgements: dict, p, seed: in
         chosen, rejected, reason = select_pair(scores, seed, q["id"], p.min_margin, near)
         shared = best_is_shared(scores)
         selection.tied_by_score += shared
-        selection.ties_broken += shared and reason != "tie"
+        selection.ties_broken += shared and near is not None and len(best_samples(scores, near)) == 1
         if reason:
             selection.drops[reason] += 1
         else:
