@@ -55,7 +55,7 @@ for run in sft-seed-0 sft-seed-1 dpo-seed-0 dpo-seed-1; do
   $LW experiment=dpo_mini task=score score.benchmark=longbench_write judge.base_url="$URL" judge.cache=false \
       score.predictions="$WORK/$run/eval/toy_ruler/predictions.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/quality-$run"
 done
-echo "pairs, DPO, probes and their S_q for 2 seeds: $((SECONDS - start)) s on $(nproc) cores, $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" | tee "$OUT/time.txt"
+echo "pairs, DPO, probes and their S_q for 2 seeds: $((SECONDS - start)) s on $(nproc --all) cores, $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" | tee "$OUT/time.txt"
 
 for run in sft-seed-0 sft-seed-1 dpo-seed-0 dpo-seed-1; do
   mkdir -p "$OUT/$run" && cp "$WORK/$run/results.csv" "$WORK/$run/metrics.json" "$OUT/$run/"

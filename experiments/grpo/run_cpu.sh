@@ -31,7 +31,7 @@ for seed in 0 1; do
 done
 # The CPU is part of the result: the same code and seeds train other weights on another CPU (README).
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
-echo "GRPO and probes for 2 seeds: $((SECONDS - start)) s on $(nproc) cores ($cpu), $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" | tee "$OUT/time.txt"
+echo "GRPO and probes for 2 seeds: $((SECONDS - start)) s on $(nproc --all) cores ($cpu), $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" | tee "$OUT/time.txt"
 
 rm -rf "$OUT"/sft* "$OUT"/grpo-seed-*
 for run in sft50-seed-0 sft50-seed-1 sft100-seed-0 sft100-seed-1 grpo-seed-0 grpo-seed-1; do
