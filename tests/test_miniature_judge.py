@@ -100,3 +100,22 @@ def test_a_prompt_of_another_template_is_refused_not_scored(rule):
     pattern = rule.prompt_pattern(rule.TEMPLATE.read_text())
     reply = rule.judge_reply(pattern, {"messages": [{"role": "user", "content": "Rate this: hello"}]})
     assert reply.status == 400
+
+
+def test_committed_dpo_miniature_s_q_and_pairs_say_what_its_readme_says():
+    """experiments/dpo/README.md reports each seed's S_q before and after DPO and its pair counts;
+    the committed quality-*.json and pairs_stats-*.json must give them (S_l: tests/test_dpo.py)."""
+    import json
+
+    results = REPO / "experiments" / "dpo" / "results" / "cpu"
+    readme = (REPO / "experiments" / "dpo" / "README.md").read_text()
+    s_q = {run: round(json.loads((results / f"quality-{run}.json").read_text())["longbench_write/S_q"], 2)
+           for run in ("sft-seed-0", "dpo-seed-0", "sft-seed-1", "dpo-seed-1")}
+    assert s_q == {"sft-seed-0": 97.54, "dpo-seed-0": 86.83, "sft-seed-1": 97.10, "dpo-seed-1": 93.68}
+    for seed in (0, 1):
+        stats = json.loads((results / f"pairs_stats-seed-{seed}.json").read_text())
+        sft, dpo = s_q[f"sft-seed-{seed}"], s_q[f"dpo-seed-{seed}"]
+        assert f"| {sft:.2f} | {dpo:.2f} | **{dpo - sft:+.2f}** |" in readme
+        counts = (stats["pairs"], stats["tied_by_score"], stats["ties_broken_by_length"], stats["dropped_tie"])
+        assert f"| {seed} | rule (now) |" in readme and "| {} | {} | {} | {} |".format(*counts) in readme
+        assert stats["prompts"] == stats["pairs"] + stats["dropped_tie"] == 78
