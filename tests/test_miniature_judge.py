@@ -119,3 +119,19 @@ def test_committed_dpo_miniature_s_q_and_pairs_say_what_its_readme_says():
         counts = (stats["pairs"], stats["tied_by_score"], stats["ties_broken_by_length"], stats["dropped_tie"])
         assert f"| {seed} | rule (now) |" in readme and "| {} | {} | {} | {} |".format(*counts) in readme
         assert stats["prompts"] == stats["pairs"] + stats["dropped_tie"] == 78
+
+
+def test_committed_grpo_determinism_runs_agree_in_everything_but_time():
+    """experiments/grpo/README.md: 8 GRPO steps from one start, run twice with one thread and twice
+    with two, gave the same TRL log (rewards, lengths, losses, gradient norms) and the same probe."""
+    import json
+
+    runs = REPO / "experiments" / "grpo" / "results" / "determinism"
+    timing = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
+    names = ("1thread-first", "1thread-second", "2threads-first", "2threads-second")
+    logs = [[{k: v for k, v in step.items() if k not in timing}
+             for step in json.loads((runs / f"train_log-{name}.json").read_text())] for name in names]
+    assert len(logs[0]) == 9 and "rewards/length_reward/mean" in logs[0][0]  # 8 logged steps and the summary
+    assert all(log == logs[0] for log in logs)
+    probes = [(runs / f"results-{name}.csv").read_text() for name in names]
+    assert all(probe == probes[0] for probe in probes) and probes[0].count("\n") == 9  # header + 8 answers
