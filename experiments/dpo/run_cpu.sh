@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The DPO miniature on 2 CPU cores, 2 seeds: the cap-100 SFT model of the length-bound miniature ->
-# preference pairs (4 samples per toy request, judged on a loopback judge) -> DPO -> the toy ruler,
+# preference pairs (8 samples per toy request, judged on a loopback judge) -> DPO -> the toy ruler,
 # then the miniature judge's S_q of every probe (task=score) and one lw-compare table and figure of SFT
 # and DPO. Results in experiments/dpo/results/cpu/.
-#   experiments/dpo/run_cpu.sh            (LW=lw, OUT=... to change the command or the folder)
+#   experiments/dpo/run_cpu.sh [extra overrides for the pairs and DPO runs]   (LW=lw, OUT=..., WORK=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LW="${LW:-lw}"
@@ -45,9 +45,9 @@ rm -rf "$WORK"/pairs-seed-* "$WORK"/dpo-seed-* "$WORK"/quality-*
 for seed in 0 1; do
   $LW experiment=dpo_mini task=dpo_pairs seed=$seed model.path="$WORK/sft-seed-$seed/model" \
       pairs.prompts="$WORK/prompts.jsonl" judge.base_url="$URL" generation.temperature=1.0 \
-      logger.group=dpo_mini hydra.run.dir="$WORK/pairs-seed-$seed"
+      logger.group=dpo_mini hydra.run.dir="$WORK/pairs-seed-$seed" "$@"
   $LW experiment=dpo_mini seed=$seed trainer.init_from="$WORK/sft-seed-$seed/model" judge=none \
-      data.path="$WORK/pairs-seed-$seed/pairs.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/dpo-seed-$seed"
+      data.path="$WORK/pairs-seed-$seed/pairs.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/dpo-seed-$seed" "$@"
 done
 # S_q of every probe's answers by the same judge: task=score reads the toy ruler's predictions as
 # LongBench-Write items (prompt, length, response).
