@@ -201,18 +201,37 @@ def test_grpo_raises_the_mean_reward_on_the_tiny_model(tmp_path, tiny_model):
 
 
 def test_committed_grpo_miniature_results_say_what_its_readme_says():
-    """experiments/grpo/README.md reports these plateaus and S_l values; the committed results must give them."""
+    """experiments/grpo/README.md reports these plateaus and S_l values for the default length reward
+    (results/cpu) and beside them for trainer.reward.length_kind=log_ratio (results/cpu_log_ratio, the table
+    of the two rewards); the committed results must give them."""
     from helpers import REPO
     from lw.report.analysis import load_sweep, summarize
 
-    summary = summarize(load_sweep(REPO / "experiments" / "grpo" / "results" / "cpu"))
-    found = {(r.trainer, r.cap, r.seed): (r.plateau_words, round(r.S_l, 1)) for r in summary.itertuples()}
-    assert found == {("sft", 50, 0): (50, 57.3), ("sft", 50, 1): (50, 56.5), ("grpo", 50, 0): (297.5, 47.1),
-                     ("grpo", 50, 1): (225, 79.4), ("sft", 100, 0): (105.5, 89.6), ("sft", 100, 1): (101.5, 87.8)}
-    assert all(found[("grpo", 50, seed)][0] > 1.3 * 50 for seed in (0, 1))  # the hypothesis, as reported
+    def found(folder):
+        summary = summarize(load_sweep(REPO / "experiments" / "grpo" / "results" / folder))
+        return {(r.trainer, r.cap, r.seed): (r.plateau_words, r.max_output_words, round(r.S_l, 1))
+                for r in summary.itertuples()}
+
+    starts = {("sft", 50, 0): (50, 50, 56.6), ("sft", 50, 1): (49, 50, 57.0),
+              ("sft", 100, 0): (107.5, 122, 90.3), ("sft", 100, 1): (107, 125, 90.2)}
+    s_l, log_ratio = found("cpu"), found("cpu_log_ratio")
+    assert s_l == {**starts, ("grpo", 50, 0): (109, 143, 76.1), ("grpo", 50, 1): (114, 117, 80.3)}
+    assert log_ratio == {**starts, ("grpo", 50, 0): (202, 212, 71.4), ("grpo", 50, 1): (164, 165, 77.1)}
+    for runs in (s_l, log_ratio):
+        assert all(runs[("grpo", 50, seed)][0] > 1.3 * 50 for seed in (0, 1))  # the hypothesis, as reported
     readme = (REPO / "experiments" / "grpo" / "README.md").read_text()
-    for plateau, s_l in found.values():
-        assert f"| {plateau:g} |" in readme and f"| {s_l} |" in readme
+    for plateau, _, score in s_l.values():
+        assert f"| {plateau:g} |" in readme and f"| {score} |" in readme
+    rows = [line for line in readme.splitlines() if line.startswith(("| none (SFT cap-50", "| `s_l`", "| `log_ratio`"))]
+    for (trainer, cap, seed), label in [(("sft", 50, 0), "none"), (("sft", 50, 1), "none"), (("grpo", 50, 0), "`s_l`"),
+                                        (("grpo", 50, 1), "`s_l`")]:
+        plateau, longest, score = s_l[(trainer, cap, seed)]
+        assert any(r.startswith(f"| {label}") and f"| {seed} | {plateau:g} | {longest:g} |" in r and r.endswith(f"| {score} |")
+                   for r in rows), (label, seed)
+    for seed in (0, 1):
+        plateau, longest, score = log_ratio[("grpo", 50, seed)]
+        assert any(r.startswith("| `log_ratio`") and f"| {seed} | {plateau:g} | {longest:g} |" in r
+                   and r.endswith(f"| {score} |") for r in rows), seed
 
 
 @pytest.mark.slow

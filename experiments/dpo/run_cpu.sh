@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The DPO miniature on 2 CPU cores, 2 seeds: the cap-100 SFT model of the length-bound miniature ->
-# preference pairs (4 samples per toy request, judged on a loopback judge) -> DPO -> the toy ruler,
-# then one lw-compare table and figure of SFT and DPO. Results in experiments/dpo/results/cpu/.
-#   experiments/dpo/run_cpu.sh            (LW=lw, OUT=... to change the command or the folder)
+# preference pairs (8 samples per toy request, judged on a loopback judge) -> DPO -> the toy ruler,
+# then the miniature judge's S_q of every probe (task=score) and one lw-compare table and figure of SFT
+# and DPO. Results in experiments/dpo/results/cpu/.
+#   experiments/dpo/run_cpu.sh [extra overrides for the pairs and DPO runs]   (LW=lw, OUT=..., WORK=... to change)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LW="${LW:-lw}"
 OUT="${OUT:-experiments/dpo/results/cpu}"
 WORK="${WORK:-runs/dpo_mini}"
 PY="${PYTHON:-python}"
+# One thread per process: the tiny model gains nothing from a second one, and on a shared machine two
+# threads spin-wait for each other (experiments/grpo/README.md: a GRPO step took 6-36 s with two, 0.5-3 s with one).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT" "$WORK"
 
 # Toy requests of 10-200 words on topics the probe does not use (it asks about rivers and music).
@@ -36,18 +40,29 @@ for _ in $(seq 50); do [ -s "$WORK/judge_url" ] && break; sleep 0.2; done
 URL=$(cat "$WORK/judge_url")
 
 start=$SECONDS
+# A run directory resumes what it holds (samples, judgements, a checkpoint): start the DPO stages afresh.
+rm -rf "$WORK"/pairs-seed-* "$WORK"/dpo-seed-* "$WORK"/quality-*
 for seed in 0 1; do
   $LW experiment=dpo_mini task=dpo_pairs seed=$seed model.path="$WORK/sft-seed-$seed/model" \
       pairs.prompts="$WORK/prompts.jsonl" judge.base_url="$URL" generation.temperature=1.0 \
-      logger.group=dpo_mini hydra.run.dir="$WORK/pairs-seed-$seed"
+      logger.group=dpo_mini hydra.run.dir="$WORK/pairs-seed-$seed" "$@"
   $LW experiment=dpo_mini seed=$seed trainer.init_from="$WORK/sft-seed-$seed/model" judge=none \
-      data.path="$WORK/pairs-seed-$seed/pairs.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/dpo-seed-$seed"
+      data.path="$WORK/pairs-seed-$seed/pairs.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/dpo-seed-$seed" "$@"
 done
-echo "pairs, DPO and probes for 2 seeds: $((SECONDS - start)) s" | tee "$OUT/time.txt"
+# S_q of every probe's answers by the same judge: task=score reads the toy ruler's predictions as
+# LongBench-Write items (prompt, length, response).
+for run in sft-seed-0 sft-seed-1 dpo-seed-0 dpo-seed-1; do
+  $LW experiment=dpo_mini task=score score.benchmark=longbench_write judge.base_url="$URL" judge.cache=false \
+      score.predictions="$WORK/$run/eval/toy_ruler/predictions.jsonl" logger.group=dpo_mini hydra.run.dir="$WORK/quality-$run"
+done
+echo "pairs, DPO, probes and their S_q for 2 seeds: $((SECONDS - start)) s on $(nproc --all) cores, $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" | tee "$OUT/time.txt"
 
 for run in sft-seed-0 sft-seed-1 dpo-seed-0 dpo-seed-1; do
   mkdir -p "$OUT/$run" && cp "$WORK/$run/results.csv" "$WORK/$run/metrics.json" "$OUT/$run/"
 done
 cp "$WORK/pairs-seed-0/pairs_stats.json" "$OUT/pairs_stats-seed-0.json"
 cp "$WORK/pairs-seed-1/pairs_stats.json" "$OUT/pairs_stats-seed-1.json"
+for run in sft-seed-0 sft-seed-1 dpo-seed-0 dpo-seed-1; do
+  cp "$WORK/quality-$run/metrics.json" "$OUT/quality-$run.json"
+done
 "${LW_COMPARE:-lw-compare}" "$OUT"

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/../.."
 LW="${LW:-lw}"
 OUT="${OUT:-experiments/grpo/results/cpu}"
 WORK="${WORK:-runs/grpo_mini}"
+# One thread per process: the tiny model gains nothing from a second one, and on a shared machine two
+# threads spin-wait for each other (README: a GRPO step took 6-36 s with two threads, 0.5-3 s with one).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT" "$WORK"
 
 # The SFT runs (not timed with the miniature: the length-bound sweep makes the same runs).
@@ -26,7 +29,9 @@ for seed in 0 1; do
   $LW experiment=grpo_mini seed=$seed trainer.init_from="$WORK/sft50-seed-$seed/model" logger.group=grpo_mini \
       hydra.run.dir="$WORK/grpo-seed-$seed" "$@"
 done
-echo "GRPO and probes for 2 seeds: $((SECONDS - start)) s on $(nproc) cores, $(date -u +%F)" | tee "$OUT/time.txt"
+# The CPU is part of the result: the same code and seeds train other weights on another CPU (README).
+cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+echo "GRPO and probes for 2 seeds: $((SECONDS - start)) s on $(nproc --all) cores ($cpu), $OMP_NUM_THREADS thread(s) per process, $(date -u +%F)" | tee "$OUT/time.txt"
 
 rm -rf "$OUT"/sft* "$OUT"/grpo-seed-*
 for run in sft50-seed-0 sft50-seed-1 sft100-seed-0 sft100-seed-1 grpo-seed-0 grpo-seed-1; do
