@@ -185,6 +185,7 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
     ("trainer.eos_los_weight=2", "lw: error: trainer.eos_los_weight is not an option of trainer=sft; did you mean "
                                  "eos_loss_weight"),
     ("trainer.args.output_dir=x", "lw: error: trainer.args.output_dir: lw sets it; set hydra.run.dir"),
+    ("data=pairs", "lw: error: trainer=sft trains on data.source toy or messages or mix, not pairs: give it conversations"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, override, expected):
     line = user_error(run(override, "logger=none", cwd=tmp_path))

@@ -92,6 +92,20 @@ def test_an_unknown_trainer_kind_fails_at_start_naming_the_trainers():
         trainer_for(cfg)
 
 
+@pytest.mark.parametrize("trainer, data, message", [
+    ("sft", "pairs", "trainer=sft trains on data.source toy or messages or mix, not pairs: give it conversations"),
+    ("dpo", "toy", "trainer=dpo trains on data.source pairs or mix, not toy: set data=pairs data.path=FILE"),
+    ("grpo", "pairs", "trainer=grpo trains on data.source toy or prompts or messages or mix, not pairs: it samples"),
+])
+def test_a_data_source_the_trainer_does_not_train_on_fails_at_start(trainer, data, message):
+    from lw.train.registry import check_data_source
+
+    with pytest.raises(UserError, match=message):
+        check_data_source(compose_lw(f"trainer={trainer}", f"data={data}", "trainer.init_from=x"))
+    accepted = {"sft": "toy", "dpo": "pairs", "grpo": "prompts"}[trainer]
+    check_data_source(compose_lw(f"trainer={trainer}", f"data={accepted}", "trainer.init_from=x"))
+
+
 def test_a_trainers_own_options_are_set_without_plus_and_checked_against_its_dataclass():
     cfg = compose_lw("trainer.eos_loss_weight=3", "trainer.loss_weighting=pack_mean")
     assert cfg.trainer.eos_loss_weight == 3  # in the composed config, so in .hydra/config.yaml and W&B

@@ -142,7 +142,6 @@ def test_max_completion_length_follows_the_longest_required_length():
     ("trainer.init_from=null", "trainer=grpo starts from a trained model"),
     ("trainer.args.reward_weights=[1.0]", "set the weights as trainer.reward.length"),
     ("trainer.args.num_generations=3", "trainer.args:"),
-    ("data=pairs", "trainer=grpo samples its own answers"),
     ("trainer.reward.length_kind=linear", "trainer.reward.length_kind must be one of"),
 ])
 def test_bad_grpo_settings_fail_at_start(override, message):

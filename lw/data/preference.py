@@ -104,9 +104,8 @@ def load_pairs(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
             stats[f"mix_{name}_pairs"] = sizes[name]
             stats["dropped_not_in_mix"] += len(pairs) - sizes[name]
             yield from choose(pairs, sizes[name], seed, name)
-    else:
-        raise UserError(f"trainer=dpo trains on preference pairs: set data=pairs data.path=FILE (a pairs.jsonl of "
-                         f"task=dpo_pairs) or a data.mix of pair sources, not data.source={source}")
+    else:  # trainer=dpo's DATA_SOURCES refuse other sources at start (lw.train.registry.check_data_source)
+        raise UserError(f"data.source={source} holds no preference pairs: choose pairs or a mix of pair sources")
 
 
 def tokenize_pairs(pairs: list[dict], chat_format_name: str, tokenizer) -> list[dict]:

@@ -75,11 +75,8 @@ def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
             stats[f"mix_{name}_samples"] = sizes[name]
             stats["dropped_not_in_mix"] += len(samples) - sizes[name]
             yield from choose(samples, sizes[name], seed, name)
-    elif source == "pairs":
-        raise UserError("data.source=pairs holds preference pairs (prompt, chosen, rejected): train them with "
-                         "trainer=dpo, or give SFT a messages source (data=jsonl data.path=FILE)")
-    else:
-        raise UserError(f"unknown data.source {source!r}")
+    else:  # the trainers' DATA_SOURCES refuse other sources at start (lw.train.registry.check_data_source)
+        raise UserError(f"data.source={source} holds no conversations: choose toy, messages or mix")
 
 
 def packing_stats(stats: Counter) -> dict:

@@ -7,6 +7,13 @@ from pathlib import Path
 NEEDS_TOKENIZER = True
 
 
+def check(cfg, run_dir: Path) -> None:
+    """A data source the trainer does not train on fails before the data is read."""
+    from lw.train.registry import check_data_source
+
+    check_data_source(cfg)
+
+
 def run(cfg, run_dir: Path, tracker, tokenizer) -> dict:
     from lw.data.drops import drop_table
     from lw.train.registry import trainer_for

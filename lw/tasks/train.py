@@ -14,10 +14,12 @@ NEEDS_TOKENIZER = True
 
 
 def check(cfg, run_dir: Path) -> None:
-    """A bad trainer option fails here, before any data or weights are touched."""
+    """A bad trainer option, or a data source the trainer does not train on, fails here, before any
+    data or weights are touched."""
     from lw.train.fit import checkpoint_dir_of
-    from lw.train.registry import trainer_for
+    from lw.train.registry import check_data_source, trainer_for
 
+    check_data_source(cfg)
     trainer_for(cfg).training_args(cfg, checkpoint_dir_of(run_dir), "none")
 
 

@@ -26,6 +26,8 @@ from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
+DATA_SOURCES = ("pairs", "mix")  # a mix of pair sources
+DATA_HINT = "set data=pairs data.path=FILE (a pairs.jsonl of task=dpo_pairs) or a data.mix of pair sources"
 
 
 class LwDPOTrainer(DPOTrainer):

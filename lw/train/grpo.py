@@ -57,6 +57,9 @@ class GRPOTrainerConfig(TrainerConfig):
 
 
 CONFIG = GRPOTrainerConfig
+DATA_SOURCES = ("toy", "prompts", "messages", "mix")  # of messages sources: their user turns are the prompts
+DATA_HINT = ("it samples its own answers to prompts: set data=prompts data.path=FILE, data=toy, or a messages "
+             "source whose user turns are the prompts")
 
 
 def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
@@ -67,9 +70,6 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
                         "(or model.path: a base or SFT checkpoint)")
     if cfg.data.pack_length is not None:
         raise UserError("trainer=grpo trains on its own completions, one per row: set data.pack_length=null")
-    if option_name(cfg.data.source) == "pairs":
-        raise UserError("trainer=grpo samples its own answers to prompts: set data=prompts data.path=FILE, "
-                        "data=toy, or a messages source whose user turns are the prompts")
     rewards = trainer_config(cfg).reward  # a misspelt or mistyped trainer option fails here, at start
     args = trl_args(cfg, GRPOConfig, set_by_lw={
         "reward_weights": "the weights as trainer.reward.length, trainer.reward.quality, ..."})

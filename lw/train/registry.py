@@ -10,8 +10,10 @@ of `trainer.kind` and call only what every trainer module provides:
     train(cfg, model, tokenizer, dataset, run_dir, report_to, callbacks=None) -> Path
         train (resuming from run_dir/checkpoints) and save the final model into run_dir/model
 
-and, optionally, `CONFIG` (a subclass of lw.config.TrainerConfig with the trainer's own options)
-and `plan(cfg, args, counts, nnodes, hf_config) -> TrainerPlan` (what it adds to a dry run).
+and, optionally, `CONFIG` (a subclass of lw.config.TrainerConfig with the trainer's own options),
+`DATA_SOURCES` (the data.source values it trains on, with `DATA_HINT`: what to set instead; checked
+at start by check_data_source) and `plan(cfg, args, counts, nnodes, hf_config) -> TrainerPlan`
+(what it adds to a dry run).
 
 Adding a trainer: a module in lw/train/ with these functions, a `conf/trainer/<name>.yaml` and one
 line in TRAINERS (docs/architecture.md, "Adding a trainer").
@@ -29,7 +31,7 @@ from typing import Optional, Protocol
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from lw.config import TrainerConfig
+from lw.config import TrainerConfig, option_name
 from lw.errors import UserError
 
 TRAINERS: dict[str, str] = {
@@ -84,6 +86,17 @@ def trainer_for(cfg) -> Trainer:
         raise UserError(f"trainer.kind={kind} is not a trainer: the trainers are {', '.join(TRAINERS)}"
                         + closest(kind, TRAINERS, ""))
     return importlib.import_module(TRAINERS[kind])  # type: ignore[return-value]
+
+
+def check_data_source(cfg) -> None:
+    """data.source against the sources the trainer declares (DATA_SOURCES; none declared: any), at
+    start, so `trainer=dpo data=toy` fails before the data is read."""
+    module = trainer_for(cfg)
+    accepted = getattr(module, "DATA_SOURCES", None)
+    source = option_name(cfg.data.source)
+    if accepted is not None and source not in accepted:
+        raise UserError(f"trainer={cfg.trainer.kind} trains on data.source {' or '.join(accepted)}, not "
+                        f"{source}: {module.DATA_HINT}")
 
 
 def trainer_config(cfg) -> DictConfig:

@@ -31,6 +31,9 @@ class SFTTrainerConfig(TrainerConfig):
 
 
 CONFIG = SFTTrainerConfig
+DATA_SOURCES = ("toy", "messages", "mix")
+DATA_HINT = ("give it conversations (data=jsonl data.path=FILE, a data.mix of them, or data=toy); "
+             "preference pairs train with trainer=dpo, prompts alone with trainer=grpo")
 
 
 class LwSFTTrainer(SFTTrainer):
