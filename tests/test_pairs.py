@@ -13,7 +13,7 @@ from lw.eval.judge import DIMENSIONS
 import math
 
 from lw.data.prompts import read_prompts, required_length
-from lw.tasks.dpo_pairs import Selection, best_is_shared, closeness, combine, resolve_lengths, select_pair, select_pairs
+from lw.tasks.dpo_pairs import best_is_shared, closeness, combine, resolve_lengths, select_pair, select_pairs
 from lw.tasks.dpo_pairs import run as run_dpo_pairs
 from lw.tracking import Tracker
 from omegaconf import OmegaConf
@@ -419,6 +419,8 @@ def test_an_equally_good_best_keeps_its_prompt_when_a_worse_sample_exists():
     by_id = {**samples_of("twins", 90, 90, 40), **samples_of("all_same", 90, 90, 90)}
     selection = select_pairs(prompts, by_id, {}, pairs_settings(), seed=0)
     assert [(r["id"], r["chosen_index"], r["rejected_index"]) for r in selection.records] == [("twins", 0, 2)]
+    assert "(a shared best, the first of 2 equally good); rejected" in selection.records[0]["reason"]
+    assert selection.records[0]["reason"].endswith("drawn among 1 others")
     assert selection.drops == {"failed": 0, "tie": 1, "margin": 0}
     assert (selection.tied_by_score, selection.ties_broken) == (2, 0)
 

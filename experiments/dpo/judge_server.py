@@ -33,6 +33,7 @@ from pathlib import Path
 
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
 from lw.data.toy_words import ADJECTIVES, ADVERBS, LINKS, TOPIC_NOUNS, VERBS
+from lw.train.rewards import log_ratio_reward
 from lw.words import count_words
 
 TEMPLATE = Path(__file__).with_name("judge.txt")
@@ -86,10 +87,7 @@ def length_fit(request: str, answer: str) -> float:
     asked = _LENGTH.search(request)
     if asked is None:
         return 1.0
-    produced = count_words(answer)
-    if produced == 0:
-        return 0.0
-    return max(0.0, 1 - abs(math.log(produced / int(asked.group(1)))) / math.log(3))
+    return log_ratio_reward(int(asked.group(1)), count_words(answer))  # GRPO's symmetric length reward
 
 
 def features(request: str, answer: str) -> dict[str, float]:

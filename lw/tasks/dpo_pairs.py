@@ -3,8 +3,8 @@
 For every prompt, `pairs.samples` answers are sampled from the model (model.path, or an API model
 with generation=openai), each is scored with the length score S_l against the prompt's required
 length and the quality judge's S_q, and the best becomes *chosen* (a shared best goes to the sample
-nearest the required length), one of the others drawn at random (seeded by the run's seed and the
-prompt's id) *rejected*.
+nearest the required length, else to the first of those equally good), one of the worse ones drawn
+at random (seeded by the run's seed and the prompt's id) *rejected*.
 
 Files under the run directory (all resumable: a rerun samples and judges only what is missing):
 - pairs/samples.jsonl      every sample, id "<prompt id>#<k>" (appended as generated)
@@ -77,8 +77,7 @@ def closeness(required: int | float, produced: int | float) -> float:
 
 def best_is_shared(scores: list[float | None]) -> bool:
     """Whether two or more scored samples share the best score (a tie before any tie-break)."""
-    scored = [s for s in scores if s is not None]
-    return len(scored) > 1 and sum(1 for s in scored if abs(s - max(scored)) <= _TIE) > 1
+    return sum(s is not None for s in scores) > 1 and len(best_samples(scores)) > 1
 
 
 def best_samples(scores: list[float | None], near: list[float] | None = None) -> list[int]:
@@ -168,21 +167,26 @@ def score_samples(q: dict, by_id: dict, judgements: dict, p) -> tuple[list[dict]
     return sample_scores, near
 
 
-def pair_record(q: dict, sample_scores: list[dict], chosen: int, rejected: int, shared: bool, by_id: dict,
+def pair_record(q: dict, sample_scores: list[dict], chosen: int, rejected: int, best: list[int], by_id: dict,
                 rule_name: str) -> dict:
-    """The line of pairs.jsonl for one prompt: both answers, every sample's scores and why this pair."""
+    """The line of pairs.jsonl for one prompt: both answers, every sample's scores and why this pair
+    (`best`: the samples equally good at the top, as best_samples gives them)."""
     rule = RULE_NAMES[rule_name] if q["length"] is not None else "S_q (no required length)"
-    best, worse = sample_scores[chosen]["score"], sample_scores[rejected]["score"]
-    scored = sum(1 for s in sample_scores if s["score"] is not None)
+    top, worse = sample_scores[chosen]["score"], sample_scores[rejected]["score"]
+    scores = [s["score"] for s in sample_scores]
+    scored = sum(score is not None for score in scores)
+    shared = ""
+    if best_is_shared(scores):
+        shared = (" (a shared best, the nearest to the length)" if len(best) == 1
+                  else f" (a shared best, the first of {len(best)} equally good)")
     return {
         "id": q["id"], "prompt": q["prompt"],
         "chosen": by_id[f"{q['id']}#{chosen}"]["response"],
         "rejected": by_id[f"{q['id']}#{rejected}"]["response"],
         "required_length": q["length"], "length_source": q["source"],
         "scores": sample_scores, "chosen_index": chosen, "rejected_index": rejected,
-        "reason": f"best of {scored} by {rule}={best:.1f}"
-                  f"{' (a shared best, the nearest to the length)' if shared else ''}; rejected "
-                  f"({worse:.1f}) drawn among {scored - 1} others",
+        "reason": f"best of {scored} by {rule}={top:.1f}{shared}; rejected ({worse:.1f}) drawn among "
+                  f"{scored - len(best)} others",
     }
 
 
@@ -265,12 +269,13 @@ def select_pairs(prompts: list[dict], by_id: dict, judgements: dict, p, seed: in
         near = near if p.rule != "quality" and q["length"] is not None else None
         chosen, rejected, reason = select_pair(scores, seed, q["id"], p.min_margin, near)
         shared = best_is_shared(scores)
+        best = best_samples(scores, near) if shared or not reason else []
         selection.tied_by_score += shared
-        selection.ties_broken += shared and near is not None and len(best_samples(scores, near)) == 1
+        selection.ties_broken += shared and len(best) == 1  # without `near`, a shared best stays shared
         if reason:
             selection.drops[reason] += 1
         else:
-            selection.records.append(pair_record(q, sample_scores, chosen, rejected, shared, by_id, p.rule))
+            selection.records.append(pair_record(q, sample_scores, chosen, rejected, best, by_id, p.rule))
     return selection
 
 

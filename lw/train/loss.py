@@ -34,7 +34,6 @@ from lw.errors import UserError
 from lw.config import option_name
 
 
-
 class LossWeighting(str, Enum):
     """`trainer.loss_weighting` of trainer=sft (the weightings above)."""
 
