@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO, compose_lw
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lw.data import build_sft_dataset, toy
 from lw.launch.topology import free_port
@@ -250,3 +251,75 @@ def test_two_ranks_step_on_the_global_mean_by_hand(two_ranks, setting):
     for name, param in model.named_parameters():
         for r in ranks:
             torch.testing.assert_close(r["grads"][name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL's fused LM head against the full logits: the same loss and the same gradient of every
+# parameter, in float32, with tiles small enough that one micro-batch spans many of them.
+
+def small_tiles(monkeypatch_or_none=None):
+    """TRL's tile sizes forced down to 16 tokens x 48 vocabulary entries (module constants, read
+    at call time): a micro-batch of 2 x 64 tokens over the tiny vocabulary is dozens of tiles."""
+    import trl.kernels.chunked_logprob as kernel
+    import trl.trainer.utils as trl_utils
+
+    for module, name, value in ((kernel, "TOKEN_CHUNK_SIZE", 16), (trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 48)):
+        if monkeypatch_or_none is None:
+            setattr(module, name, value)
+        else:
+            monkeypatch_or_none.setattr(module, name, value)
+
+
+class LargestTensor(TorchDispatchMode):
+    """The most elements of any tensor an operation returns while the mode is on (forward and backward)."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def one_step(cfg, tokenizer, dataset, run_dir, fused: bool):
+    """(summed micro-batch losses, gradients, micro-batches, largest tensor of the step's operations)
+    of one optimizer step's 2 micro-batches."""
+    cfg.trainer.fused_lm_head = fused
+    model = build_model(cfg.model, tokenizer, seed=0)
+    trainer = build_trainer(cfg, model, tokenizer, dataset, run_dir, "none")
+    batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, torch.device("cpu"))
+    with LargestTensor() as seen:
+        loss = sum(trainer.training_step(trainer.model, batch, num_items).item() for batch in batches)
+    # TRL's token metrics come from the fused head's outputs only: proof of the path taken
+    assert bool(trainer._metrics["train"]["entropy"]) == fused
+    return loss, {name: p.grad.clone() for name, p in model.named_parameters()}, batches, seen.largest
+
+
+@pytest.mark.parametrize("weighting, eos_weight, packed", [
+    ("token_mean", 1.0, True), ("token_mean", 5.0, True), ("sequence_mean", 5.0, True), ("pack_mean", 1.0, True),
+    ("pack_sequences_over_30", 5.0, True), ("sequence_mean", 5.0, False), ("token_mean", 1.0, False)])
+def test_fused_lm_head_equals_full_logits(packed_setup, monkeypatch, weighting, eos_weight, packed):
+    tmp, path, tokenizer = packed_setup
+    small_tiles(monkeypatch)
+    cfg = packed_config(path, tmp / "cache", weighting, eos_weight)
+    cfg.data.pack_length = 160 if packed else None  # packs of several sequences, or padded rows of one each
+    dataset, _ = build_sft_dataset(cfg, tokenizer, tmp)
+    plain_loss, plain_grads, batches, plain_largest = one_step(cfg, tokenizer, dataset, tmp / "plain", fused=False)
+    fused_loss, fused_grads, _, fused_largest = one_step(cfg, tokenizer, dataset, tmp / "fused", fused=True)
+    tokens = batches[0]["input_ids"].numel()
+    assert tokens >= 4 * 16 and len(tokenizer) > 4 * 48  # many tiles each way
+    # No (tokens x vocabulary) tensor in the fused step: its largest is a weight or the packs' attention mask
+    assert fused_largest < (tokens - 2) * len(tokenizer) <= plain_largest
+    assert fused_largest <= max(tokens**2, *(p.numel() for p in plain_grads.values()))
+    if packed:
+        assert "position_ids" in batches[0] and batches[0]["pack_ids"].max() == 1  # padding-free, 2 packs a row
+        # more sequences than packs: some pack holds several
+        assert sum((b["position_ids"] == 0).sum() for b in batches) > sum(b["pack_ids"].max() + 1 for b in batches)
+    else:
+        assert (batches[0]["labels"][:, -1] == -100).any()  # padding
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert plain_grads.keys() == fused_grads.keys() and all(g.abs().sum() > 0 for g in plain_grads.values())
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)

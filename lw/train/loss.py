@@ -22,6 +22,13 @@ batch, not a mean of per-step means.
 A model writes long only if it learns *when* to stop; in a long answer the single EOS token is
 one target among thousands, so a small model learns it late or never (docs/miniature.md weights it x5).
 Its weight multiplies its token's loss inside whichever mean is chosen.
+
+The per-token NLL comes from one of two places, and one weighting (`weighted_loss`) takes either:
+TRL's fused LM head (the trainer's default, `trainer.fused_lm_head: true`), which projects the last
+hidden states through the output layer in tiles of 4,096 tokens x 32,768 vocabulary entries and
+returns each position's log-probability of its label without ever holding the (tokens x vocabulary)
+logits; or the full logits (`lm_loss`, `trainer.fused_lm_head: false`), which at 32k tokens and
+GLM-4's 151,552-entry vocabulary cost about 46 GiB a rank with their fp32 copy and log-softmax.
 """
 
 from __future__ import annotations
@@ -84,14 +91,29 @@ def count_items(labels: torch.Tensor, weighting, position_ids: torch.Tensor | No
     return torch.unique(ids).numel() * torch.ones((), dtype=torch.long, device=labels.device)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, weighting="token_mean", eos_token_id: int | None = None,
-            eos_weight: float = 1.0, num_items_in_batch: int | torch.Tensor | None = None,
-            position_ids: torch.Tensor | None = None, pack_ids: torch.Tensor | None = None) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each position's fp32 NLL of its next label ([batch, time - 1]) from full (batch x time x
+    vocabulary) logits: the plain path, which holds the logits, their fp32 copy and the log-softmax."""
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:].clamp(min=0), reduction="none")
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, **weighting) -> torch.Tensor:
+    """`weighted_loss` from full logits."""
+    return weighted_loss(token_nll(logits, labels), labels, **weighting)
+
+
+def weighted_loss(nll: torch.Tensor, labels: torch.Tensor, *, weighting="token_mean", eos_token_id: int | None = None,
+                  eos_weight: float = 1.0, num_items_in_batch: int | torch.Tensor | None = None,
+                  position_ids: torch.Tensor | None = None, pack_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over the items of this batch of their mean (weighted) next-token NLL, divided by
-    `num_items_in_batch` (the global count), or by this batch's item count when it is None."""
+    `num_items_in_batch` (the global count), or by this batch's item count when it is None.
+
+    `nll` ([batch, time - 1], fp32) is each position's NLL of its next label, labels[:, 1:]: from
+    full logits (`lm_loss`) or from the negated log-probabilities of TRL's fused LM head, which
+    never builds the logits (lw/train/sft.py). Positions without a target are ignored."""
     weighting = _weighting(weighting)
     targets = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none")
+    nll = nll.float()
     mask = targets != -100
     weights = mask.float()
     if eos_token_id is not None and eos_weight != 1.0:

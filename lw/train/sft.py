@@ -15,7 +15,7 @@ from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
 from lw.models import attention_implementation, local_device, use_attention
 from lw.train.fit import checkpoint_dir_of, fit_and_save
-from lw.train.loss import LossWeighting, count_items, lm_loss
+from lw.train.loss import LossWeighting, count_items, token_nll, weighted_loss
 from lw.train.registry import trainer_config, trl_args
 from lw.errors import UserError
 from lw.config import TrainerConfig, option_name
@@ -28,6 +28,9 @@ class SFTTrainerConfig(TrainerConfig):
     # Weight of each answer's end-of-sequence token in the loss: a tiny model learns when to stop from it.
     eos_loss_weight: float = 1.0
     loss_weighting: LossWeighting = LossWeighting.token_mean
+    # The NLL from TRL's fused LM head (log-probabilities in tiles, no tokens x vocabulary logits);
+    # false: from the full logits, the old path, kept for comparison (lw/train/loss.py).
+    fused_lm_head: bool = True
 
 
 CONFIG = SFTTrainerConfig
@@ -39,25 +42,27 @@ DATA_HINT = ("give it conversations (data=jsonl data.path=FILE, a data.mix of th
 class LwSFTTrainer(SFTTrainer):
     """SFTTrainer with a choice of loss weighting (lw/train/loss.py) and a heavier EOS token.
 
-    With token_mean and no EOS weight it is TRL's loss. Otherwise the global batch's item count
-    (sequences or packs instead of tokens) replaces `num_items_in_batch`, so the Trainer's own
-    gradient-accumulation and data-parallel bookkeeping stays exact for every weighting.
+    The global batch's item count (tokens, sequences or packs) is `num_items_in_batch`, so the
+    Trainer's own gradient-accumulation and data-parallel bookkeeping stays exact for every
+    weighting; with token_mean and no EOS weight the loss is TRL's. The per-token NLL comes from
+    TRL's fused LM head (which SFTTrainer installs on the model), or with `fused_lm_head=False`
+    from the full logits.
     """
 
-    def __init__(self, *args, eos_loss_weight: float = 1.0, loss_weighting: str = "token_mean", **kwargs):
+    def __init__(self, *args, eos_loss_weight: float = 1.0, loss_weighting: str = "token_mean",
+                 fused_lm_head: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.eos_loss_weight = eos_loss_weight
         self.loss_weighting = option_name(loss_weighting)
+        self.fused_lm_head = fused_lm_head
+        if fused_lm_head:
+            check_fused_head(self.model)
 
     @property
     def loss_is_scaled_for_ga(self) -> bool | None:
         # Sequence and pack means always divide by the global item count counted below; token_mean
         # follows the Trainer's own rule (scaled when the model takes num_items_in_batch).
         return True if self.loss_weighting != "token_mean" else None
-
-    @property
-    def uses_own_loss(self) -> bool:
-        return self.eos_loss_weight != 1.0 or self.loss_weighting != "token_mean"
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         if self.loss_weighting == "token_mean" or not batch_samples or "labels" not in batch_samples[0]:
@@ -70,18 +75,52 @@ class LwSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pack_ids = inputs.pop("pack_ids", None)
-        if not self.uses_own_loss:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)  # a cache would let packed sequences see each other
-        loss = lm_loss(outputs.logits, labels, weighting=self.loss_weighting,
-                       eos_token_id=self.processing_class.eos_token_id, eos_weight=self.eos_loss_weight,
-                       num_items_in_batch=num_items_in_batch, position_ids=inputs.get("position_ids"),
-                       pack_ids=pack_ids)
+        # use_cache=False: a cache would let packed sequences see each other
+        if self.fused_lm_head:
+            outputs = model(**inputs, labels=labels, use_cache=False, fused_lm_head=True)
+            nll = -outputs.log_probs  # zero where there is no target
+            self._log_token_metrics(outputs)
+        else:
+            outputs = model(**inputs, use_cache=False)
+            nll = token_nll(outputs.logits, labels)
+        loss = weighted_loss(nll, labels, weighting=self.loss_weighting,
+                             eos_token_id=self.processing_class.eos_token_id, eos_weight=self.eos_loss_weight,
+                             num_items_in_batch=num_items_in_batch, position_ids=inputs.get("position_ids"),
+                             pack_ids=pack_ids)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The denominator counts every rank's items and DDP averages gradients over ranks.
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _log_token_metrics(self, outputs) -> None:
+        """TRL's `entropy` and `mean_token_accuracy`, from the fields its fused head computes anyway."""
+        mode = "train" if self.model.training else "eval"
+        valid = self.accelerator.gather_for_metrics(outputs.label_mask.sum()).sum()
+        for name, per_token in (("entropy", outputs.entropy), ("mean_token_accuracy", outputs.is_top1)):
+            if per_token is not None:
+                total = self.accelerator.gather_for_metrics(per_token.detach().float().sum()).sum()
+                self._metrics[mode][name].append((total / valid).item() if valid > 0 else 0.0)
+
+
+def check_fused_head(model) -> None:
+    """Refuse, at start, a model whose output layer TRL's fused LM head cannot project through.
+
+    The fused head multiplies the backbone's last hidden states by `get_output_embeddings().weight`
+    (gathering it under ZeRO-3; a head tied to the input embeddings is the same parameter) and
+    applies the logit scalings and soft-capping it reads from the config
+    (`final_logit_softcapping`, `logit_scale`, `logits_scaling`, ...); a head that is not a plain
+    linear layer of vocabulary x hidden (none, a custom module, another shape) it would get wrong."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    text_config = model.config.get_text_config()
+    if isinstance(head, torch.nn.Linear) and weight is not None and tuple(weight.shape[-1:]) in (
+            (text_config.hidden_size,), (0,)):  # (0,): a ZeRO-3 shard, gathered when used
+        return
+    what = "no output layer" if head is None else f"a {type(head).__name__} output layer"
+    raise UserError(f"trainer.fused_lm_head=true: {type(model).__name__} has {what}, which TRL's fused LM head "
+                    f"cannot project through (it needs an nn.Linear of vocabulary x hidden size); set "
+                    f"trainer.fused_lm_head=false (full logits: much more memory at long lengths)")
 
 
 def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = None, seed: int | None = None,
@@ -131,7 +170,8 @@ def build_trainer(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str,
     options = trainer_config(cfg)
     return LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                         data_collator=collator, eos_loss_weight=options.eos_loss_weight,
-                        loss_weighting=options.loss_weighting, callbacks=callbacks)
+                        loss_weighting=options.loss_weighting, fused_lm_head=options.fused_lm_head,
+                        callbacks=callbacks)
 
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
