@@ -17,9 +17,14 @@ activation element: 2 in bf16, 4 in fp32):
 - activations with activation checkpointing: each layer keeps its input, L*m*s*h*a, and the
   layer being recomputed holds its activations and their gradients, 2*m*s*(4h + 2*n_h*d +
   2*n_kv*d + 4I)*a. Without checkpointing every layer holds its activations: L times the latter/2.
-- logits and loss: m*s*V*(a + 8): the logits, their fp32 copy for the loss and the fp32
-  log-softmax kept for the backward pass. At 32k tokens and a 150k vocabulary this is the largest
-  single term.
+- the output layer and the loss. Through TRL's fused LM head (SFT by default, DPO, GRPO; TRL
+  1.16's trl/kernels/chunked_logprob.py, Triton on the GPU): one projection tile of
+  min(m*s, 4,096) tokens x 32,768 vocabulary entries in the head's dtype (TRL's module constants,
+  read from the installed TRL), the fp32 accumulators of the head weight's gradient (4*V*h) and of
+  the hidden states' (4*m*s*h) with its cast (a*m*s*h), the scored hidden states it keeps
+  (m*s*h in the head's dtype) and a few fp32 numbers per token. With full logits
+  (`trainer.fused_lm_head=false`): m*s*V*(a + 8), the logits, their fp32 copy for the loss and the
+  fp32 log-softmax kept for the backward pass; at 32k tokens and a 150k vocabulary the largest term.
 - attention scores: none with sdpa/flash/flex attention; m*n_h*s^2*a with eager attention.
 - attention mask (sdpa on padding-free packs): transformers turns the restarting position ids of a
   row of T = m*s tokens into a dense boolean mask, T^2 bytes, and SDPA converts it to an additive
@@ -400,8 +405,9 @@ def plan_memory(cfg: DictConfig, args, hf_config, counts: dict, seq_len: int, np
     assumptions = ["GPU and host memory are estimates (see lw/plan.py); allow a few GiB for the CUDA "
                    "context and fragmentation"]
     if not shape.full_logits:
-        assumptions.append("the trainer projects the LM head in tiles over answer positions only (TRL's fused LM "
-                           "head): no (tokens x vocabulary) logits are held")
+        assumptions.append("the trainer projects the LM head in tiles (TRL's fused LM head, Triton on the GPU; its "
+                           "CPU fallback holds several fp32 copies of a tile): no (tokens x vocabulary) logits are "
+                           "held")
     gpu, host_per_node = model_state_memory(cfg, counts, nproc, nnodes, deepspeed, assumptions)
     gpu.update({f"activations_{k}": v for k, v in activations.items()})
     gpu.update(shape.gpu_per_rank)
@@ -435,12 +441,28 @@ def activation_memory(args, hf_config, a: int, m: int, seq_len: int, full_logits
         activations = {"layer_inputs": layers * m * seq_len * h * a, "recomputed_layer": 2 * m * seq_len * layer_width * a}
     else:
         activations = {"all_layers": layers * m * seq_len * layer_width * a, "recomputed_layer": m * seq_len * layer_width * a}
-    activations["logits_and_loss"] = m * seq_len * hf_config.vocab_size * (a + 8) if full_logits else 0
+    if full_logits:
+        activations["logits_and_loss"] = m * seq_len * hf_config.vocab_size * (a + 8)
+    else:
+        head_bytes = 4 if getattr(args, "cast_lm_head_to_fp32", False) else a  # GRPOConfig's option
+        activations["fused_lm_head"] = fused_lm_head_memory(hf_config, m * seq_len, a, head_bytes)
     implementation = attention.get("implementation")
     activations["attention_scores"] = m * heads * seq_len**2 * a if implementation == "eager" else 0
     if implementation == "sdpa" and attention.get("packing"):
         activations["attention_mask"] = attention["sdpa_mask_bytes"]
     return activations
+
+
+def fused_lm_head_memory(hf_config, tokens: int, a: int, head_bytes: int) -> int:
+    """Bytes TRL's fused LM head holds at its peak, the end of its backward pass over `tokens`
+    scored positions (lw/plan.py's docstring); the head's 16-bit weight and gradient are the
+    gathered layer's."""
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    h, vocab = hf_config.hidden_size, hf_config.vocab_size
+    tile = min(tokens, TOKEN_CHUNK_SIZE) * min(vocab, _CHUNKED_LOGPROB_CHUNK_SIZE) * head_bytes
+    return tile + 4 * vocab * h + (4 + a + head_bytes) * tokens * h + 8 * 4 * tokens
 
 
 def model_state_memory(cfg: DictConfig, counts: dict, nproc: int, nnodes: int, deepspeed: dict | None,

@@ -14,7 +14,8 @@ from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")
 PAPER = {"longwriter_glm4_9b": 9.40e9, "longwriter_llama3_1_8b": 8.03e9}
-OFFLOAD = {"longwriter_glm4_9b": True, "longwriter_llama3_1_8b": False}  # on 8 x 80 GiB (launcher.deepspeed=auto)
+# On 8 x 80 GiB (launcher.deepspeed=auto), with the SFT loss through TRL's fused LM head.
+OFFLOAD = {"longwriter_glm4_9b": False, "longwriter_llama3_1_8b": False}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,8 @@ def test_paper_plans_follow_the_paper(plans, name):
     assert optimizer == {"learning_rate": 1e-5, "lr_scheduler_type": "cosine", "warmup_steps": data["warmup_steps"],
                          "weight_decay": 0.1, "adam_betas": [0.9, 0.95], "bf16": True,
                          "activation_checkpointing": True}
-    # launcher.deepspeed=auto on 8 x 80 GiB: GLM-4-9B's 32k-token logits and their fp32 loss (46 GiB,
-    # vocabulary 151,552) plus 16 bytes a parameter over 8 ranks exceed 80 GiB less 4 of headroom, so
-    # its states go to the host; Llama-3.1-8B's (39 GiB, vocabulary 128,256) fit without offload.
+    # launcher.deepspeed=auto on 8 x 80 GiB: with the fused LM head (no 32k x 151,552 logits) both
+    # models' 16 bytes a parameter over 8 ranks and their activations fit 80 GiB less 4 of headroom.
     choice, offload = deepspeed["choice"], OFFLOAD[name]
     assert (choice["requested"], choice["chosen"], choice["fits_without_offload"]) == (
         "auto", "zero3_offload" if offload else "zero3", not offload)
@@ -74,7 +74,8 @@ def test_paper_plans_follow_the_paper(plans, name):
     # Host RAM of the offload: 18 bytes per parameter on the one node (fp32 weights, Adam, fp32 grads, bf16).
     assert sum(v for k, v in memory["host_per_node_gib"].items() if "estimate" not in k) == pytest.approx(
         18 * model["parameters"] / 1024**3 if offload else 0, rel=1e-3)
-    assert memory["fits_gpu"] and memory["gpu_per_rank_gib"]["activations_logits_and_loss"] > 30
+    assert memory["fits_gpu"] and 3 < memory["gpu_per_rank_gib"]["activations_fused_lm_head"] < 4
+    assert "activations_logits_and_loss" not in memory["gpu_per_rank_gib"]
     command = plan["launcher"]["command"]
     assert "--nproc-per-node 8" in command and command.endswith(f"-m lw.train.worker {command.split()[-1]}")
     # Attention on the GPU ranks: an implementation whose cost follows the samples, with what sdpa would cost.
@@ -220,8 +221,9 @@ def test_the_paper_grpo_plan_counts_completions_and_plans_their_generation(plans
 
 def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_path):
     """The estimate against the first H200 run (12 of GLM-4-9B's 40 layers, one GPU, 32k tokens,
-    conf/deepspeed/README.md): measured peaks 114.6 GiB without offload, 61.5 GiB with it."""
-    glm = ("experiment=longwriter_glm4_9b",)
+    conf/deepspeed/README.md): measured peaks 114.6 GiB without offload, 61.5 GiB with it, both with
+    full logits (the HF Trainer's loss then), so planned with trainer.fused_lm_head=false."""
+    glm = ("experiment=longwriter_glm4_9b", "trainer.fused_lm_head=false")
     h200 = build_plan(compose_lw(*glm, "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1",
                                  "plan.gpu_memory_gib=141"), tmp_path / "h200")
     choice = h200["deepspeed"]["choice"]
@@ -258,3 +260,43 @@ def test_the_dpo_plan_holds_two_sequences_a_pair_and_grpo_one_a_completion(plans
     # DPO's reference pass is precomputed (no second model); GRPO at beta 0 has none.
     assert "reference_largest_layer" not in dpo["memory"]["gpu_per_rank_gib"]
     assert "reference_largest_layer" not in grpo["memory"]["gpu_per_rank_gib"]
+
+
+def test_the_fused_lm_head_replaces_the_logits_in_the_estimate(tmp_path, monkeypatch):
+    """GLM-4-9B, 32k packs, 8 x 80 GiB: TRL's fused LM head holds one tile of TRL's size, the fp32
+    gradient of the head weight and of the hidden states, and the hidden states it scores, instead
+    of 46 GiB of logits and their fp32 loss; so the run fits without offload (43 GiB a rank), where
+    with trainer.fused_lm_head=false it needs 86 GiB and offloads."""
+    import trl.kernels.chunked_logprob as kernel
+
+    gib, tokens, vocab, hidden = 1024**3, 32768, 151552, 4096
+    fused = build_plan(compose_lw("experiment=longwriter_glm4_9b"), tmp_path / "fused")
+    memory = fused["memory"]["gpu_per_rank_gib"]
+    head = 4096 * 32768 * 2 + 4 * vocab * hidden + (4 + 2 + 2) * tokens * hidden + 32 * tokens
+    assert memory["activations_fused_lm_head"] == round(head / gib, 3) and "activations_logits_and_loss" not in memory
+    choice = fused["deepspeed"]["choice"]
+    assert choice["chosen"] == "zero3" and choice["gpu_per_rank_gib"]["zero3"] < 76
+    plain = build_plan(compose_lw("experiment=longwriter_glm4_9b", "trainer.fused_lm_head=false"), tmp_path / "plain")
+    assert plain["memory"]["gpu_per_rank_gib"]["activations_logits_and_loss"] == round(tokens * vocab * 10 / gib, 3)
+    assert plain["deepspeed"]["choice"]["chosen"] == "zero3_offload"
+    assert plain["deepspeed"]["choice"]["gpu_per_rank_gib"]["zero3"] - choice["gpu_per_rank_gib"]["zero3"] == \
+        pytest.approx((tokens * vocab * 10 - head) / gib, abs=0.02)
+    # The tile follows the installed TRL's constants.
+    monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", 8192)
+    wider = build_plan(compose_lw("experiment=longwriter_glm4_9b"), tmp_path / "wider")
+    assert wider["memory"]["gpu_per_rank_gib"]["activations_fused_lm_head"] == round(
+        (head + 4096 * 32768 * 2) / gib, 3)
+
+
+def test_the_grpo_plan_scores_completions_through_the_fused_lm_head(tmp_path):
+    """TRL 1.16's GRPOTrainer takes the completions' log-probabilities from its fused LM head: a
+    tile, in fp32 with cast_lm_head_to_fp32, and no (tokens x vocabulary) logits."""
+    gib, vocab, hidden = 1024**3, 151552, 4096
+    grpo = ("experiment=longwriter_glm4_9b_grpo",)
+    gpu = build_plan(compose_lw(*grpo), tmp_path / "a")["memory"]["gpu_per_rank_gib"]
+    fp32 = build_plan(compose_lw(*grpo, "trainer.args.cast_lm_head_to_fp32=true"),
+                      tmp_path / "b")["memory"]["gpu_per_rank_gib"]
+    assert "activations_logits_and_loss" not in gpu and gpu["activations_fused_lm_head"] > 4 * vocab * hidden / gib
+    tokens = round(gpu["activations_layer_inputs"] * gib / (hidden * 2 * 40))  # 40 layers, bf16
+    assert fp32["activations_fused_lm_head"] - gpu["activations_fused_lm_head"] == pytest.approx(
+        (4096 * 32768 * 2 + 2 * tokens * hidden) / gib, abs=2e-3)

@@ -232,10 +232,11 @@ def two_ranks(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("setting", DP_SETTINGS)
-def test_two_ranks_step_on_the_global_mean_by_hand(two_ranks, setting):
+def test_two_ranks_step_on_the_global_mean_by_hand_fused_as_full_logits(two_ranks, setting):
     out, tokenizer = two_ranks
     weighting, eos_weight = setting.split(":")
-    ranks = [torch.load(out / f"{setting}-rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = [torch.load(out / f"{setting}-fused-rank{r}.pt", weights_only=False) for r in (0, 1)]
+    logits = [torch.load(out / f"{setting}-logits-rank{r}.pt", weights_only=False) for r in (0, 1)]
     batches = ranks[0]["batches"] + ranks[1]["batches"]  # the global step: 2 ranks x 2 micro-batches
     assert not torch.equal(ranks[0]["batches"][0]["input_ids"], ranks[1]["batches"][0]["input_ids"])
     assert [r["lw"] for r in ranks] == [str(REPO / "lw" / "__init__.py")] * 2  # this checkout's code ran
@@ -251,6 +252,14 @@ def test_two_ranks_step_on_the_global_mean_by_hand(two_ranks, setting):
     for name, param in model.named_parameters():
         for r in ranks:
             torch.testing.assert_close(r["grads"][name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # TRL's fused LM head in small tiles against full logits, on the same batches: equal to float32 precision.
+    for fused, full in zip(ranks, logits):
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(fused["batches"], full["batches"]))
+        assert fused["num_items"] == full["num_items"]
+        assert fused["losses"] == pytest.approx(full["losses"], rel=1e-6)
+        assert fused["grads"].keys() == full["grads"].keys() == dict(model.named_parameters()).keys()
+        for name, grad in full["grads"].items():
+            torch.testing.assert_close(fused["grads"][name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------

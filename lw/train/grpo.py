@@ -197,8 +197,9 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
             if args.ds3_gather_for_generation:
                 gpu["generation_gathered_bf16_weights"] = 2 * counts["total"]
     how = f"vLLM ({args.vllm_mode})" if args.use_vllm else "transformers generate"
-    # TRL takes the log-probabilities of the completion tokens from full logits.
-    shape = TrainerPlan(sequences_per_row=args.num_generations, tokens_per_sequence=sequence, full_logits=True,
+    # TRL 1.16 scores the completion tokens through its fused LM head (GRPOTrainer.__init__ installs
+    # it; _get_per_token_logps_and_entropies calls it): tiles, no full logits.
+    shape = TrainerPlan(sequences_per_row=args.num_generations, tokens_per_sequence=sequence, full_logits=False,
                         gpu_per_rank=gpu, assumptions=assumptions,
                         generation=f"{args.num_generations} completions per prompt of up to "
                                    f"{args.max_completion_length} tokens, by {how}")

@@ -16,7 +16,7 @@ from lw.data.packing import PackCollator
 from lw.models import attention_implementation, local_device, use_attention
 from lw.train.fit import checkpoint_dir_of, fit_and_save
 from lw.train.loss import LossWeighting, count_items, token_nll, weighted_loss
-from lw.train.registry import trainer_config, trl_args
+from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
 from lw.config import TrainerConfig, option_name
 
@@ -76,14 +76,9 @@ class LwSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pack_ids = inputs.pop("pack_ids", None)
         labels = inputs.pop("labels")
-        # use_cache=False: a cache would let packed sequences see each other
+        nll, outputs = forward_nll(model, inputs, labels, self.fused_lm_head)
         if self.fused_lm_head:
-            outputs = model(**inputs, labels=labels, use_cache=False, fused_lm_head=True)
-            nll = -outputs.log_probs  # zero where there is no target
             self._log_token_metrics(outputs)
-        else:
-            outputs = model(**inputs, use_cache=False)
-            nll = token_nll(outputs.logits, labels)
         loss = weighted_loss(nll, labels, weighting=self.loss_weighting,
                              eos_token_id=self.processing_class.eos_token_id, eos_weight=self.eos_loss_weight,
                              num_items_in_batch=num_items_in_batch, position_ids=inputs.get("position_ids"),
@@ -101,6 +96,18 @@ class LwSFTTrainer(SFTTrainer):
             if per_token is not None:
                 total = self.accelerator.gather_for_metrics(per_token.detach().float().sum()).sum()
                 self._metrics[mode][name].append((total / valid).item() if valid > 0 else 0.0)
+
+
+def forward_nll(model, inputs: dict, labels: torch.Tensor, fused_lm_head: bool):
+    """(each position's NLL of its next label [batch, time - 1], the model's outputs): through TRL's
+    fused LM head (installed by `trl.trainer.utils.add_fused_lm_head`, as SFTTrainer does), or
+    from the full logits."""
+    # use_cache=False: a cache would let packed sequences see each other
+    if fused_lm_head:
+        outputs = model(**inputs, labels=labels, use_cache=False, fused_lm_head=True)
+        return -outputs.log_probs, outputs  # zero where there is no target
+    outputs = model(**inputs, use_cache=False)
+    return token_nll(outputs.logits, labels), outputs
 
 
 def check_fused_head(model) -> None:
@@ -152,6 +159,12 @@ def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = No
 def training_args(cfg, checkpoint_dir: Path, report_to: str) -> SFTConfig:
     trainer_config(cfg)  # a misspelt or mistyped trainer option fails here, at start
     return sft_config(cfg, checkpoint_dir, report_to)
+
+
+def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
+    """For the dry run: the loss's memory is the fused LM head's, or the full logits' with
+    trainer.fused_lm_head=false."""
+    return TrainerPlan(full_logits=not trainer_config(cfg).fused_lm_head)
 
 
 def build_dataset(cfg, tokenizer, run_dir: Path):
