@@ -14,6 +14,7 @@ from helpers import REPO, compose_lw
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lw.data import build_sft_dataset, toy
+from lw.errors import UserError
 from lw.launch.topology import free_port
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
@@ -307,8 +308,8 @@ def one_step(cfg, tokenizer, dataset, run_dir, fused: bool):
 
 
 @pytest.mark.parametrize("weighting, eos_weight, packed", [
-    ("token_mean", 1.0, True), ("token_mean", 5.0, True), ("sequence_mean", 5.0, True), ("pack_mean", 1.0, True),
-    ("pack_sequences_over_30", 5.0, True), ("sequence_mean", 5.0, False), ("token_mean", 1.0, False)])
+    ("token_mean", 1.0, True), ("sequence_mean", 5.0, True), ("pack_mean", 1.0, True),
+    ("pack_sequences_over_30", 5.0, True), ("token_mean", 5.0, False)])
 def test_fused_lm_head_equals_full_logits(packed_setup, monkeypatch, weighting, eos_weight, packed):
     tmp, path, tokenizer = packed_setup
     small_tiles(monkeypatch)
@@ -332,3 +333,22 @@ def test_fused_lm_head_equals_full_logits(packed_setup, monkeypatch, weighting, 
     assert plain_grads.keys() == fused_grads.keys() and all(g.abs().sum() > 0 for g in plain_grads.values())
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_head_the_fused_lm_head_cannot_take_is_refused_naming_the_setting(packed_setup):
+    """RoBERTa's causal LM head is dense + GELU + norm before its linear decoder, which is all that
+    get_output_embeddings gives TRL's fused head: fused, its log-probabilities would be silently
+    wrong. The trainer refuses it at start; with full logits it trains."""
+    from transformers import RobertaConfig, RobertaForCausalLM
+
+    tmp, path, tokenizer = packed_setup
+    cfg = packed_config(path, tmp / "cache", "token_mean", 1.0)
+    dataset, _ = build_sft_dataset(cfg, tokenizer, tmp)
+    model = RobertaForCausalLM(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, is_decoder=True,
+                                             pad_token_id=tokenizer.pad_token_id, max_position_embeddings=256))
+    with pytest.raises(UserError, match=r"^trainer.fused_lm_head=true: RobertaForCausalLM has an output layer "
+                                        r"\(RobertaLMHead\) .* set trainer.fused_lm_head=false"):
+        build_trainer(cfg, model, tokenizer, dataset, tmp / "roberta", "none")
+    cfg.trainer.fused_lm_head = False
+    build_trainer(cfg, model, tokenizer, dataset, tmp / "roberta", "none")

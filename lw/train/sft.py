@@ -111,22 +111,23 @@ def forward_nll(model, inputs: dict, labels: torch.Tensor, fused_lm_head: bool):
 
 
 def check_fused_head(model) -> None:
-    """Refuse, at start, a model whose output layer TRL's fused LM head cannot project through.
+    """Refuse, at start, a model whose output layer TRL's fused LM head cannot take.
 
     The fused head multiplies the backbone's last hidden states by `get_output_embeddings().weight`
     (gathering it under ZeRO-3; a head tied to the input embeddings is the same parameter) and
-    applies the logit scalings and soft-capping it reads from the config
-    (`final_logit_softcapping`, `logit_scale`, `logits_scaling`, ...); a head that is not a plain
-    linear layer of vocabulary x hidden (none, a custom module, another shape) it would get wrong."""
+    applies the logit scalings and soft-capping it reads from the config (`final_logit_softcapping`,
+    `logit_scale`, `logits_scaling`, ...). So the model's logits must be exactly its `lm_head`, a
+    linear layer: a head with more in it (BERT-style dense + norm before the projection, whose
+    `get_output_embeddings` is only the last linear layer), a custom module or none would be
+    silently wrong or fail."""
     head = model.get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    text_config = model.config.get_text_config()
-    if isinstance(head, torch.nn.Linear) and weight is not None and tuple(weight.shape[-1:]) in (
-            (text_config.hidden_size,), (0,)):  # (0,): a ZeRO-3 shard, gathered when used
+    if isinstance(head, torch.nn.Linear) and head is getattr(model, "lm_head", None):
         return
-    what = "no output layer" if head is None else f"a {type(head).__name__} output layer"
+    what = ("no output layer" if head is None else
+            f"an output layer ({type(getattr(model, 'lm_head', head)).__name__}) that is more than the linear "
+            f"projection {type(head).__name__}")
     raise UserError(f"trainer.fused_lm_head=true: {type(model).__name__} has {what}, which TRL's fused LM head "
-                    f"cannot project through (it needs an nn.Linear of vocabulary x hidden size); set "
+                    f"cannot take (it needs the logits to be lm_head, an nn.Linear); set "
                     f"trainer.fused_lm_head=false (full logits: much more memory at long lengths)")
 
 
