@@ -2,13 +2,16 @@
 timeout and keeps going when one fails). Every stage merges its figures into one JSON file.
 
   train     lw's SFT path as the workers run it, on the GLM-4-9B architecture (conf/model/glm4_9b.yaml's
-            numbers, random weights, no download; 12 of its 40 layers on one GPU): 32k-token packs of a
-            LongWriter-like length mix from lw's packer, lw's pack collator and SFT trainer,
+            numbers, random weights, no download; --layers of its 40 on one GPU, `auto`: the most
+            whose planned memory, lw/plan.py, fits this GPU less the planner's headroom): 32k-token
+            packs of a LongWriter-like length mix from lw's packer, lw's pack collator and SFT trainer
+            with the paper recipe's loss (pack_sequences_over_30) through TRL's fused LM head,
             `attn_implementation: auto`, bf16, activation checkpointing, under the DeepSpeed config --ds
             (zero3: no offload; zero3_offload: optimizer states and parameters to the host, torch
             AdamW; zero3_offload_cpuadam: the same with DeepSpeed's CPU Adam). It records tokens/s, MFU
-            from per-sample FLOPs (lw/launch/flops.py) and where each step's time goes (the engine's
-            forward, backward and optimizer step, timed apart).
+            from per-sample FLOPs (lw/launch/flops.py), where each step's time goes (the engine's
+            forward, backward and optimizer step, timed apart), and the planner's estimate for the
+            run beside its measured peak.
   generate  generation=hf on the full-depth architecture: static batches vs continuous batching on
             LongBench-Write's spread of answer lengths (scaled down, EOS ignored), batch-1 decode
             against the memory-bandwidth bound (a device copy, timed), with and without a static
@@ -57,6 +60,44 @@ def glm4_9b_config(smoke: bool, layers: int | None = None):
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     config.max_position_embeddings = 131072  # the experiment's config_overrides for 32k packs
     return config
+
+
+def planned_gib(config, pack_length: int, gpu_gib: float) -> dict:
+    """lw's planner (lw/plan.py) on this run: GLM-4-9B's paper experiment at `config`'s shapes, one
+    GPU of `gpu_gib`, one pack of `pack_length` a step: GiB per rank by DeepSpeed config."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from lw.cli import CONFIG_DIR
+    from lw.plan import build_plan
+
+    arch = yaml.safe_load((REPO / "conf" / "model" / "glm4_9b.yaml").read_text())["arch"]
+    ours = config.to_dict()
+    overrides = [f"model.arch.{k}={json.dumps(ours[k])}" for k in arch
+                 if k in ours and k != "rope_parameters" and ours[k] != arch[k]]
+    overrides += ["experiment=longwriter_glm4_9b", f"data.pack_length={pack_length}", "launcher.nproc_per_node=1",
+                  f"plan.gpu_memory_gib={gpu_gib}", "logger=none"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return build_plan(cfg, Path(tempfile.mkdtemp(prefix="gpu_check_plan_")))["deepspeed"]["choice"]["gpu_per_rank_gib"]
+
+
+def layers_for_gpu(config, pack_length: int, gpu_gib: float) -> int:
+    """The most layers whose planned GPU memory without offload fits `gpu_gib` less the planner's
+    headroom (the estimate is linear in the layer count: two plans give it)."""
+    import copy
+
+    from lw.plan import HEADROOM_GIB
+
+    one, two = copy.deepcopy(config), copy.deepcopy(config)
+    one.num_hidden_layers, two.num_hidden_layers = 1, 2
+    first, second = planned_gib(one, pack_length, gpu_gib)["zero3"], planned_gib(two, pack_length, gpu_gib)["zero3"]
+    if second <= first:  # a layer below the plan's rounding (SMOKE's tiny GLM): all of them fit
+        return config.num_hidden_layers
+    fit = 1 + math.floor((gpu_gib - HEADROOM_GIB - first) / (second - first))
+    return max(1, min(config.num_hidden_layers, fit))
 
 
 def layers_for_host(config, host_fraction: float) -> int:
@@ -182,12 +223,14 @@ def train(args) -> int:
     ds_config = json.loads((REPO / "conf" / "deepspeed" / f"{args.ds}.json").read_text())
     label = deepspeed_label(ds_config)
     full = glm4_9b_config(args.smoke)
-    layers = args.layers
+    pack_length = 512 if args.smoke else args.seq_len
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else 80.0
+    layers = layers_for_gpu(full, pack_length, gpu_gib) if args.layers == "auto" else int(args.layers)
     if label["offload"] != "none":  # the offloaded states must fit the host
         layers = min(layers, layers_for_host(full, args.host_fraction))
     config = glm4_9b_config(args.smoke, layers)
     counts = parameter_counts(config)
-    pack_length = 512 if args.smoke else args.seq_len
+    planned = planned_gib(config, pack_length, gpu_gib)
     steps = args.warmup + args.steps
     implementation = attention_implementation(SimpleNamespace(attn_implementation="auto"), "cuda" if cuda else "cpu",
                                               packing=True, training=True)
@@ -216,24 +259,30 @@ def train(args) -> int:
 
     tokenizer = tiny_tokenizer(tempfile.mkdtemp())
     trainer = LwSFTTrainer(model=model, args=training_args, train_dataset=packs, processing_class=tokenizer,
-                           data_collator=PackCollator(pad_token_id=tokenizer.pad_token_id), callbacks=[Install()])
+                           data_collator=PackCollator(pad_token_id=tokenizer.pad_token_id), callbacks=[Install()],
+                           loss_weighting="pack_sequences_over_30", fused_lm_head=not args.full_logits)
     key = f"train_{args.ds}_{pack_length}"
     try:
         trainer.train()
     except torch.cuda.OutOfMemoryError as e:
         record(args.out, key, {"oom": True, "layers": layers, "pack_tokens": pack_length, "error": str(e)[:300],
-                               "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), **label})
+                               "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), **label,
+                               "planned_gpu_gib": planned})
         return 2
     record(args.out, key, {
         "device": torch.cuda.get_device_name() if cuda else "cpu", "deepspeed_config": args.ds, **label,
         "attention_implementation": implementation, "data": "LongWriter-like length mix packed by lw.data.packing, "
         "lw's PackCollator (padding-free, position ids restart per sample), lw's SFT trainer",
-        "layers": layers, "full_depth_layers": full.num_hidden_layers, "parameters": counts["total"],
+        "layers": layers, "layers_chosen": "the most whose planned memory fits this GPU less the planner's headroom"
+        if args.layers == "auto" else "as given", "full_depth_layers": full.num_hidden_layers,
+        "parameters": counts["total"], "gpu_gib": round(gpu_gib, 1),
+        "loss": "pack_sequences_over_30, " + ("full logits" if args.full_logits else "TRL's fused LM head"),
+        "planned_gpu_gib": planned.get(args.ds, planned["zero3_offload"]),
         "pack_tokens": pack_length, "micro_batch_packs": 1, "model_build_seconds": round(build_seconds, 1),
         **throughput(breakdown.steps, args.warmup, config, counts, train_flops),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "host_rss_gib": round(psutil.Process().memory_info().rss / 2**30, 2),
-        "loss": [round(r["loss"], 4) for r in trainer.state.log_history if "loss" in r],
+        "losses": [round(r["loss"], 4) for r in trainer.state.log_history if "loss" in r],
     })
     return 0
 
@@ -280,7 +329,7 @@ def dpo(args) -> int:
         skip_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     full = glm4_9b_config(args.smoke)
-    layers = min(args.layers, layers_for_host(full, args.host_fraction))
+    layers = min(int(args.layers), layers_for_host(full, args.host_fraction))
     config = glm4_9b_config(args.smoke, layers)
     seq_len = 128 if args.smoke else args.seq_len
     prompt_len = min(args.prompt_len, seq_len // 4)
@@ -350,7 +399,7 @@ def grpo(args) -> int:
     tokenizer = tiny_tokenizer(tempfile.mkdtemp())
     tokenizer.chat_template = get_chat_format("glm4").jinja
     full = glm4_9b_config(args.smoke)
-    layers = min(args.layers, layers_for_host(full, args.host_fraction))
+    layers = min(int(args.layers), layers_for_host(full, args.host_fraction))
     config = glm4_9b_config(args.smoke, layers)
     config.vocab_size = len(tokenizer)
     # GLM-4's pad and eos ids lie outside the tiny tokenizer's vocabulary: take the tokenizer's.
@@ -465,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny GLM on CPU: checks this script")
     parser.add_argument("--ds", default="zero3_offload", help="conf/deepspeed/<name>.json")
     parser.add_argument("--seq-len", type=int, default=32768)
-    parser.add_argument("--layers", type=int, default=12, help="of the 40; with offload at most what the host holds")
+    parser.add_argument("--layers", default="12", help="of the 40, or auto (train: the most the planner fits on this "
+                                                       "GPU); with offload at most what the host holds")
+    parser.add_argument("--full-logits", action="store_true", help="train: the loss from full logits, not fused")
     parser.add_argument("--host-fraction", type=float, default=0.5, help="of the available host RAM, for states")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)

@@ -7,12 +7,17 @@
 # STAGES="train" (any of the names below, space separated) runs setup and those stages only.
 #   setup          install what the image lacks from .whl/ (made here by experiments/gpu_wheels.sh;
 #                  pass carry=[".whl"] to the device run) into /tmp/lw_site, first on PYTHONPATH
+#   loss           benchmarks/fused_loss.py --gpu: lw's SFT loss step through TRL's fused LM head vs full
+#                  logits, one layer of GLM-4-9B's shapes and its 151,552 vocabulary, packs of 16k and
+#                  32k tokens, bf16: peak memory and step time of each (full logits may run out of memory)
 #   attention      benchmarks/packed_attention.py --gpu: sdpa vs flex_attention (and flash where
 #                  installed) on a 32k pack of a LongWriter-like mix, GLM-4-9B layers, forward+backward
-#   train          lw's SFT path (lw's packer, pack collator and trainer, attn_implementation auto) on
-#                  32k packs, GLM-4-9B width at 12 layers, ZeRO-3 WITHOUT offload (zero3.json): tokens/s,
-#                  MFU from per-sample FLOPs, the forward/backward/optimizer-step time of each step
-#   train_offload  the same with optimizer and parameters offloaded, torch AdamW (zero3_offload.json)
+#   train          lw's SFT path (lw's packer, pack collator and trainer, the paper recipe's loss through
+#                  TRL's fused LM head, attn_implementation auto) on 32k packs, GLM-4-9B width at the most
+#                  layers lw's planner fits on this GPU, ZeRO-3 WITHOUT offload (zero3.json): tokens/s, MFU
+#                  from per-sample FLOPs, the forward/backward/optimizer-step time of each step, the
+#                  planner's estimate beside the measured peak
+#   train_offload  the same at 12 layers with optimizer and parameters offloaded, torch AdamW (zero3_offload.json)
 #   generate       generation=hf on GLM-4-9B: static batches vs continuous batching on LongBench-Write's
 #                  spread of lengths, batch-1 decode vs the measured bandwidth bound (with and without a
 #                  static cache + torch.compile), peak memory (vLLM too where it is installed)
@@ -29,7 +34,7 @@ mkdir -p "$OUT_DIR"
 RESULT="$OUT_DIR/gpu_check.json"
 PY="${PYTHON:-python3}"
 SMOKE_FLAG=$([ "${SMOKE:-0}" = 1 ] && echo --smoke || true)
-STAGES="${STAGES:-attention train train_offload generate grpo dpo train_cpuadam}"
+STAGES="${STAGES:-loss train attention train_offload generate grpo dpo train_cpuadam}"
 DEADLINE=$((SECONDS + ${BUDGET_S:-540}))
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/lw_torch_extensions}"
@@ -79,9 +84,23 @@ PY
 if [ "${1:-}" = setup ]; then setup; exit; fi
 
 stage setup 90 bash "$SCRIPT" setup || { echo "setup failed: nothing else can run"; exit 1; }
-train() {  # train STAGE DEEPSPEED_CONFIG SECONDS
-  stage "$1" "$3" "$PY" experiments/gpu_check.py train --out "$RESULT" --ds "$2" $SMOKE_FLAG || true
+train() {  # train STAGE DEEPSPEED_CONFIG SECONDS [ARGS...]
+  local name=$1 ds=$2 seconds=$3
+  shift 3
+  stage "$name" "$seconds" "$PY" experiments/gpu_check.py train --out "$RESULT" --ds "$ds" $SMOKE_FLAG "$@" || true
 }
+if want loss; then
+  # SMOKE: the same script on CPU, a 256-token pack over a 4,096-token vocabulary.
+  LOSS_ARGS=$([ "${SMOKE:-0}" = 1 ] && echo "--tokens 256 --vocab 4096 --repeats 1" || echo --gpu)
+  # shellcheck disable=SC2086
+  stage loss 75 "$PY" benchmarks/fused_loss.py $LOSS_ARGS --out "$OUT_DIR" || true
+  for name in fused_loss_gpu fused_loss; do
+    if [ -f "$OUT_DIR/$name.json" ]; then
+      "$PY" experiments/gpu_check.py record --out "$RESULT" --key fused_loss --value "$(cat "$OUT_DIR/$name.json")" || true
+    fi
+  done
+fi
+if want train; then train train zero3 150 --layers auto; fi
 if want attention; then
   # SMOKE: the same script on CPU, forward only, one small pack.
   ATTENTION_ARGS=$([ "${SMOKE:-0}" = 1 ] && echo "--lengths 512 --repeats 1" || echo --gpu)
@@ -92,7 +111,6 @@ if want attention; then
       --value "$(cat "$OUT_DIR/packed_attention.json")" || true
   fi
 fi
-if want train; then train train zero3 110; fi
 if want train_offload; then train train_offload zero3_offload 110; fi
 if want generate; then stage generate 150 "$PY" experiments/gpu_check.py generate --out "$RESULT" $SMOKE_FLAG || true; fi
 if want grpo; then
