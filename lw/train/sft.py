@@ -44,8 +44,8 @@ class LwSFTTrainer(SFTTrainer):
 
     The global batch's item count (tokens, sequences or packs) is `num_items_in_batch`, so the
     Trainer's own gradient-accumulation and data-parallel bookkeeping stays exact for every
-    weighting; with token_mean and no EOS weight the loss is TRL's. The per-token NLL comes from
-    TRL's fused LM head (which SFTTrainer installs on the model), or with `fused_lm_head=False`
+    weighting; with token_mean and no EOS weight the loss equals TRL's own. The per-token NLL comes
+    from TRL's fused LM head (which SFTTrainer installs on the model), or with `fused_lm_head=False`
     from the full logits.
     """
 
@@ -86,6 +86,9 @@ class LwSFTTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The denominator counts every rank's items and DDP averages gradients over ranks.
             loss = loss * self.accelerator.num_processes
+        if return_outputs and self.fused_lm_head:  # evaluation asking for logits: as TRL, one more forward
+            with torch.no_grad():
+                outputs = model(**inputs, use_cache=False)
         return (loss, outputs) if return_outputs else loss
 
     def _log_token_metrics(self, outputs) -> None:
