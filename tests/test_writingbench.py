@@ -20,6 +20,7 @@ from lw.eval.writingbench_judge import parse_criterion_reply, response_to_judge
 from lw.eval.writingbench_score import query_records, writingbench_metrics
 from lw.testing.benchmark_files import write_writingbench_files, writingbench_rows
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
+from lw.report.compare import main as compare_main
 from lw.words import length_score
 
 
@@ -213,6 +214,27 @@ def test_the_official_aggregation_by_hand():
     assert metrics["wb/lw_S_l"] == pytest.approx((100 + length_score(200, 120) + length_score(150, 120) + 100) / 4)
 
 
+def test_lw_compare_writes_writingbench_table_beside_longbench(tmp_path):
+    rows, c_rows = writingbench_rows()
+    rows = [{"id": str(r["index"]), "prompt": r["query"], "response": "word " * 120, "domain1": r["domain1"],
+             "domain2": r["domain2"], "criteria": r["checklist"], "language": "zh" if i in (2, 4) else "en",
+             "length_criteria": [c["name"] for c in c["checklist"]]} for i, (r, c) in enumerate(zip(rows, c_rows))]
+    for run, score in (("sft", 6), ("dpo", 8)):
+        judgements = [{"id": f"{row['id']}#{c['name']}", "status": "ok", "score": score}
+                      for row in rows for c in row["criteria"]]
+        (tmp_path / run).mkdir()
+        metrics = writingbench_metrics(query_records(rows, judgements), "writingbench_length", judgements, 0)
+        (tmp_path / run / "metrics.json").write_text(json.dumps(metrics))
+    compare_main([str(tmp_path), "--benchmark", "writingbench_length"])
+    table = (tmp_path / "writingbench_length_table.md").read_text()
+    assert "| dpo   |         |    80.0 |    80.0 |" in table and "| sft   |         |    60.0 |    60.0 |" in table
+    csv = (tmp_path / "writingbench_length_table.csv").read_text().splitlines()
+    assert csv[0].startswith("run,model,R x10,C x10,en R,en C,zh R,zh C,education R,finance_business R,literature_arts R")
+    assert csv[0].endswith("lw S_l,lw parsed,scored,skipped") and csv[1].endswith(",5/6,6/6,0")
+    with pytest.raises(SystemExit):
+        compare_main([str(tmp_path), "--benchmark", "writingbench_format"])  # no run has it: one line, status 2
+
+
 # --- end to end through `lw` ----------------------------------------------------------------------
 
 JUDGE_MODEL = "loopback-judge"
@@ -293,6 +315,9 @@ def test_the_tiny_model_through_writingbench_with_its_judge(tmp_path, tiny_model
     results = list(__import__("csv").DictReader(open(run_dir / "results.csv")))
     assert [float(r["R"]) for r in results if r["R"]] == [6.0, 6.0, 6.4, 6.0]
     assert results[0]["benchmark"] == "writingbench_length" and float(results[0]["C"]) == 4.0
+    compare_main([str(tmp_path), "--benchmark", "writingbench_length"])
+    (row,) = __import__("csv").DictReader(open(tmp_path / "writingbench_length_table.csv"))
+    assert float(row["R x10"]) == pytest.approx(61) and row["scored"] == "4/6" and row["skipped"] == "1"
 
 
 def served_both(body, attempt):
