@@ -49,8 +49,9 @@ _TOTAL = re.compile(r"\b(?:total(?:ing|ling)?|overall|entire|whole)\b|总|全文
 _CLAUSE_END = re.compile(r"[.;!?。；！？\n]|(?<!\d)[,，]|[,，](?!\d)")
 
 
-def _value(number: str, wan: str | None) -> float:
-    return float(number.replace(",", "")) * (10000 if wan else 1)
+def _value(number: str, wan: str | None) -> int | float:
+    value = float(number.replace(",", "")) * (10000 if wan else 1)
+    return int(value) if value.is_integer() else value
 
 
 def _clause(text: str, start: int, end: int) -> tuple[str, str]:
