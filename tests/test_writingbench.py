@@ -9,7 +9,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import run_lw
+from helpers import compose_lw, run_lw
 
 from lw.config import BenchmarkConfig
 from lw.errors import MissingFile, UserError
@@ -233,6 +233,22 @@ def test_lw_compare_writes_writingbench_table_beside_longbench(tmp_path):
     assert csv[0].endswith("lw S_l,lw parsed,scored,skipped") and csv[1].endswith(",5/6,6/6,0")
     with pytest.raises(SystemExit):
         compare_main([str(tmp_path), "--benchmark", "writingbench_format"])  # no run has it: one line, status 2
+
+
+def test_the_dry_run_plans_generation_and_one_judge_call_per_criterion(tmp_path):
+    from lw.plan_eval import build_eval_plan
+
+    data = write_writingbench_files(tmp_path)
+    cfg = compose_lw("task=eval", "eval=writingbench_length", f"eval.writingbench_length.data_dir={data}",
+                     "sampling=writingbench", "judge=writingbench")
+    plan = build_eval_plan(cfg)
+    bench = plan["benchmarks"]["writingbench_length"]
+    assert (bench["prompts"], bench["languages"]) == (6, {"en": 4, "zh": 2})
+    # Words at each parsed requirement's upper bound (the floors at theirs), the poem at the 16,000-token cap.
+    rate = dict(cfg.plan.tokens_per_word.llama)
+    expected = sum(round(w * rate[lang]) for w, lang in ((120, "en"), (300, "en"), (150, "zh"), (100, "en"), (120, "zh")))
+    assert bench["tokens_to_generate"] == expected + 16000
+    assert plan["judge"]["calls"] == 30 and plan["judge"]["max_calls"] == 90
 
 
 # --- end to end through `lw` ----------------------------------------------------------------------

@@ -115,3 +115,36 @@ def score_writingbench(name: str, rows: list[dict], bench_dir: Path, tracker, ju
     table = [{**r, "requirement": json.dumps(r["requirement"], ensure_ascii=False)} for r in records]
     tracker.table(f"{name}/predictions", table, COLUMNS)
     return metrics, records
+
+
+def plan_writingbench(cfg, bench, rates: dict, judge_rates: dict | None) -> dict:
+    """A dry run's plan of the subset (lw.plan_eval): its queries from the local files, the tokens to
+    generate (each answer at its parsed requirement's upper bound, else at generation.max_new_tokens)
+    and, with judge=writingbench, one judge call per criterion reading the prompts, query and answer."""
+    from lw.errors import UserError
+    from lw.eval.writingbench import judge_prompts, load_writingbench_items
+
+    try:
+        items = load_writingbench_items(bench, cfg.cache_dir)
+    except UserError as err:  # not local: a dry run downloads nothing
+        raise UserError(f"dry run: {err}") from None
+    cap = cfg.generation.max_new_tokens
+    words = []
+    for item in items:
+        requirement = parse_requirement(item["prompt"])
+        words.append(requirement.get("high") or requirement.get("low") if requirement["parsed"] else None)
+    generate = sum(cap if w is None else min(cap, round(w * rates[i["language"]])) for i, w in zip(items, words))
+    languages = [i["language"] for i in items]
+    plan = {"kind": bench.kind, "prompts": len(items), "counted": "read",
+            "languages": {lang: languages.count(lang) for lang in sorted(set(languages))},
+            "tokens_to_generate": round(generate),
+            "assumptions": [f"{bench.kind}: an answer is as long as its parsed length requirement's upper bound, "
+                            f"generation.max_new_tokens where none parses ({words.count(None)} of {len(items)})"]}
+    if judge_rates and cfg.judge.kind == "writingbench":
+        system, template = judge_prompts(bench, cfg.cache_dir)
+        fixed = count_words(system) + count_words(template)
+        judge_input = sum(judge_rates[i["language"]] * (fixed + count_words(i["prompt"]) + (w or cap)
+                                                        + count_words(str(c)))
+                          for i, w in zip(items, words) for c in i["criteria"])
+        plan.update(judge_calls=sum(len(i["criteria"]) for i in items), judge_input_tokens=round(judge_input))
+    return plan
