@@ -157,6 +157,8 @@ def test_bad_files_fail_naming_file_line_and_field(tmp_path, change, message):
     ("Please write a 2500-word briefing.", ("about", 2500, 2500)),
     ("Each section should be around 2000 words, with the total text exceeding 6000 words.", ("at_least", 6000, None)),
     ("字数在2000～2500字之间", ("range", 2000, 2500)),  # a full-width tilde
+    ("Write 3 sections and 2000 words in all.", ("about", 2000, 2000)),
+    ("写一篇3000字内容丰富的文章", ("about", 3000, 3000)),
 ])
 def test_length_requirements_are_parsed(query, expected):
     found = parse_requirement(query)

@@ -24,8 +24,9 @@ RANGE, AT_LEAST, AT_MOST, ABOUT = "range", "at_least", "at_most", "about"
 
 _NUMBER = r"\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?"
 _MENTION = re.compile(
-    rf"(?:between\s+)?(?P<low>{_NUMBER})\s*(?P<low_wan>万)?"
-    rf"(?:\s*(?:-|–|—|~|～|〜|到|至|to|and)\s*(?P<high>{_NUMBER})\s*(?P<high_wan>万)?)?"
+    rf"(?P<between>between\s+)?(?P<low>{_NUMBER})\s*(?P<low_wan>万)?"
+    # "and" joins a range only after "between" ("3 sections and 2000 words" is not one)
+    rf"(?:\s*(?:-|–|—|~|～|〜|到|至|to|(?(between)and|(?!)))\s*(?P<high>{_NUMBER})\s*(?P<high_wan>万)?)?"
     rf"\s*-?\s*(?:(?P<words>words?)\b|个?汉?(?P<chars>字)(?!数))", re.IGNORECASE)
 # Qualifiers in the few characters before the number, or right after its unit; the longer of two
 # that end at the same place wins ("no less than" over "less than").
@@ -38,7 +39,7 @@ _BEFORE = [(p, kind) for kind, phrases in (
                "不超过", "不多于", "最多", "不得超过")),
     (ABOUT, ("about", "approximately", "around", "roughly", "approx.", "约", "大约", "大概")),
 ) for p in phrases]
-_AFTER = ((AT_LEAST, ("以上", "or more", "plus")), (AT_MOST, ("以内", "以下", "之内", "内", "or less", "or fewer")),
+_AFTER = ((AT_LEAST, ("以上", "or more", "plus")), (AT_MOST, ("以内", "以下", "之内", "or less", "or fewer")),
           (ABOUT, ("左右", "上下")))
 # A length that is not the whole response's: per part, for a headline, or a change.
 _PART = re.compile(r"\b(?:each|per|every)\b|每|各(?:部分|章|节|段|条)", re.IGNORECASE)
