@@ -2,6 +2,7 @@
 aggregation fixed by a hand-computed case, lw's own length requirement, and the tiny model through
 `lw task=eval eval=writingbench_length judge=writingbench` against a loopback judge."""
 
+import csv
 import hashlib
 import json
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw, run_lw
+from helpers import compose_lw
 
 from lw.config import BenchmarkConfig
 from lw.errors import MissingFile, UserError
@@ -263,21 +264,29 @@ def criterion_of(body) -> str:
     return user_text(body).split("'name': '", 1)[1].split("'", 1)[0]
 
 
-def scripted_judge(body, attempt):
+class ScriptedJudge:
     """Official JSON, and sometimes not: fenced (read), non-JSON once (asked again), a score of 11
-    and a Python-looking dict (both unparseable after 3 attempts)."""
-    name = criterion_of(body)
-    if name == "Structure_1":
-        return Reply("```json\n" + official(6) + "\n```")
-    if name == "Style_2" and attempt == 1:
-        return Reply("I would give it a nine.")
-    if name == "Style_2":
-        return Reply(official(9))
-    if name == "Detail_3":
-        return Reply(official(11))
-    if name == "Relevance_4":
-        return Reply("{'score': [__import__('os').getpid(), 8][1], 'reason': 'eval would run this'}")
-    return Reply(official(SCORES[name.split("_")[0]]))
+    and a Python-looking dict (both unparseable after 3 attempts). Attempts are counted per
+    criterion by the script itself, so a new run starts them afresh."""
+
+    def __init__(self):
+        self.attempts = {}
+
+    def __call__(self, body, _):
+        name = criterion_of(body)
+        attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+        if name == "Structure_1":
+            return Reply("```json\n" + official(6) + "\n```", delay=0.2)
+        if name == "Style_2":
+            return Reply("I would give it a nine." if attempt == 1 else official(9), delay=0.2)
+        if name == "Detail_3":
+            return Reply(official(11), delay=0.2)
+        if name == "Relevance_4":
+            return Reply("{'score': [__import__('os').getpid(), 8][1], 'reason': 'eval would run this'}", delay=0.2)
+        return Reply(official(SCORES[name.split("_")[0]]), delay=0.2)
+
+
+ATTEMPTS = {"Style_2": 2, "Detail_3": 3, "Relevance_4": 3}  # the requests each criterion takes; others 1
 
 
 def data_with_a_query_too_long(tmp_path):
@@ -292,15 +301,36 @@ def data_with_a_query_too_long(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_tiny_model_through_writingbench_with_its_judge(tmp_path, tiny_model):
+def test_the_tiny_model_through_writingbench_killed_mid_judging_then_finished(tmp_path, tiny_model):
+    """`lw` SIGKILLed while judging, then the same command again: no judgement cached before the kill
+    is asked again, and the run ends with the official scores computed by hand."""
+    from test_kill_resume import Lw, records
+
+    from lw.eval.judge import cache_key
+
     data = data_with_a_query_too_long(tmp_path)
     run_dir = tmp_path / "run"
-    with OpenAIServer(scripted_judge) as server:
-        run_lw("task=eval", f"model.path={tiny_model}", "eval=writingbench_length",
-               f"eval.writingbench_length.data_dir={data}", "sampling=writingbench", "generation.max_new_tokens=16",
-               "judge=writingbench", f"judge.base_url={server.base_url}", f"judge.model={JUDGE_MODEL}", "logger=none",
-               f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    script = ScriptedJudge()
+    with OpenAIServer(script) as server:
+        lw = Lw(["task=eval", f"model.path={tiny_model}", "eval=writingbench_length",
+                 f"eval.writingbench_length.data_dir={data}", "sampling=writingbench", "generation.max_new_tokens=16",
+                 "judge=writingbench", f"judge.base_url={server.base_url}", f"judge.model={JUDGE_MODEL}",
+                 "judge.concurrency=2", "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+        cache = tmp_path / "cache" / "judge" / f"writingbench-{JUDGE_MODEL}.jsonl"
+        _, kept = lw.kill_once(lambda: cache, lines=8)
+        cached = {row["key"]: row for row in records(kept)}
+        assert 8 <= len(cached) < 30, "the kill did not land midway"
+        time.sleep(0.5)  # the server's handlers take in what the killed client had sent
+        before, script.attempts = server.count(), {}
+        lw.run()
         sent = [r["body"] for r in server.requests]
+    after = [cache_key(JUDGE_MODEL, b["messages"][0]["content"] + "\n\n" + b["messages"][1]["content"])
+             for b in sent[before:]]
+    print(f"writingbench judging: {len(cached)} of 30 cached at the kill; repeated calls after resume: "
+          f"{sum(k in cached for k in after)}")
+    assert not set(after) & set(cached)
+    missing = {criterion_of(b) for b in sent[before:]}
+    assert len(missing) == 30 - len(cached) and len(after) == sum(ATTEMPTS.get(n, 1) for n in missing)
     bench_dir = run_dir / "eval" / "writingbench_length"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # Query means 6.0, 6.0, 6.4 (Style_2's second reply, 9), 6.0; queries 103 and 104 have an
@@ -315,8 +345,6 @@ def test_the_tiny_model_through_writingbench_with_its_judge(tmp_path, tiny_model
     assert metrics["writingbench_length/skipped_context"] == 1 and metrics["writingbench_length/n"] == 6
     assert metrics["writingbench_length/lw_length_parsed"] == 5  # the poem asks for lines
     assert [json.loads(line)["id"] for line in (bench_dir / "skipped.jsonl").open()] == ["999"]
-    # 27 criteria answered at once, Style_2 twice, the two unparseable ones three times each.
-    assert len(sent) == 35
     system, template = judge_prompts(bench(data), str(tmp_path))
     assert all(b["messages"][0] == {"role": "system", "content": system} for b in sent)
     assert {(b["model"], b["temperature"], b["top_p"], b["max_tokens"]) for b in sent} == {(JUDGE_MODEL, 1.0, 0.95, 2048)}
@@ -330,48 +358,12 @@ def test_the_tiny_model_through_writingbench_with_its_judge(tmp_path, tiny_model
     assert set(unparseable) == {"Detail_3", "Relevance_4"} and all(j["score"] is None for j in unparseable.values())
     parses = [json.loads(line) for line in (bench_dir / "length_requirements.jsonl").open()]
     assert [p["parsed"] for p in parses] == [True] * 5 + [False]
-    results = list(__import__("csv").DictReader(open(run_dir / "results.csv")))
+    results = list(csv.DictReader(open(run_dir / "results.csv")))
     assert [float(r["R"]) for r in results if r["R"]] == [6.0, 6.0, 6.4, 6.0]
     assert results[0]["benchmark"] == "writingbench_length" and float(results[0]["C"]) == 4.0
     compare_main([str(tmp_path), "--benchmark", "writingbench_length"])
-    (row,) = __import__("csv").DictReader(open(tmp_path / "writingbench_length_table.csv"))
+    (row,) = csv.DictReader(open(tmp_path / "writingbench_length_table.csv"))
     assert float(row["R x10"]) == pytest.approx(61) and row["scored"] == "4/6" and row["skipped"] == "1"
-
-
-def served_both(body, attempt):
-    """The generation server (a user turn) and the judge (a system turn first), on one port."""
-    if body["messages"][0]["role"] != "system":
-        return Reply("An answer of a few words.")
-    return Reply(official(7), delay=0.1)
-
-
-@pytest.mark.slow
-def test_judging_killed_midway_repeats_no_answered_call(tmp_path):
-    from test_kill_resume import Lw, records
-
-    data = write_writingbench_files(tmp_path / "writingbench")
-    cache = tmp_path / "cache" / "judge" / f"writingbench-{JUDGE_MODEL}.jsonl"
-    with OpenAIServer(served_both) as server:
-        lw = Lw(["task=eval", "eval=writingbench_length", f"eval.writingbench_length.data_dir={data}",
-                 "generation=openai", f"generation.base_url={server.base_url}", "generation.model=served",
-                 "generation.api_key_env=null", "judge=writingbench", f"judge.base_url={server.base_url}",
-                 f"judge.model={JUDGE_MODEL}", "judge.concurrency=4", "logger=none"], tmp_path)
-        _, kept = lw.kill_once(lambda: cache, lines=8)
-        answered = {row["key"] for row in records(kept)}
-        assert 8 <= len(answered) < 30, "the kill did not land midway"
-        time.sleep(0.5)  # the server's handlers take in what the killed client had sent
-        before = server.count()
-        lw.run()
-        asked_after = [r["body"]["messages"] for r in server.requests[before:] if r["body"]["messages"][0]["role"] == "system"]
-    from lw.eval.judge import cache_key
-
-    keys = [cache_key(JUDGE_MODEL, m[0]["content"] + "\n\n" + m[1]["content"]) for m in asked_after]
-    print(f"writingbench judging: {len(answered)} of 30 cached at the kill; repeated calls after resume: "
-          f"{sum(k in answered for k in keys)}")
-    assert not answered & set(keys) and len(keys) == len(set(keys)) == 30 - len(answered)
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["writingbench_length/queries_scored"] == 6 and metrics["writingbench_length/R"] == 7
 
 
 def test_a_changed_file_upstream_ends_lw_with_one_line(tmp_path, file_server, monkeypatch, capsys):
