@@ -199,6 +199,7 @@ class VllmBackend:
         self.tokens_prompt = TokensPrompt
         self.seed = seed
         self.batch_size = gen_cfg.batch_size
+        self.max_model_len = gen_cfg.max_model_len
         overrides = dict(model_cfg.config_overrides)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=model_cfg.dtype, seed=seed,
                        trust_remote_code=model_cfg.trust_remote_code,
@@ -216,7 +217,7 @@ class VllmBackend:
         try:
             return self.llm.llm_engine.model_config.max_model_len
         except AttributeError:  # vLLM's engine layout differs between versions
-            return None
+            return self.max_model_len
 
     def prompt_length(self, prompt: str) -> int:
         return len(self.chat_format.prompt_ids(self.tokenizer, prompt))
