@@ -384,3 +384,22 @@ def test_a_changed_file_upstream_ends_lw_with_one_line(tmp_path, file_server, mo
     assert exit_status.value.code == 2 and len(errors) == 1
     assert errors[0].startswith("lw: error: ") and "length_subset.jsonl: SHA-256" in errors[0]
     assert "eval.<name>.data_dir=DIR" in errors[0]
+
+
+def test_task_score_reads_an_official_responses_file(tmp_path):
+    """`{"index", "response"}` per line, as the official generate_response.py writes them."""
+    from lw.tasks.score import run
+    from lw.tracking import Tracker
+
+    data = write_writingbench_files(tmp_path / "data")
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps({"index": 100 + k, "response": "word " * 120}) + "\n" for k in (0, 1)))
+    cfg = compose_lw("task=score", f"score.predictions={responses}", "score.benchmark=writingbench_length",
+                     "eval=writingbench_length", f"eval.writingbench_length.data_dir={data}", "logger=none")
+    metrics = run(cfg, tmp_path / "run", Tracker())
+    assert metrics["writingbench_length/n"] == 2 and "writingbench_length/R" not in metrics  # no judge
+    assert metrics["writingbench_length/lw_S_l"] == pytest.approx((100 + length_score(200, 120)) / 2)
+    assert len((tmp_path / "run" / "results.csv").read_text().splitlines()) == 3
+    responses.write_text(json.dumps({"index": 7, "response": "x"}) + "\n")
+    with pytest.raises(UserError, match=r"responses.jsonl:1: field 'index' '7' is not a query"):
+        run(cfg, tmp_path / "run", Tracker())

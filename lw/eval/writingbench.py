@@ -118,6 +118,30 @@ def load_writingbench_items(bench_cfg, cache_dir: str) -> list[dict]:
     return items[: bench_cfg.limit] if bench_cfg.limit else items
 
 
+def read_responses(path: str | Path, items: list[dict]) -> list[dict]:
+    """The queries answered in a responses JSONL (the official `{"index", "response"}`, or `id` for
+    `index`), each with its response; a bad line fails naming file, line and field."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFile(f"score.predictions: {path} does not exist")
+    by_id, rows, first_line = {item["id"]: item for item in items}, [], {}
+    for where, row in read_json_objects(path):
+        key = str(row.get("index", row.get("id")))
+        if key not in by_id:
+            raise UserError(f"{where}: field 'index' {key!r} is not a query of {QUERIES}")
+        if key in first_line:
+            raise UserError(f"{where}: duplicate index {key} (first at line {first_line[key]})")
+        if not isinstance(row.get("response"), str):
+            raise UserError(f"{where}: field 'response' must be a string")
+        first_line[key] = where.rsplit(":", 1)[1]
+        rows.append({**by_id[key], "response": row["response"]})
+    if not rows:
+        raise UserError(f"{path}: no responses")
+    if len(rows) < len(items):
+        log.warning("%s answers %d of the %d queries; the others are not scored", path, len(rows), len(items))
+    return rows
+
+
 def _string_value(node: ast.expr) -> str | None:
     """A string literal, or a string literal's `.strip()` (how prompt.py writes its two prompts)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
