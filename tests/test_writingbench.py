@@ -17,7 +17,7 @@ from lw.errors import MissingFile, UserError
 from lw.eval.benchmarks import load_items
 from lw.eval.length_requirement import parse_requirement, requirement_score
 from lw.eval.writingbench import FILES, judge_prompts, read_judge_prompts
-from lw.eval.writingbench_judge import parse_criterion_reply, response_to_judge
+from lw.eval.writingbench_judge import CriteriaJudge, parse_criterion_reply, response_to_judge
 from lw.eval.writingbench_score import query_records, writingbench_metrics
 from lw.testing.benchmark_files import write_writingbench_files, writingbench_rows
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
@@ -403,3 +403,21 @@ def test_task_score_reads_an_official_responses_file(tmp_path):
     responses.write_text(json.dumps({"index": 7, "response": "x"}) + "\n")
     with pytest.raises(UserError, match=r"responses.jsonl:1: field 'index' '7' is not a query"):
         run(cfg, tmp_path / "run", Tracker())
+
+
+def test_each_benchmark_gets_only_its_own_judge(tmp_path, bench_data_dir, caplog):
+    """judge=writingbench judges WritingBench's criteria and leaves LongBench-Write at S_l; the S_q
+    judge leaves WritingBench at lw's length score; each says so."""
+    from lw.eval.judge import Judge
+    from lw.eval.run import judge_for
+
+    data = write_writingbench_files(tmp_path / "data")
+    overrides = ["eval=[longbench_write,writingbench_length]", f"eval.longbench_write.data_dir={bench_data_dir}",
+                 f"eval.writingbench_length.data_dir={data}", "judge.api_key_env=null"]
+    cfg = compose_lw(*overrides, "judge=writingbench")
+    assert isinstance(judge_for(cfg, cfg.eval.writingbench_length), CriteriaJudge)
+    assert judge_for(cfg, cfg.eval.longbench_write) is None and "S_l only" in caplog.text
+    cfg = compose_lw(*overrides, "judge=openai", "judge.model=m")
+    judge = judge_for(cfg, cfg.eval.longbench_write)
+    assert isinstance(judge, Judge) and not isinstance(judge, CriteriaJudge)
+    assert judge_for(cfg, cfg.eval.writingbench_length) is None and "not computed" in caplog.text
