@@ -49,7 +49,6 @@ from lw.models import (apply_config_overrides, attention_implementation, flash_a
                        parameter_counts)
 from lw.train.registry import TrainerPlan, trainer_for, trainer_plan
 from lw.errors import UserError
-from lw.config import option_name
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> dict:
                       "activation_checkpointing": bool(args.activation_checkpointing)},
         "attention": attention,
         "deepspeed": deepspeed,
-        "trainer": {"kind": option_name(cfg.trainer.kind), "sequences_per_example": shape.sequences_per_example,
+        "trainer": {"kind": str(cfg.trainer.kind), "sequences_per_example": shape.sequences_per_example,
                     **{k: getattr(shape, k) for k in ("reference", "generation") if getattr(shape, k) is not None}},
         "memory": memory,
         "assumptions": data.pop("assumptions") + attention.pop("assumptions") + memory.pop("assumptions")

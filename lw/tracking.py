@@ -7,7 +7,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,7 @@ class WandbTracker(Tracker):
 def start_tracker(logger_cfg, config: dict, run_dir: Path, name: str, group: str) -> Tracker:
     if logger_cfg.kind == "none" or not is_rank_zero():
         return Tracker()
-    if logger_cfg.kind == "wandb":
-        return WandbTracker(logger_cfg, config, run_dir, name, group)
-    raise UserError(f"unknown logger.kind {logger_cfg.kind!r}; choose wandb or none")
+    return WandbTracker(logger_cfg, config, run_dir, name, group)
 
 
 def read_offline_run(run_path: Path) -> dict[str, Any]:

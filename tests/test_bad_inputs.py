@@ -206,7 +206,7 @@ def test_dry_run_of_a_task_without_one_is_refused_before_any_work(tmp_path, task
 def test_score_and_agentwrite_never_import_torch():
     """A mistyped judge or server URL must fail in seconds, not after torch's imports."""
     code = ("import sys, lw.cli, lw.pipeline, lw.tasks; "
-            "[lw.tasks.task_module(t) for t in ('score', 'agentwrite')]; "
+            "[lw.tasks.task_of(t) for t in ('score', 'agentwrite')]; import lw.eval.judge; "
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -22,7 +22,6 @@ from lw.data.sources import choose, clean_rows, mix_sizes, read_source
 from lw.errors import UserError
 from lw.jsonl import write_jsonl
 from lw.words import count_words
-from lw.config import option_name
 
 if TYPE_CHECKING:  # datasets, TRL and torch load when a set is built, not when this module is imported
     from datasets import Dataset
@@ -47,7 +46,7 @@ def filter_by_output_words(samples: Iterable[dict], min_words: int | None, max_w
 
 def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
     """Checked, length-filtered messages-format samples of the configured source (or mix)."""
-    source = option_name(data_cfg.source)
+    source = data_cfg.source
     words = (data_cfg.min_output_words, data_cfg.max_output_words)
     if source == "toy":
         spec = data_cfg.toy

@@ -107,8 +107,6 @@ class HfBackend:
         self.cfg = gen_cfg
         self.seed = seed
         self.stop_ids = stop_token_ids(tokenizer, stop_tokens, self.chat_format, model.generation_config)
-        if gen_cfg.get("batching", "continuous") not in ("continuous", "static"):
-            raise UserError(f"unknown generation.batching {gen_cfg.batching!r}; choose continuous or static")
 
     def generation_config(self):
         return hf_generation_config(self.cfg, self.stop_ids, self.tokenizer.pad_token_id)
@@ -274,8 +272,6 @@ def build_backend(cfg, model_path: str | None):
     backend = cfg.generation.backend
     if backend == "openai":
         return OpenAIBackend(cfg.generation, end_markers=cfg.model.stop_tokens)
-    if backend not in ("hf", "vllm"):
-        raise UserError(f"unknown generation.backend {backend!r}; choose hf, vllm or openai")
     from lw.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir, path=model_path)

@@ -14,14 +14,15 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 from lw.errors import MissingFile, UserError, one_line
+from lw.eval.evaluate import RESULT_COLUMNS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-# The columns the tables read from a results.csv; `trainer` may be absent (runs written before it).
-RESULTS_COLUMNS = ("run", "benchmark", "cap", "seed", "required", "produced", "S_l")
+# The columns of results.csv the tables need: all but `trainer` and `id` (absent in runs written before them).
+NEEDED_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("trainer", "id"))
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -31,7 +32,7 @@ def read_results(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a results.csv ({one_line(err)}); remove it from the sweep or rerun "
                         "that run's evaluation") from None
-    missing = [column for column in RESULTS_COLUMNS if column not in frame]
+    missing = [column for column in NEEDED_COLUMNS if column not in frame]
     if missing:
         raise UserError(f"{path}: a results.csv needs the column(s) {', '.join(missing)}; remove it from the sweep "
                         "or rerun that run's evaluation")

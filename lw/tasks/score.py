@@ -7,18 +7,20 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lw.errors import Incomplete, UserError
+from lw.tasks.registry import Task
 
-# No model runs: torch is never imported, so a mistyped judge URL fails in seconds, not after the imports.
-USES_TORCH = False
+
+def check(cfg, run_dir: Path) -> None:
+    if not cfg.score.predictions:
+        raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
 
 
 def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     from lw.config import BenchmarkConfig
-    from lw.eval.run import (judge_for, judge_problems, metric_prefix, read_predictions, result_rows,
-                             score_benchmark, write_results)
+    from lw.eval.evaluate import (judge_problems, metric_prefix, read_predictions, result_rows, score_benchmark,
+                                  write_results)
+    from lw.eval.judge import judge_for
 
-    if not cfg.score.predictions:
-        raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
     name = cfg.score.benchmark
     bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
     rows = read_predictions(cfg.score.predictions)
@@ -29,3 +31,8 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     if problems:
         raise Incomplete("; ".join(problems), metrics)
     return metrics
+
+
+# No model runs: torch is never imported, so a mistyped judge URL fails in seconds, not after the imports.
+TASK = Task(run=run, summary="score an existing predictions file, no model: score.predictions=FILE",
+            uses_torch=False, check=check)

@@ -6,11 +6,9 @@ import json
 import logging
 from pathlib import Path
 
-from lw.config import option_name
+from lw.tasks.registry import Task
 
 log = logging.getLogger(__name__)
-
-NEEDS_TOKENIZER = True
 
 
 def check(cfg, run_dir: Path) -> None:
@@ -38,7 +36,7 @@ def before_tracking(cfg, tokenizer) -> dict:
 
 def run(cfg, run_dir: Path, tracker, tokenizer) -> dict | None:
     """Train, then evaluate the trained model (None on nodes other than 0)."""
-    from lw.eval.run import evaluate
+    from lw.eval.evaluate import evaluate
 
     metrics: dict = {}
     if cfg.launcher.kind != "local":  # workers in child processes
@@ -49,7 +47,7 @@ def run(cfg, run_dir: Path, tracker, tokenizer) -> dict | None:
             return None
     else:
         model_dir = train_here(cfg, run_dir, tracker, tokenizer, metrics)
-    metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker, trainer=option_name(cfg.trainer.kind)))
+    metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker, trainer=str(cfg.trainer.kind)))
     return metrics
 
 
@@ -70,7 +68,7 @@ def check_judges(cfg) -> None:
     """Before training: the benchmarks' files, the judge's template and key must be there (they fail
     here); a judge server that is not up yet only gets a warning, as it may start before evaluation."""
     from lw.eval.benchmarks import load_items
-    from lw.eval.run import judge_for
+    from lw.eval.judge import judge_for
     from lw.llm import ServerUnusable
 
     for bench_cfg in cfg.eval.values():
@@ -87,3 +85,7 @@ def dry_run(cfg, run_dir: Path) -> dict:
     from lw.plan import dry_run_training
 
     return dry_run_training(cfg, run_dir)
+
+
+TASK = Task(run=run, summary="data, training, then evaluation of the trained model (the default)",
+            needs_tokenizer=True, check=check, before_tracking=before_tracking, dry_run=dry_run)

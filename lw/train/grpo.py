@@ -33,11 +33,11 @@ from trl import GRPOConfig, GRPOTrainer
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
-from lw.train.rewards import RewardConfig, length_function
+from lw.train.rewards import RewardConfig
 from lw.train.fit import checkpoint_dir_of, fit_and_save
 from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.words import count_words
-from lw.config import TrainerConfig, option_name
+from lw.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,9 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
                         "(or model.path: a base or SFT checkpoint)")
     if cfg.data.pack_length is not None:
         raise UserError("trainer=grpo trains on its own completions, one per row: set data.pack_length=null")
-    rewards = trainer_config(cfg).reward  # a misspelt or mistyped trainer option fails here, at start
+    trainer_config(cfg)  # a misspelt or mistyped trainer option (trainer.reward.length_kind=x) fails here, at start
     args = trl_args(cfg, GRPOConfig, set_by_lw={
         "reward_weights": "the weights as trainer.reward.length, trainer.reward.quality, ..."})
-    length_function(rewards.length_kind)  # a bad trainer.reward.length_kind fails before the model loads
     args.setdefault("use_cpu", not torch.cuda.is_available())
     if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
@@ -86,10 +85,10 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
 
 def prompt_rows(cfg) -> tuple[list[dict], Counter]:
     """{"id", "prompt", "length"} per prompt of the configured source, and counts of where the lengths came from."""
-    from lw.data.prompts import read_prompts, required_length
+    from lw.data.prompts import read_prompts, resolve_lengths
 
     data_cfg = cfg.data
-    source = option_name(data_cfg.source)
+    source = data_cfg.source
     if source == "toy":
         from lw.data import toy
 
@@ -113,14 +112,8 @@ def prompt_rows(cfg) -> tuple[list[dict], Counter]:
                  "length": None} for i, s in enumerate(load_samples(uncapped, cfg.seed, Counter()))]
     else:
         raise UserError(f"trainer=grpo cannot take its prompts from data.source={source}")
-    counts: Counter = Counter()
-    for row in rows:
-        if row["length"] is None:
-            row["length"] = required_length(row["prompt"])
-            counts["length_from_text" if row["length"] is not None else "length_unknown"] += 1
-        else:
-            counts["length_from_field"] += 1
-    return rows, counts
+    _, counts = resolve_lengths(rows)
+    return rows, Counter({stat: n for stat, n in counts.items() if n})
 
 
 def build_dataset(cfg, tokenizer, run_dir: Path):
@@ -213,7 +206,7 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
-    from lw.eval.run import longbench_judge
+    from lw.eval.judge import longbench_judge
     from lw.train.rewards import reward_functions
 
     args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)

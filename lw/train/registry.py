@@ -31,7 +31,7 @@ from typing import Optional, Protocol
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from lw.config import TrainerConfig, option_name
+from lw.config import TrainerConfig
 from lw.errors import UserError
 
 TRAINERS: dict[str, str] = {
@@ -93,7 +93,7 @@ def check_data_source(cfg) -> None:
     start, so `trainer=dpo data=toy` fails before the data is read."""
     module = trainer_for(cfg)
     accepted = getattr(module, "DATA_SOURCES", None)
-    source = option_name(cfg.data.source)
+    source = cfg.data.source
     if accepted is not None and source not in accepted:
         raise UserError(f"trainer={cfg.trainer.kind} trains on data.source {' or '.join(accepted)}, not "
                         f"{source}: {module.DATA_HINT}")

@@ -18,7 +18,7 @@ from lw.train.fit import checkpoint_dir_of, fit_and_save
 from lw.train.loss import LossWeighting, count_items, lm_loss
 from lw.train.registry import trainer_config, trl_args
 from lw.errors import UserError
-from lw.config import TrainerConfig, option_name
+from lw.config import TrainerConfig
 
 
 @dataclass
@@ -47,7 +47,7 @@ class LwSFTTrainer(SFTTrainer):
     def __init__(self, *args, eos_loss_weight: float = 1.0, loss_weighting: str = "token_mean", **kwargs):
         super().__init__(*args, **kwargs)
         self.eos_loss_weight = eos_loss_weight
-        self.loss_weighting = option_name(loss_weighting)
+        self.loss_weighting = loss_weighting
 
     @property
     def loss_is_scaled_for_ga(self) -> bool | None:

@@ -1,5 +1,6 @@
-"""One benchmark's predictions -> scores (length, judge) -> files in the run directory and W&B; and a
-run's whole evaluation (`evaluate`: generate on every benchmark, score, results.csv)."""
+"""A run's evaluation (`evaluate`: generate on every configured benchmark, score, results.csv), shared
+by task=train and task=eval, and one benchmark's predictions -> scores (length, judge) -> files in
+the run directory and W&B (`score_benchmark`, also task=score's)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 import logging
 from pathlib import Path
 
-from lw.eval.benchmarks import judge_template, parse_length, subset_of
-from lw.eval.judge import DIMENSIONS, build_judge
+from lw.eval.benchmarks import parse_length, subset_of
+from lw.eval.judge import DIMENSIONS, judge_for
 from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
@@ -25,43 +26,6 @@ TABLE_COLUMNS = ["id", "prompt", "type", "language", "subset", "required", "prod
 def metric_prefix(kind: str, name: str) -> str:
     # Ruler-style probes report under ruler/, so CPU runs and paper runs share W&B panels.
     return "ruler" if kind in RULER_KINDS else name
-
-
-def judge_for(cfg, bench_cfg, cache_path: Path | None = None):
-    """The quality judge of a LongBench-Write benchmark (None without a judge or for the ruler).
-
-    Built before generation, so a missing key or template fails before hours of sampling. Its
-    judgements are cached by judge model under cache_dir/judge, or appended to cache_path when given.
-    """
-    if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
-        return None
-    return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir, cache_path)
-
-
-def longbench_judge(cfg, cache_path: Path | None = None):
-    """The judge of a stage outside evaluation (DPO pairs, GRPO's quality reward): the template of the
-    first longbench_write eval entry (its data_dir or judge.template), else the official judge.txt."""
-    from omegaconf import OmegaConf
-
-    from lw.config import BenchmarkConfig
-
-    bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
-                     OmegaConf.structured(BenchmarkConfig(kind="longbench_write")))
-    return judge_for(cfg, bench_cfg, cache_path)
-
-
-def judge_prompt_template(cfg, bench_cfg) -> str:
-    """judge.template if set, else the benchmark's own judge.txt."""
-    if cfg.judge.template:
-        path = Path(cfg.judge.template).expanduser()
-        if not path.is_file():
-            raise MissingFile(f"judge.template: no such file: {path}")
-        text = path.read_text(encoding="utf-8")
-        missing = [p for p in ("$INST$", "$RESPONSE$") if p not in text]
-        if missing:
-            raise UserError(f"judge.template: {path} lacks the placeholders {missing}")
-        return text
-    return judge_template(bench_cfg, cfg.cache_dir)
 
 
 def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tracker, judge=None,
@@ -133,7 +97,8 @@ def read_predictions(path: str | Path) -> list[dict]:
 
 # --- a run's evaluation: shared by task=train (the trained model) and task=eval ----------------------
 
-RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l"]
+# The columns of results.csv, one row per scored item (lw/report/analysis.py reads them).
+RESULT_COLUMNS = ("run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l")
 
 
 def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str = "none") -> dict:
