@@ -31,11 +31,24 @@ def same_results(**kwargs) -> Any:
     return field(**kwargs, metadata={SAME_RESULTS: True})
 
 
+class TinyArchitecture(StrEnum):
+    llama = "llama"
+    glm = "glm"
+
+
+class Dtype(StrEnum):
+    """`model.dtype`: the weights' dtype when loaded or built."""
+
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
 @dataclass
 class TinyModelConfig:
     """A random-init model built from config on CPU: the same code path as the real models."""
 
-    architecture: str = "llama"  # llama | glm
+    architecture: TinyArchitecture = TinyArchitecture.llama
     # word: the word-level miniature tokenizer; glm4_chat | llama3_1_instruct: stand-ins for the real chat
     # models' tokenizers, with their special tokens and chat templates (lw/models/tiny.py)
     family: str = "word"
@@ -69,7 +82,7 @@ class ModelConfig:
     # generation_config.json lists (lw.models.stops.stop_token_ids).
     stop_tokens: List[str] = field(default_factory=list)
     official_sampling: SamplingPreset = field(default_factory=SamplingPreset)
-    dtype: str = "bfloat16"
+    dtype: Dtype = Dtype.bfloat16
     trust_remote_code: bool = False
     # auto: with packing on a GPU, one whose cost follows the samples, not the pack (flash_attention_2
     # where flash-attn is installed, else flex_attention); sdpa otherwise. Any other value is kept

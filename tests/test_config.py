@@ -85,7 +85,8 @@ def test_a_task_module_without_its_declaration_is_a_bug_named(monkeypatch):
     ("agentwrite.empty_paragraph", "drop, skip"), ("generation.backend", "hf, vllm, openai"),
     ("generation.batching", "continuous, static"), ("logger.kind", "wandb, none"),
     ("launcher.kind", "local, deepspeed, slurm"), ("launcher.runner", "torchrun, accelerate"),
-    ("launcher.backend", "nccl, gloo"), ("plan.device", "cuda, cpu"), ("data.source", "toy, messages, mix, pairs, prompts"),
+    ("launcher.backend", "nccl, gloo"), ("plan.device", "cuda, cpu"), ("model.dtype", "bfloat16, float16, float32"),
+    ("model.tiny.architecture", "llama, glm"), ("data.source", "toy, messages, mix, pairs, prompts"),
 ])
 def test_a_closed_choice_fails_at_compose_listing_its_choices(setting, choices):
     with pytest.raises(ConfigCompositionException) as err:

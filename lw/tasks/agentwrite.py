@@ -213,7 +213,7 @@ def answer_row(iid: str, instruction: str, paragraphs: list[str]) -> dict:
 # --- the task ---------------------------------------------------------------------------------------
 
 def check(cfg, run_dir: Path) -> None:
-    """The settings, before any call and before W&B starts (the filters' choices are typed)."""
+    """The settings and files, before any call and before W&B starts (the filters' choices are typed)."""
     a, g = cfg.agentwrite, cfg.generation
     if not a.instructions:
         raise UserError("task=agentwrite needs agentwrite.instructions=FILE (a JSONL of {\"prompt\": ...})")
@@ -228,6 +228,9 @@ def check(cfg, run_dir: Path) -> None:
         raise UserError(f"agentwrite.min_length_ratio must be >= 0, got {a.min_length_ratio}")
     if a.max_tokens < 1:
         raise UserError(f"agentwrite.max_tokens must be at least 1, got {a.max_tokens}")
+    _template(a.outline_prompt, OUTLINE_FIELDS, "outline_prompt")
+    _template(a.write_prompt, WRITE_FIELDS, "write_prompt")
+    read_instructions(a.instructions)
 
 
 def check_written(written: dict, instructions: list[dict], data_path: Path, instructions_path: str) -> None:

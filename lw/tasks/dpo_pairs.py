@@ -56,7 +56,8 @@ def _round(x: float | None) -> float | None:
 
 
 def check(cfg, run_dir: Path) -> None:
-    """The settings, before any sampling and before W&B starts (pairs.rule's choices are typed)."""
+    """The settings, the prompts file and the judge's, before any sampling and before W&B starts
+    (pairs.rule's choices are typed)."""
     p = cfg.pairs
     if p.samples < 2:
         raise UserError(f"pairs.samples must be at least 2 (a pair needs two answers), got {p.samples}")
@@ -71,6 +72,9 @@ def check(cfg, run_dir: Path) -> None:
     if cfg.model.path is None and cfg.generation.backend != "openai":
         raise UserError("task=dpo_pairs needs model.path (the SFT checkpoint, e.g. runs/NAME/model, or a hub "
                          "id), or generation=openai with generation.model")
+    if p.prompts:
+        read_prompts(p.prompts)
+    _judge(cfg, run_dir)  # a missing key, a bad URL or template
 
 
 def _judge(cfg, run_dir: Path):
