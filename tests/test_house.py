@@ -27,3 +27,99 @@ def test_package_init_files_only_re_export():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 offenders.append(f"{path.relative_to(REPO)}: {node.name}")
     assert not offenders, offenders
+
+
+# The floors of lw, top first: a module imports modules on its own floor (without a circle) or on
+# floors below, never above. A package's modules share its floor. docs/architecture.md describes them.
+LAYERS = (
+    ("lw.__main__", "lw.cli", "lw.report", "lw.testing"),  # entry points and the tests' servers
+    ("lw.pipeline",),  # one run
+    ("lw.tasks",),  # one module per task
+    ("lw.train",),  # the trainers, their registry, the distributed worker
+    ("lw.launch",),  # the driver: starts and watches the workers it is handed
+    ("lw.plan",),  # the planner: dry-run report, memory and FLOPs models, the offload decision
+    ("lw.eval",),  # benchmarks, generation, judging, scoring
+    ("lw.data",),  # training data: sources, checks, tokenization, packing, pairs, prompts
+    ("lw.models",),  # model and tokenizer loading, chat formats
+    ("lw.config", "lw.jsonl", "lw.llm", "lw.tracking"),  # the typed config, files, the API client, W&B
+    ("lw.errors", "lw.words", "lw.toy_words", "lw.run_dir"),  # the bottom floor: imports nothing of lw
+)
+
+
+def lw_modules() -> dict:
+    """Every module of lw by dotted name (a package by its own name, for its __init__.py)."""
+    modules = {}
+    for path in sorted((REPO / "lw").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imports_of(path, modules: dict) -> set[str]:
+    """The lw modules `path` imports anywhere in it (inside functions too): `from lw.a import b` is
+    lw.a.b when that is a module, else lw.a."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                     for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def floor_of(module: str) -> int | None:
+    for floor, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return len(LAYERS) - floor  # the bottom floor is 1
+    return None
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(module):
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph[module]):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_imports_point_down_the_floors_without_circles():
+    modules = lw_modules()
+    graph = {name: imports_of(path, modules) - {name} for name, path in modules.items() if name != "lw"}
+    homeless = sorted(name for name in graph if floor_of(name) is None)
+    upward = sorted(f"{name} (floor {floor_of(name)}) imports {imported} (floor {floor_of(imported)})"
+                    for name, imported_set in graph.items() for imported in imported_set
+                    if name not in homeless and imported not in homeless and floor_of(imported) > floor_of(name))
+    circles = import_circles(graph)
+    print(f"{len(circles)} import circle(s), {len(upward)} upward import(s), {len(homeless)} module(s) on no floor")
+    for line in [f"circle: {' <-> '.join(c)}" for c in circles] + upward + [f"on no floor: {m}" for m in homeless]:
+        print(line)
+    assert not homeless, f"add them to a floor of LAYERS: {homeless}"
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+    assert not upward, "imports that climb a floor: " + "; ".join(upward)

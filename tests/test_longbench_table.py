@@ -12,7 +12,7 @@ from lw.report.analysis import TABLE_GROUPS, longbench_table
 from lw.report.compare import main as compare_main
 from lw.words import language_of
 from lw.report.paper_results import PAPER_NAME, REPORTED
-from lw.plan_eval import OFFICIAL_LONGBENCH_WRITE, build_eval_plan
+from lw.plan.eval import OFFICIAL_LONGBENCH_WRITE, build_eval_plan
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 
 KEY = "sk-test-table-judge-key"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from lw.data.toy_words import ADJECTIVES, ADVERBS, LINKS, PROMPT_TEMPLATES, TOPIC_NOUNS, VERBS
+from lw.toy_words import ADJECTIVES, ADVERBS, LINKS, PROMPT_TEMPLATES, TOPIC_NOUNS, VERBS
 from lw.words import count_words
 from lw.errors import UserError
 

@@ -20,7 +20,7 @@ from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GlmConfig, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast
 
-from lw.data.toy_words import vocabulary
+from lw.toy_words import vocabulary
 from lw.errors import UserError
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>",

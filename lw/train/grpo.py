@@ -34,8 +34,10 @@ from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
 from lw.train.rewards import RewardConfig, length_function
-from lw.train.fit import checkpoint_dir_of, fit_and_save
-from lw.train.registry import TrainerPlan, trainer_config, trl_args
+from lw.run_dir import checkpoint_dir
+from lw.train.fit import fit_and_save
+from lw.plan.trainer_plan import TrainerPlan
+from lw.train.registry import trainer_config, trl_args
 from lw.words import count_words
 from lw.config import TrainerConfig, option_name
 
@@ -75,7 +77,7 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
         "reward_weights": "the weights as trainer.reward.length, trainer.reward.quality, ..."})
     length_function(rewards.length_kind)  # a bad trainer.reward.length_kind fails before the model loads
     args.setdefault("use_cpu", not torch.cuda.is_available())
-    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan/)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
         return GRPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
@@ -216,7 +218,7 @@ def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbac
     from lw.eval.run import longbench_judge
     from lw.train.rewards import reward_functions
 
-    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     if "max_completion_length" not in cfg.trainer.args:
         args.max_completion_length = completion_budget(dataset, tokenizer,
                                                        getattr(model.config, "max_position_embeddings", None))
