@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 from lw.errors import UserError
+from lw.run_dir import wandb_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class WandbTracker(Tracker):
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             if mode == "offline":
                 log.warning("W&B: no WANDB_API_KEY in the environment, logging offline under %s "
-                            "(upload later with `wandb sync`)", run_dir / "wandb")
+                            "(upload later with `wandb sync`)", wandb_dir(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,

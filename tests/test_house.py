@@ -123,3 +123,52 @@ def test_imports_point_down_the_floors_without_circles():
     assert not homeless, f"add them to a floor of LAYERS: {homeless}"
     assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
     assert not upward, "imports that climb a floor: " + "; ".join(upward)
+
+
+# The names of a run directory's entries (lw/run_dir.py names each path once). Cache folders that
+# happen to share a name ("tokenized" under cache_dir) are not among them.
+RUN_DIR_NAMES = {
+    ".hydra", "plan.json", "data", "checkpoints", "model", "launch", "eval", "pairs", "agentwrite", "metrics.json",
+    "results.csv", "wandb", "lw_incomplete.txt", "pairs.jsonl", "pairs_stats.json", "pairs_scores.png",
+    "train.jsonl", "prompts.jsonl", "train_log.jsonl", "config.yaml", "deepspeed.json", "command.sh", "workers.log",
+    "ranks", "predictions.jsonl", "judgements.jsonl", "length_scatter.png", "samples.jsonl", "steps.jsonl",
+    "data.jsonl", "stats.json",
+}
+PATH_CALLS = {"Path", "joinpath", "glob", "rglob", "open"}
+
+
+def run_dir_literals(tree) -> list[tuple[int, str]]:
+    """(line, literal) of each run-directory name joined onto a path (`x / "model"`) or handed to
+    Path, joinpath, glob, rglob or open as a path ("**/metrics.json")."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            candidates = [node.right]
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            candidates = node.args if name in PATH_CALLS else []
+        else:
+            continue
+        for value in candidates:
+            if isinstance(value, ast.Constant) and isinstance(value.value, str) \
+                    and RUN_DIR_NAMES & set(value.value.split("/")):
+                found.append((value.lineno, value.value))
+    return found
+
+
+def test_run_directory_paths_are_named_only_in_run_dir():
+    offenders = []
+    for path in sorted((REPO / "lw").rglob("*.py")):
+        if path == REPO / "lw" / "run_dir.py":
+            continue
+        for line, literal in run_dir_literals(ast.parse(path.read_text(encoding="utf-8"))):
+            offenders.append(f"{path.relative_to(REPO)}:{line} {literal!r}")
+    print("\n".join(offenders))
+    assert not offenders, "name these paths with lw/run_dir.py: " + "; ".join(offenders)
+
+
+def test_the_architecture_page_draws_the_floors_of_layers():
+    """docs/architecture.md's drawing of the floors follows LAYERS, floor by floor."""
+    lines = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").splitlines()
+    drawn = [line.split("  ")[0].split() for line in lines if line.startswith("lw.")]
+    assert drawn == [list(floor) for floor in LAYERS], drawn

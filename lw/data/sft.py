@@ -23,6 +23,7 @@ from lw.errors import UserError
 from lw.jsonl import write_jsonl
 from lw.words import count_words
 from lw.config import option_name
+from lw.run_dir import train_messages_file
 
 if TYPE_CHECKING:  # datasets, TRL and torch load when a set is built, not when this module is imported
     from datasets import Dataset
@@ -105,7 +106,7 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     check_settings(data_cfg)
     max_length = max_length_of(data_cfg)
     stats: Counter = Counter()
-    messages_path = run_dir / "data" / "train.jsonl"
+    messages_path = train_messages_file(run_dir)
     if write_jsonl(load_samples(data_cfg, cfg.seed, stats), messages_path) == 0:
         report_drops(stats, data_cfg)  # when the drops explain it, say which and what to change
         raise UserError(f"no training sample is left after the checks and filters: {dict(stats)}")

@@ -26,6 +26,7 @@ from lw.plan.flops import attention_flops_per_pair, matmul_flops_per_token, trai
 from lw.plan.memory import plan_memory
 from lw.plan.offload import plan_offload
 from lw.plan.trainer_plan import trainer_plan
+from lw.run_dir import plan_file
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ def dry_run_training(cfg: DictConfig, run_dir: Path, trainer, command: str) -> d
 
 def write_plan(plan: dict, text: str, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    plan_file(run_dir).write_text(json.dumps(plan, indent=2) + "\n")
     print(text)
-    print(f"lw: dry run, plan in {(run_dir / 'plan.json').resolve()}")
+    print(f"lw: dry run, plan in {plan_file(run_dir).resolve()}")
     return plan
 
 

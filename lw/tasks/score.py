@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lw.errors import Incomplete, UserError
+from lw.run_dir import eval_dir
 
 # No model runs: torch is never imported, so a mistyped judge URL fails in seconds, not after the imports.
 USES_TORCH = False
@@ -22,10 +23,10 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     name = cfg.score.benchmark
     bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
     rows = read_predictions(cfg.score.predictions)
-    metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
+    metrics, rows = score_benchmark(name, bench_cfg, rows, eval_dir(run_dir, name), tracker,
                                     judge_for(cfg, bench_cfg), cfg.run_name)
     write_results(run_dir, result_rows(cfg, name, rows))
-    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, run_dir / "eval" / name)
+    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, eval_dir(run_dir, name))
     if problems:
         raise Incomplete("; ".join(problems), metrics)
     return metrics

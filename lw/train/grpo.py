@@ -40,6 +40,7 @@ from lw.plan.trainer_plan import TrainerPlan
 from lw.train.registry import trainer_config, trl_args
 from lw.words import count_words
 from lw.config import TrainerConfig, option_name
+from lw.run_dir import data_dir, train_prompts_file
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
     stats["max_required_length"] = max((row["length"] or 0) for row in rows)
     dataset = Dataset.from_list([{"id": str(r["id"]), "prompt": [{"role": "user", "content": r["prompt"]}],
                                   "length": r["length"]} for r in rows])
-    (Path(run_dir) / "data").mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "data" / "prompts.jsonl").write_text(
+    data_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    train_prompts_file(run_dir).write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     log.info("grpo prompts: %s", stats)
     return dataset, stats
