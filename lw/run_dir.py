@@ -16,6 +16,8 @@ RUN_DIR (runs/<name>/, or multirun/<time>/<name>/ in a sweep) holds
     agentwrite/             task=agentwrite: steps.jsonl, data.jsonl, stats.json
     metrics.json            the run's metrics (also its W&B summary)
     results.csv             one row per benchmark item (lw-compare reads these)
+    packing_stats.json      a packed SFT set's packs
+    train_log.json, reward_curve.png    GRPO's log history and its reward curve
     wandb/                  W&B's files
     lw_incomplete.txt       the mark of a job that ended incomplete (a sweep's summary lists them)
 The base stage's cache entry (lw/train/base_stage.py) is laid out as a run directory too (model/,
@@ -71,6 +73,20 @@ def train_pairs_file(run_dir) -> Path:
 
 def train_prompts_file(run_dir) -> Path:
     return data_dir(run_dir) / "prompts.jsonl"
+
+
+def packing_stats_file(run_dir) -> Path:
+    """The packs' statistics of a packed SFT set."""
+    return Path(run_dir) / "packing_stats.json"
+
+
+def grpo_log_file(run_dir) -> Path:
+    """GRPO's log history (TRL's): the reward, each reward's mean, completion lengths per step."""
+    return Path(run_dir) / "train_log.json"
+
+
+def reward_curve_file(run_dir) -> Path:
+    return Path(run_dir) / "reward_curve.png"
 
 
 def tokenized_dir(run_dir) -> Path:

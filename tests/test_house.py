@@ -132,17 +132,20 @@ RUN_DIR_NAMES = {
     "results.csv", "wandb", "lw_incomplete.txt", "pairs.jsonl", "pairs_stats.json", "pairs_scores.png",
     "train.jsonl", "prompts.jsonl", "train_log.jsonl", "config.yaml", "deepspeed.json", "command.sh", "workers.log",
     "ranks", "predictions.jsonl", "judgements.jsonl", "length_scatter.png", "samples.jsonl", "steps.jsonl",
-    "data.jsonl", "stats.json",
+    "data.jsonl", "stats.json", "packing_stats.json", "train_log.json", "reward_curve.png",
 }
 PATH_CALLS = {"Path", "joinpath", "glob", "rglob", "open"}
 
 
 def run_dir_literals(tree) -> list[tuple[int, str]]:
     """(line, literal) of each run-directory name joined onto a path (`x / "model"`) or handed to
-    Path, joinpath, glob, rglob or open as a path ("**/metrics.json")."""
+    Path, joinpath, glob, rglob or open as a path ("**/metrics.json"), or a file's name kept in a
+    name of its own (`STATS = "stats.json"`; a bare "pairs" there is a value, not a path)."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        if isinstance(node, ast.Assign):
+            candidates = [node.value] if "." in str(getattr(node.value, "value", "")) else []
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             candidates = [node.right]
         elif isinstance(node, ast.Call):
             name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)

@@ -23,14 +23,13 @@ from lw.errors import UserError
 from lw.jsonl import write_jsonl
 from lw.words import count_words
 from lw.config import option_name
-from lw.run_dir import train_messages_file
+from lw.run_dir import packing_stats_file, train_messages_file
 
 if TYPE_CHECKING:  # datasets, TRL and torch load when a set is built, not when this module is imported
     from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
-PACKING_STATS_FILE = "packing_stats.json"
 
 
 def filter_by_output_words(samples: Iterable[dict], min_words: int | None, max_words: int | None,
@@ -125,6 +124,6 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     else:  # each sample is a row of its own, of up to max_length tokens
         stats.update(packing_summary(row_lengths(dataset), max_length))
     stats["seconds"] = round(time.perf_counter() - start, 3)
-    (run_dir / PACKING_STATS_FILE).write_text(json.dumps(packing_stats(stats), indent=2) + "\n")
+    packing_stats_file(run_dir).write_text(json.dumps(packing_stats(stats), indent=2) + "\n")
     log.info("training set: %s", dict(stats))
     return dataset, dict(stats)

@@ -40,7 +40,7 @@ from lw.plan.trainer_plan import TrainerPlan
 from lw.train.registry import trainer_config, trl_args
 from lw.words import count_words
 from lw.config import TrainerConfig, option_name
-from lw.run_dir import data_dir, train_prompts_file
+from lw.run_dir import data_dir, grpo_log_file, reward_curve_file, train_prompts_file
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ GIB = 1024**3
 # Completion tokens per required word, over what the prompts' own text takes: room to write a
 # little more than asked, as S_l rewards up to the required length and then falls.
 COMPLETION_MARGIN = 1.5
-REWARD_CURVE = "reward_curve.png"
-TRAIN_LOG = "train_log.json"  # TRL's log history: the reward, each reward's mean, completion lengths per step
 
 
 @dataclass
@@ -239,8 +237,8 @@ def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbac
     final = fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        (Path(run_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
-        reward_curve(history, Path(run_dir) / REWARD_CURVE, cfg.run_name)
+        grpo_log_file(run_dir).write_text(json.dumps(history, indent=1) + "\n")
+        reward_curve(history, reward_curve_file(run_dir), cfg.run_name)
     return final
 
 
