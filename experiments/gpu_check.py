@@ -167,10 +167,10 @@ def train(args) -> int:
     from trl import SFTConfig
 
     from lw.data.packing import PackCollator
-    from lw.plan.flops import train_flops
     from lw.launch.topology import single_process_env
     from lw.models import attention_implementation, parameter_counts, use_attention
     from lw.models.tiny import tiny_tokenizer
+    from lw.plan.flops import train_flops
     from lw.train.sft import LwSFTTrainer
     from lw.train.worker import skip_cpu_shm_comm
 
@@ -267,12 +267,12 @@ def dpo(args) -> int:
     import deepspeed
     import torch
     from datasets import Dataset
+    from trl import DPOConfig
 
     from lw.launch.topology import single_process_env
     from lw.models.tiny import tiny_tokenizer
     from lw.train.dpo import LwDPOTrainer
     from lw.train.worker import skip_cpu_shm_comm
-    from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
     single_process_env()

@@ -13,10 +13,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lw.config import register_configs
-from lw.launch.topology import node_suffix
 from lw.errors import EXIT_INCOMPLETE, Incomplete, UserMistake, end_program, fail, one_line
-from lw.tracking import is_secret_key
+from lw.launch.topology import node_suffix
 from lw.run_dir import INCOMPLETE_MARK, incomplete_mark
+from lw.tracking import is_secret_key
 
 # Settings that name a file or folder: their value enters run names by its last component.
 PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "outline_prompt",
@@ -96,8 +96,9 @@ class SweepOutcomes(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> None:
-    from lw.pipeline import run  # heavy imports after --help and config errors
     from hydra.core.hydra_config import HydraConfig
+
+    from lw.pipeline import run  # heavy imports after --help and config errors
 
     # main() set HYDRA_FULL_ERROR so that Hydra hands composition errors to it; the run's child
     # processes (training workers) must not inherit that, so it is unset while the task runs.

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lw.errors import EXIT_DONE, EXIT_INCOMPLETE, Incomplete, UserError
+from lw.run_dir import metrics_file
 from lw.tasks import task_module
 from lw.tracking import Tracker, start_tracker
-from lw.run_dir import metrics_file
 
 log = logging.getLogger(__name__)
 

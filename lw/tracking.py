@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+
 from lw.errors import UserError
 from lw.run_dir import wandb_dir
 

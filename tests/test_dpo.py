@@ -186,6 +186,7 @@ def first_step_loss(one_batch, tokenizer, tmp_path, loss_type, loss_weights) -> 
     """The logged loss of one DPO step (learning rate 0) on the whole batch, and the token-mean NLL of
     its chosen answers computed here by hand from the starting model."""
     import torch
+
     from lw.train.registry import trainer_for
 
     path, start = one_batch
@@ -270,8 +271,9 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
 
 def test_committed_dpo_miniature_results_say_what_its_readme_says():
     """experiments/dpo/README.md reports these S_l values; the committed results must give them."""
-    from helpers import REPO
     from lw.report.analysis import load_sweep, summarize
+
+    from helpers import REPO
 
     summary = summarize(load_sweep(REPO / "experiments" / "dpo" / "results" / "cpu"))
     s_l = {(r.trainer, r.seed): round(r.S_l, 2) for r in summary.itertuples()}

@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from helpers import run_lw
-from helpers import compose_lw, training_plan
+from helpers import compose_lw, run_lw, training_plan
 from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")

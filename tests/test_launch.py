@@ -12,13 +12,19 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from lw.errors import UserError
-from lw.launch.driver import TrainLogForwarder, WorkerFailure, is_first_node, run_workers, worker_command, write_launch_files
-from lw.plan.deepspeed import deepspeed_config_path, load_deepspeed_config
+from lw.launch.driver import (
+    TrainLogForwarder,
+    WorkerFailure,
+    is_first_node,
+    run_workers,
+    worker_command,
+    write_launch_files,
+)
 from lw.launch.topology import Topology, slurm_port, topology
+from lw.plan.deepspeed import deepspeed_config_path, load_deepspeed_config
 from lw.tracking import Tracker
 
-from helpers import run_lw
-from helpers import compose_lw
+from helpers import compose_lw, run_lw
 
 
 def launcher(**overrides):

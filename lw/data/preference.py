@@ -22,13 +22,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from datasets import Dataset
 
+from lw.config import option_name
 from lw.data.drops import report_drops
 from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import BadSample, choose, mix_sizes, read_source, remove_zero_width, to_messages
+from lw.errors import UserError
 from lw.jsonl import write_jsonl
 from lw.models.chat_format import get_chat_format
-from lw.errors import UserError
-from lw.config import option_name
 from lw.run_dir import train_pairs_file
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,15 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from lw.config import option_name
 from lw.data import toy
 from lw.data.drops import report_drops
 from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import choose, clean_rows, mix_sizes, read_source
 from lw.errors import UserError
 from lw.jsonl import write_jsonl
-from lw.words import count_words
-from lw.config import option_name
 from lw.run_dir import packing_stats_file, train_messages_file
+from lw.words import count_words
 
 if TYPE_CHECKING:  # datasets, TRL and torch load when a set is built, not when this module is imported
     from datasets import Dataset

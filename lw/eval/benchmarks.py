@@ -10,16 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import urllib.request
 from pathlib import Path
 
 from filelock import FileLock
 
 from lw.data import toy
-from lw.words import language_of, parse_length
+from lw.errors import MissingFile, UserError
 from lw.jsonl import read_json_objects
-from lw.errors import UserError, MissingFile
+from lw.words import language_of, parse_length
 
 log = logging.getLogger(__name__)
 

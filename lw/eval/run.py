@@ -8,14 +8,14 @@ import json
 import logging
 from pathlib import Path
 
+from lw.errors import Incomplete, MissingFile, UserError
 from lw.eval.benchmarks import judge_template, parse_length, subset_of
 from lw.eval.judge import DIMENSIONS, build_judge
-from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
-from lw.words import language_of
-from lw.errors import Incomplete, MissingFile, UserError
+from lw.jsonl import read_json_objects
 from lw.run_dir import eval_dir, judgements_file, length_scatter_file, predictions_file, results_file
+from lw.words import language_of
 
 log = logging.getLogger(__name__)
 

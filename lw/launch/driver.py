@@ -37,11 +37,21 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
+from lw.errors import Incomplete, UserError, one_line
 from lw.launch.topology import EXIT_PREEMPTED, Topology, topology
-from lw.run_dir import (checkpoint_dir, launch_command_file, launch_config_file, launch_deepspeed_file, launch_dir,
-                        model_dir, ranks_dir, tokenized_dir, train_log, workers_log)
+from lw.run_dir import (
+    checkpoint_dir,
+    launch_command_file,
+    launch_config_file,
+    launch_deepspeed_file,
+    launch_dir,
+    model_dir,
+    ranks_dir,
+    tokenized_dir,
+    train_log,
+    workers_log,
+)
 from lw.tracking import redact
-from lw.errors import Incomplete, MissingFile, UserError, one_line
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lw.eval.benchmarks import DEFAULT_FILES, JUDGE_TEMPLATE, OFFICIAL_COMMIT, load_items, toy_ruler_items
 from lw.errors import UserError
+from lw.eval.benchmarks import DEFAULT_FILES, JUDGE_TEMPLATE, OFFICIAL_COMMIT, load_items, toy_ruler_items
 from lw.models.loading import model_config  # from model.arch or a local checkpoint, no weights
 from lw.plan.training import write_plan
 from lw.words import count_words, language_of

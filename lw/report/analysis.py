@@ -13,13 +13,13 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+
 from lw.errors import MissingFile, UserError, one_line
 from lw.run_dir import METRICS, RESULTS, hydra_config
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-
 
 # The columns the tables read from a results.csv; `trainer` may be absent (runs written before it).
 RESULTS_COLUMNS = ("run", "benchmark", "cap", "seed", "required", "produced", "S_l")

@@ -30,11 +30,11 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from lw.jsonl import Appender, read_resumable
 from lw.data.prompts import read_prompt_file
-from lw.words import count_words, language_of
 from lw.errors import Incomplete, MissingFile, UserError
+from lw.jsonl import Appender, read_resumable
 from lw.run_dir import agentwrite_files
+from lw.words import count_words, language_of
 
 log = logging.getLogger(__name__)
 

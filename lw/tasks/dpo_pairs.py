@@ -24,11 +24,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lw.jsonl import read_resumable, write_jsonl
 from lw.data.prompts import read_prompts, required_length
-from lw.words import count_words, length_score
 from lw.errors import Incomplete, UserError
+from lw.jsonl import read_resumable, write_jsonl
 from lw.run_dir import judgements_file, pairs_file, pairs_scores_plot, pairs_stats_file, pairs_work_dir, samples_file
+from lw.words import count_words, length_score
 
 log = logging.getLogger(__name__)
 

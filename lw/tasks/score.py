@@ -15,8 +15,15 @@ USES_TORCH = False
 
 def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     from lw.config import BenchmarkConfig
-    from lw.eval.run import (judge_for, judge_problems, metric_prefix, read_predictions, result_rows,
-                             score_benchmark, write_results)
+    from lw.eval.run import (
+        judge_for,
+        judge_problems,
+        metric_prefix,
+        read_predictions,
+        result_rows,
+        score_benchmark,
+        write_results,
+    )
 
     if not cfg.score.predictions:
         raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")

@@ -22,12 +22,12 @@ from omegaconf import OmegaConf
 from lw.data import toy
 from lw.data.packing import PackCollator, pack
 from lw.data.settings import max_length_of
+from lw.errors import UserError
 from lw.eval.generate import HfBackend, generate
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
-from lw.words import count_words
-from lw.errors import UserError
 from lw.run_dir import checkpoint_dir, model_dir
+from lw.words import count_words
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from trl import DPOConfig, DPOTrainer
 
 from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
+from lw.errors import UserError
 from lw.models import attention_implementation, local_device
+from lw.plan.trainer_plan import TrainerPlan
 from lw.run_dir import checkpoint_dir
 from lw.train.fit import fit_and_save
-from lw.plan.trainer_plan import TrainerPlan
 from lw.train.registry import trainer_config, trl_args
-from lw.errors import UserError
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 DATA_SOURCES = ("pairs", "mix")  # a mix of pair sources

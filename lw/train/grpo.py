@@ -30,17 +30,16 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from lw.config import TrainerConfig, option_name
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
-from lw.train.rewards import RewardConfig, length_function
-from lw.run_dir import checkpoint_dir
-from lw.train.fit import fit_and_save
 from lw.plan.trainer_plan import TrainerPlan
+from lw.run_dir import checkpoint_dir, data_dir, grpo_log_file, reward_curve_file, train_prompts_file
+from lw.train.fit import fit_and_save
 from lw.train.registry import trainer_config, trl_args
+from lw.train.rewards import RewardConfig, length_function
 from lw.words import count_words
-from lw.config import TrainerConfig, option_name
-from lw.run_dir import data_dir, grpo_log_file, reward_curve_file, train_prompts_file
 
 log = logging.getLogger(__name__)
 

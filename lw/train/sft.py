@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from lw.config import TrainerConfig, option_name
 from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
+from lw.errors import UserError
 from lw.models import attention_implementation, local_device, use_attention
 from lw.run_dir import checkpoint_dir
 from lw.train.fit import fit_and_save
 from lw.train.loss import LossWeighting, count_items, lm_loss
 from lw.train.registry import trainer_config, trl_args
-from lw.errors import UserError
-from lw.config import TrainerConfig, option_name
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import TrainerCallback
+
 from lw.errors import MissingFile, UserError, UserMistake, one_line
 from lw.launch.topology import EXIT_PREEMPTED
 from lw.run_dir import checkpoint_dir, launch_config_file, launch_deepspeed_file, tokenized_dir, train_log
