@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 
 # Left free on each GPU beyond the estimate: the CUDA context, NCCL's buffers, allocator fragmentation.
 HEADROOM_GIB = 4.0
-
-
 # What `launcher.deepspeed: auto` chooses from, fastest first (measured: conf/deepspeed/README.md).
 AUTO_DEEPSPEED = ("zero3", "zero3_offload")
 
