@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lw.run_dir import wandb_dir
+
 log = logging.getLogger(__name__)
 
 _SECRET_KEY = re.compile(r"(api_?key|secret|passw(or)?d|credentials?|^token|(access|auth|hub|hf|bearer|api)_?token)$",
@@ -66,7 +68,7 @@ class WandbTracker(Tracker):
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             if mode == "offline":
                 log.warning("W&B: no WANDB_API_KEY in the environment, logging offline under %s "
-                            "(upload later with `wandb sync`)", run_dir / "wandb")
+                            "(upload later with `wandb sync`)", wandb_dir(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,

@@ -2,24 +2,22 @@
 
 import hashlib
 import json
+import math
 import re
 
 import pytest
-
-from helpers import compose_lw, run_lw, run_task
-from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
-
-from lw.eval.judge import DIMENSIONS
-import math
+from omegaconf import OmegaConf
 
 from lw.data.preference import best_is_shared, closeness, combine, select_pair
 from lw.data.prompts import read_prompts, required_length, resolve_lengths
+from lw.eval.judge import DIMENSIONS
 from lw.tasks.dpo_pairs import TASK as DPO_PAIRS
 from lw.tasks.dpo_pairs import select_pairs
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import Tracker
-from omegaconf import OmegaConf
 from lw.words import count_words, length_score
 
+from helpers import compose_lw, run_lw, run_task
 
 # --- the required length from the instruction ------------------------------------------------------
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import urllib.request
 from pathlib import Path
 
 from filelock import FileLock
 
 from lw.data import toy
-from lw.words import language_of
+from lw.errors import MissingFile, UserError
 from lw.jsonl import read_json_objects
-from lw.errors import UserError, MissingFile
+from lw.words import language_of, parse_length
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +120,6 @@ def read_benchmark_jsonl(path: Path) -> list[dict]:
     if not items:
         raise UserError(f"{path}: no items")
     return items
-
-
-def parse_length(value, where: str) -> int:
-    """A required length: a positive integer (an integral float or numeric string is accepted)."""
-    if isinstance(value, bool):
-        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or value <= 0:
-        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
-    return value
 
 
 def toy_ruler_items(bench_cfg) -> list[dict]:

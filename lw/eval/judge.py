@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from lw import llm
 from lw.config import BenchmarkConfig, Extraction, JudgeKind, ScoreRule
+from lw.errors import SHOWN_FAILURES, MissingFile, UserError
 from lw.eval.benchmarks import judge_template
 from lw.jsonl import Appender, read_resumable
-from lw.errors import SHOWN_FAILURES, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 

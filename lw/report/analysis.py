@@ -13,13 +13,14 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+
 from lw.errors import MissingFile, UserError, one_line
 from lw.eval.evaluate import RESULT_COLUMNS
+from lw.run_dir import METRICS, RESULTS, hydra_config
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-
 
 # The columns of results.csv the tables need: all but `trainer` and `id` (absent in runs written before them).
 NEEDED_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("trainer", "id"))
@@ -41,7 +42,7 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFrame:
     """Every run's results.csv under `sweep_dir`, one frame."""
-    paths = sorted(Path(sweep_dir).glob("**/results.csv"))
+    paths = sorted(Path(sweep_dir).glob(f"**/{RESULTS}"))
     if not paths:
         raise MissingFile(f"no results.csv under {sweep_dir}")
     frame = pd.concat([read_results(p) for p in paths], ignore_index=True)
@@ -185,7 +186,7 @@ def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write
     from omegaconf import OmegaConf
 
     rows = []
-    for metrics_path in sorted(Path(sweep_dir).glob("**/metrics.json")):
+    for metrics_path in sorted(Path(sweep_dir).glob(f"**/{METRICS}")):
         try:
             metrics = json.loads(metrics_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -193,7 +194,7 @@ def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write
                             "rerun that run's evaluation") from None
         if f"{benchmark}/S_l" not in metrics:
             continue
-        config_path = metrics_path.parent / ".hydra" / "config.yaml"
+        config_path = hydra_config(metrics_path.parent)
         model = OmegaConf.load(config_path).model if config_path.is_file() else {}
         row = {"run": metrics_path.parent.name, "model": model.get("name"), "model_path": model.get("path")}
         for subset, _ in TABLE_GROUPS:

@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from lw.errors import UserError, fail, one_line_errors
-from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
-                                plot_length_vs_data, summarize)
+from lw.report.analysis import (
+    finding_holds,
+    load_longbench_runs,
+    load_sweep,
+    longbench_table,
+    median_table,
+    plot_length_vs_data,
+    summarize,
+)
 
 
 def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None) -> tuple[Path, Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lw.errors import Incomplete, UserError
+from lw.run_dir import eval_dir
 from lw.tasks.registry import Task
 
 
@@ -17,17 +18,23 @@ def check(cfg, run_dir: Path) -> None:
 
 def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     from lw.config import BenchmarkConfig
-    from lw.eval.evaluate import (judge_problems, metric_prefix, read_predictions, result_rows, score_benchmark,
-                                  write_results)
+    from lw.eval.evaluate import (
+        judge_problems,
+        metric_prefix,
+        read_predictions,
+        result_rows,
+        score_benchmark,
+        write_results,
+    )
     from lw.eval.judge import judge_for
 
     name = cfg.score.benchmark
     bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
     rows = read_predictions(cfg.score.predictions)
-    metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
+    metrics, rows = score_benchmark(name, bench_cfg, rows, eval_dir(run_dir, name), tracker,
                                     judge_for(cfg, bench_cfg), cfg.run_name)
     write_results(run_dir, result_rows(cfg, name, rows))
-    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, run_dir / "eval" / name)
+    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, eval_dir(run_dir, name))
     if problems:
         raise Incomplete("; ".join(problems), metrics)
     return metrics

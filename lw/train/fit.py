@@ -8,11 +8,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dir_of(run_dir: Path) -> Path:
-    """Where a run's trainer checkpoints (TRL's args.output_dir) and resumes from: run_dir/checkpoints."""
-    return Path(run_dir) / "checkpoints"
-
-
 def fit_and_save(trainer, tokenizer, run_dir: Path, chat_format: str, stop_tokens=()) -> Path:
     """Train (resuming from the last checkpoint in the trainer's args.output_dir, the run's
     checkpoint_dir) and save the final model and tokenizer into run_dir/model, the tokenizer with the
@@ -23,6 +18,7 @@ def fit_and_save(trainer, tokenizer, run_dir: Path, chat_format: str, stop_token
 
     from lw.models.chat_format import get_chat_format
     from lw.models.stops import stop_token_ids
+    from lw.run_dir import model_dir
 
     checkpoint_dir = trainer.args.output_dir
     last = get_last_checkpoint(checkpoint_dir) if Path(checkpoint_dir).is_dir() else None
@@ -31,7 +27,7 @@ def fit_and_save(trainer, tokenizer, run_dir: Path, chat_format: str, stop_token
     stops = stop_token_ids(tokenizer, stop_tokens, get_chat_format(chat_format), trainer.model.generation_config)
     trainer.train(resume_from_checkpoint=last)
     trainer.model.generation_config.eos_token_id = stops
-    final = Path(run_dir) / "model"
+    final = model_dir(run_dir)
     trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
     if trainer.is_world_process_zero():
         template = get_chat_format(chat_format).jinja

@@ -30,6 +30,7 @@ from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
+
 from lw.errors import UserError
 
 
