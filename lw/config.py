@@ -204,7 +204,7 @@ class TrainerConfig:
 
 @dataclass
 class BenchmarkConfig:
-    kind: str = MISSING  # toy_ruler | longbench_write | longwrite_ruler
+    kind: str = MISSING  # toy_ruler | longbench_write | longwrite_ruler | writingbench_length
     file: Optional[str] = names_file(default=None)  # null: the kind's official file (longbench_write_en.jsonl is the English half)
     lengths: List[int] = field(default_factory=list)
     topics: List[str] = field(default_factory=list)
@@ -258,7 +258,8 @@ class GenerationConfig:
 
 class JudgeKind(StrEnum):
     none = "none"  # no judge: S_l only
-    openai = "openai"  # any OpenAI-compatible endpoint
+    openai = "openai"  # LongBench-Write's S_q from any OpenAI-compatible endpoint
+    writingbench = "writingbench"  # WritingBench's criteria, 1-10 (eval=writingbench_length)
 
 
 class ScoreRule(StrEnum):
@@ -273,7 +274,7 @@ class Extraction(StrEnum):
 
 @dataclass
 class JudgeConfig:
-    """The LLM judge of LongBench-Write's quality score S_q (none: S_l only)."""
+    """The LLM judge of LongBench-Write's quality score S_q (none: S_l only), or WritingBench's criteria judge."""
 
     kind: JudgeKind = JudgeKind.none
     # A prompt file with $INST$ and $RESPONSE$; null: LongBench-Write's own judge.txt (the paper's).
@@ -281,6 +282,7 @@ class JudgeConfig:
     base_url: Optional[str] = None
     model: Optional[str] = None
     temperature: float = 0.5
+    top_p: Optional[float] = None  # null: not sent (the server's default)
     max_tokens: Optional[int] = None  # null: the server's limit (the official judge: 1024)
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key
     concurrency: int = same_results(default=16)

@@ -80,7 +80,7 @@ def test_a_task_module_without_its_declaration_is_a_bug_named(monkeypatch):
 
 
 @pytest.mark.parametrize("setting, choices", [
-    ("judge.kind", "none, openai"), ("judge.scores", "integer, numeric"), ("judge.extraction", "lenient, official"),
+    ("judge.kind", "none, openai, writingbench"), ("judge.scores", "integer, numeric"), ("judge.extraction", "lenient, official"),
     ("pairs.rule", "mean, length, quality"), ("agentwrite.missing_count", "keep, drop"),
     ("agentwrite.empty_paragraph", "drop, skip"), ("generation.backend", "hf, vllm, openai"),
     ("generation.batching", "continuous, static"), ("logger.kind", "wandb, none"),

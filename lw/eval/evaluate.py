@@ -14,6 +14,8 @@ from lw.eval.benchmarks import parse_length, subset_of
 from lw.eval.judge import DIMENSIONS, judge_for
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
+from lw.eval.writingbench import KIND as WRITINGBENCH
+from lw.eval.writingbench_judge import writingbench_judge
 from lw.jsonl import read_json_objects
 from lw.run_dir import eval_dir, judgements_file, length_scatter_file, predictions_file, results_file
 from lw.words import language_of
@@ -29,9 +31,20 @@ def metric_prefix(kind: str, name: str) -> str:
     return "ruler" if kind in RULER_KINDS else name
 
 
+def benchmark_judge(cfg, bench_cfg):
+    """The judge of one benchmark: WritingBench's criteria judge for its length subset, else
+    LongBench-Write's quality judge (lw.eval.judge.judge_for); None where neither applies."""
+    return writingbench_judge(cfg, bench_cfg) if bench_cfg.kind == WRITINGBENCH else judge_for(cfg, bench_cfg)
+
+
 def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tracker, judge=None,
-                    title: str = "") -> tuple[dict, list[dict]]:
-    """Metrics (flat keys) and scored rows; writes judgements.jsonl and the scatter under bench_dir."""
+                    title: str = "", skipped: int = 0) -> tuple[dict, list[dict]]:
+    """Metrics (flat keys) and scored rows; writes judgements.jsonl and the scatter under bench_dir.
+    `skipped`: the items set aside as longer than the model's context (WritingBench)."""
+    if bench_cfg.kind == WRITINGBENCH:
+        from lw.eval.writingbench_score import score_writingbench
+
+        return score_writingbench(name, rows, bench_dir, tracker, judge, skipped)
     prefix = metric_prefix(bench_cfg.kind, name)
     rows = [{**r, "required": r["length"]} for r in score_lengths(rows)]
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -98,8 +111,10 @@ def read_predictions(path: str | Path) -> list[dict]:
 
 # --- a run's evaluation: shared by task=train (the trained model) and task=eval ----------------------
 
-# The columns of results.csv, one row per scored item (lw/report/analysis.py reads them).
-RESULT_COLUMNS = ("run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l")
+# The columns of results.csv, one row per scored item (lw/report/analysis.py reads them). R and C:
+# WritingBench's per-query scores (1-10; blank for other benchmarks), whose S_l is lw's length score
+# against the query's parsed requirement (blank where none parsed).
+RESULT_COLUMNS = ("run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l", "R", "C")
 
 
 def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str = "none") -> dict:
@@ -112,7 +127,7 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
     from lw.eval.benchmarks import load_items
     from lw.eval.generate import GenerationFailed, build_backend, generate
 
-    benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), judge_for(cfg, bench_cfg))
+    benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), benchmark_judge(cfg, bench_cfg))
                   for name, bench_cfg in cfg.eval.items()}  # bad files or judge settings fail before the model loads
     backend = build_backend(cfg, model_path)
     metrics: dict = {}
@@ -120,13 +135,19 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
     for name, (bench_cfg, items, judge) in benchmarks.items():
         bench_dir = eval_dir(run_dir, name)
         prefix = metric_prefix(bench_cfg.kind, name)
+        skipped = []
+        if bench_cfg.kind == WRITINGBENCH:
+            from lw.eval.writingbench_score import drop_overlong
+
+            items, skipped = drop_overlong(backend, items, bench_dir)
         try:
             rows = generate(backend, items, predictions_file(bench_dir))
         except GenerationFailed as err:  # not scored: a score of part of a benchmark would mislead
             metrics.update({f"{prefix}/generation_failed": err.failed, f"{prefix}/n": err.total})
             problems.append(f"{name}: {err}")
             continue
-        bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name)
+        bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name,
+                                              len(skipped))
         metrics.update(bench_metrics)
         results += result_rows(cfg, name, rows, trainer)
         problems += judge_problems(name, prefix, bench_metrics, bench_dir)
@@ -140,15 +161,17 @@ def judge_problems(name: str, prefix: str, metrics: dict, bench_dir: Path) -> li
     failed = metrics.get(f"{prefix}/judge_failed", 0)
     if not failed:
         return []
-    return [f"{name}: {failed} of {metrics[f'{prefix}/n']} judge requests failed after their retries (see "
-            f"{judgements_file(bench_dir)}), S_q leaves them out; finished judgements are cached: rerun the "
+    asked = sum(metrics.get(f"{prefix}/judge_{k}", 0) for k in ("judged", "unparseable", "failed"))
+    return [f"{name}: {failed} of {asked or metrics[f'{prefix}/n']} judge requests failed after their retries (see "
+            f"{judgements_file(bench_dir)}), the scores leave them out; finished judgements are cached: rerun the "
             f"same command to ask only for the rest"]
 
 
 def result_rows(cfg, name: str, rows: list[dict], trainer: str = "none") -> list[dict]:
     """results.csv's rows of one benchmark: one per scored item."""
     return [{"run": cfg.run_name, "trainer": trainer, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
-             "seed": cfg.seed, "required": r["length"], "produced": r["produced"], "S_l": round(r["S_l"], 4)}
+             "seed": cfg.seed, "required": r["length"], "produced": r["produced"],
+             "S_l": None if r["S_l"] is None else round(r["S_l"], 4), "R": r.get("R"), "C": r.get("C")}
             for r in rows]
 
 

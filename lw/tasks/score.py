@@ -1,4 +1,5 @@
-"""task=score: score.predictions (a JSONL of prompt, type, length, response) without any model."""
+"""task=score: score.predictions (a JSONL of prompt, type, length, response; for WritingBench its
+official responses file of index and response) without any model."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def check(cfg, run_dir: Path) -> None:
 def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     from lw.config import BenchmarkConfig
     from lw.eval.evaluate import (
+        benchmark_judge,
         judge_problems,
         metric_prefix,
         read_predictions,
@@ -26,13 +28,18 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         score_benchmark,
         write_results,
     )
-    from lw.eval.judge import judge_for
 
     name = cfg.score.benchmark
     bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
-    rows = read_predictions(cfg.score.predictions)
+    if bench_cfg.kind == "writingbench_length":  # its official responses file: {"index", "response"}
+        from lw.eval.benchmarks import load_items
+        from lw.eval.writingbench import read_responses
+
+        rows = read_responses(cfg.score.predictions, load_items(bench_cfg, cfg.cache_dir))
+    else:
+        rows = read_predictions(cfg.score.predictions)
     metrics, rows = score_benchmark(name, bench_cfg, rows, eval_dir(run_dir, name), tracker,
-                                    judge_for(cfg, bench_cfg), cfg.run_name)
+                                    benchmark_judge(cfg, bench_cfg), cfg.run_name)
     write_results(run_dir, result_rows(cfg, name, rows))
     problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, eval_dir(run_dir, name))
     if problems:

@@ -72,12 +72,12 @@ def check_judges(cfg) -> None:
     """Before training: the benchmarks' files, the judge's template and key must be there (they fail
     here); a judge server that is not up yet only gets a warning, as it may start before evaluation."""
     from lw.eval.benchmarks import load_items
-    from lw.eval.judge import judge_for
+    from lw.eval.evaluate import benchmark_judge
     from lw.llm import ServerUnusable
 
     for bench_cfg in cfg.eval.values():
         load_items(bench_cfg, cfg.cache_dir)
-        judge = judge_for(cfg, bench_cfg)
+        judge = benchmark_judge(cfg, bench_cfg)
         if judge is not None:
             try:
                 judge.endpoint.check_reachable()
