@@ -91,7 +91,7 @@ def test_an_empty_response_is_scored_zero_and_said(tmp_path, score_args):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 empty responses (they score S_l = 0)" in result.stdout + result.stderr
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[1].endswith(",10,0,0.0")  # kept, and scored 0
+    assert len(rows) == 4 and rows[1].endswith(",10,0,0.0,,")  # kept, and scored 0 (no R, C: not WritingBench)
 
 
 @pytest.mark.slow
