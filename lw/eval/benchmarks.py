@@ -7,16 +7,13 @@ against their SHA-256, so every run scores against the same files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
 from pathlib import Path
-
-from filelock import FileLock
 
 from lw.data import toy
 from lw.errors import MissingFile, UserError
+from lw.eval.download import MIRROR_ENV, download
 from lw.jsonl import read_json_objects
 from lw.words import language_of, parse_length
 
@@ -43,45 +40,11 @@ def subset_of(length: int) -> str | None:
     return None
 
 
-MIRROR_ENV = "LW_BENCHMARK_URL"  # a folder URL holding the official files, instead of GitHub
-
-
 def official_url(filename: str) -> str:
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         return f"{mirror.rstrip('/')}/{filename}"
     return f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{OFFICIAL_COMMIT}/evaluation/{filename}"
-
-
-def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 60, instead: str = "") -> Path:
-    """Fetch `url` into `dest` once; a partial or corrupt download never lands at `dest`.
-
-    A failed download is a UserError naming the URL, the cache path and `instead`, the local alternative.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
-        if dest.exists():
-            return dest
-        log.info("downloading %s -> %s", url, dest)
-        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-        try:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    data = response.read()
-            except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts, a malformed mirror URL
-                reason = getattr(err, "reason", None) or err
-                raise UserError(f"could not download {url} ({reason}) into {dest}: copy the file there (an offline "
-                                f"machine can share a cache filled online){', ' + instead if instead else ''}") from None
-            digest = hashlib.sha256(data).hexdigest()
-            if sha256 is not None and digest != sha256:
-                raise UserError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "
-                                f"the file changed upstream: {instead or 'use a local copy'}")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return dest
 
 
 def benchmark_file(bench_cfg, filename: str, cache_dir: str) -> Path:
@@ -136,6 +99,10 @@ def toy_ruler_items(bench_cfg) -> list[dict]:
 def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
     if bench_cfg.kind == "toy_ruler":
         items = toy_ruler_items(bench_cfg)
+    elif bench_cfg.kind == "writingbench_length":
+        from lw.eval.writingbench import load_writingbench_items
+
+        return load_writingbench_items(bench_cfg, cache_dir)
     elif bench_cfg.kind in DEFAULT_FILES:
         if cache_dir is None:
             raise UserError(f"benchmark {bench_cfg.kind} needs a cache_dir or data_dir")
@@ -148,7 +115,7 @@ def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
                  for item in items for k in range(bench_cfg.samples_per_prompt)]
     else:
         raise UserError(f"unknown benchmark kind {bench_cfg.kind!r}; "
-                         f"choose toy_ruler, {', '.join(DEFAULT_FILES)}")
+                         f"choose toy_ruler, {', '.join(DEFAULT_FILES)}, writingbench_length")
     return items[: bench_cfg.limit] if bench_cfg.limit else items
 
 
