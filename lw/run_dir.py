@@ -32,10 +32,11 @@ from pathlib import Path
 METRICS = "metrics.json"
 RESULTS = "results.csv"
 INCOMPLETE_MARK = "lw_incomplete.txt"
+HYDRA_CONFIG = ".hydra/config.yaml"
 
 
 def hydra_config(run_dir) -> Path:
-    return Path(run_dir) / ".hydra" / "config.yaml"
+    return Path(run_dir) / HYDRA_CONFIG
 
 
 def plan_file(run_dir) -> Path:

@@ -141,7 +141,7 @@ def run_dir_names() -> set[str]:
     for node in ast.walk(ast.parse((REPO / "lw" / "run_dir.py").read_text(encoding="utf-8"))):
         value = node.right if isinstance(node, ast.BinOp) else node.value if isinstance(node, ast.Assign) else None
         if isinstance(value, ast.Constant) and isinstance(value.value, str):
-            names.add(value.value)
+            names.update(value.value.split("/"))
     return names - CACHE_NAMES
 
 
