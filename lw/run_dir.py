@@ -10,7 +10,8 @@ RUN_DIR (runs/<name>/, or multirun/<time>/<name>/ in a sweep) holds
     launch/                 what the driver hands its workers (lw/launch/driver.py): config.yaml,
                             deepspeed.json, command.sh, workers.log, ranks/, train_log.jsonl;
                             node R > 0 of a job has its own in launch/nodeR/
-    eval/<benchmark>/       predictions.jsonl, judgements.jsonl, length_scatter.png
+    eval/<benchmark>/       predictions.jsonl, judgements.jsonl, length_scatter.png (WritingBench:
+                            length_requirements.jsonl, skipped.jsonl)
     pairs/                  task=dpo_pairs: samples.jsonl, judgements.jsonl; beside it pairs.jsonl,
                             pairs_stats.json, pairs_scores.png
     agentwrite/             task=agentwrite: steps.jsonl, data.jsonl, stats.json
@@ -31,10 +32,11 @@ from pathlib import Path
 METRICS = "metrics.json"
 RESULTS = "results.csv"
 INCOMPLETE_MARK = "lw_incomplete.txt"
+HYDRA_CONFIG = ".hydra/config.yaml"
 
 
 def hydra_config(run_dir) -> Path:
-    return Path(run_dir) / ".hydra" / "config.yaml"
+    return Path(run_dir) / HYDRA_CONFIG
 
 
 def plan_file(run_dir) -> Path:
@@ -154,6 +156,16 @@ def predictions_file(bench_dir) -> Path:
 
 def judgements_file(bench_dir) -> Path:
     return Path(bench_dir) / "judgements.jsonl"
+
+
+def length_requirements_file(bench_dir) -> Path:
+    """WritingBench's length requirement parsed from each query, beside what was produced."""
+    return Path(bench_dir) / "length_requirements.jsonl"
+
+
+def skipped_file(bench_dir) -> Path:
+    """WritingBench's queries left out as longer than the generation backend's context."""
+    return Path(bench_dir) / "skipped.jsonl"
 
 
 def length_scatter_file(bench_dir) -> Path:

@@ -370,7 +370,7 @@ def test_a_changed_file_upstream_ends_lw_with_one_line(tmp_path, file_server, mo
     """The download (to a loopback server standing in for GitHub) checked against the pinned
     SHA-256: a mismatch keeps nothing and ends `lw` as every user error does, one line and status 2."""
     from lw.errors import end_program
-    from lw.eval.benchmarks import MIRROR_ENV
+    from lw.eval.download import MIRROR_ENV
 
     url, www, hits = file_server
     write_writingbench_files(www)  # not the pinned files: every SHA-256 differs

@@ -1,5 +1,5 @@
-"""Fetching a benchmark's pinned files once into the cache, checked against their SHA-256 (LongBench-Write's
-in lw/eval/benchmarks.py, WritingBench's in lw/eval/writingbench.py)."""
+"""Pinned benchmark files fetched once into the cache, checked against their SHA-256: the one
+downloader every benchmark uses (LongBench-Write's and WritingBench's files alike)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from lw.eval.length_requirement import parse_requirement, requirement_score
 from lw.eval.writingbench import groups, official_scores, query_scores
 from lw.eval.writingbench_judge import criterion_rows, response_to_judge
 from lw.jsonl import write_jsonl
-from lw.run_dir import judgements_file
+from lw.run_dir import judgements_file, length_requirements_file, skipped_file
 from lw.words import count_words
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ def drop_overlong(backend, items: list[dict], bench_dir: Path) -> tuple[list[dic
         else:
             kept.append(item)
     if skipped:
-        write_jsonl(skipped, Path(bench_dir) / "skipped.jsonl")
+        write_jsonl(skipped, skipped_file(bench_dir))
         log.warning("%d of %d queries are longer than the model's context of %d tokens: skipped, not truncated "
-                    "(see %s)", len(skipped), len(items), context, Path(bench_dir) / "skipped.jsonl")
+                    "(see %s)", len(skipped), len(items), context, skipped_file(bench_dir))
     return kept, skipped
 
 
@@ -106,7 +106,7 @@ def score_writingbench(name: str, rows: list[dict], bench_dir: Path, tracker, ju
                     judgements_file(bench_dir))
     records = query_records(rows, judgements)
     write_jsonl(({"id": r["id"], "language": r["language"], **r["requirement"], "produced": r["produced"],
-                  "lw_S_l": r["S_l"]} for r in records), bench_dir / "length_requirements.jsonl")
+                  "lw_S_l": r["S_l"]} for r in records), length_requirements_file(bench_dir))
     metrics = writingbench_metrics(records, name, judgements, skipped)
     if judgements is not None and (metrics[f"{name}/judge_unparseable"] or metrics[f"{name}/judge_failed"]):
         log.warning("%s: %d unparseable and %d failed criterion judgements; their %d queries are left out of R "
