@@ -203,10 +203,11 @@ def test_dry_run_of_a_task_without_one_is_refused_before_any_work(tmp_path, task
     assert "training plan" not in result.stdout.lower() and not (tmp_path / "run" / "plan.json").exists()
 
 
-def test_score_and_agentwrite_never_import_torch():
-    """A mistyped judge or server URL must fail in seconds, not after torch's imports."""
+def test_no_task_declaration_imports_torch():
+    """A mistyped judge or server URL of score or agentwrite must fail in seconds, not after torch's
+    imports; and `lw --help`, which reads every task's declaration, stays quick."""
     code = ("import sys, lw.cli, lw.pipeline, lw.tasks; "
-            "[lw.tasks.task_of(t) for t in ('score', 'agentwrite')]; import lw.eval.judge; "
+            "[lw.tasks.task_of(t) for t in lw.tasks.TASKS]; import lw.eval.judge; "
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -30,7 +30,6 @@ from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import BadSample, choose, mix_sizes, read_source, remove_zero_width, to_messages
 from lw.errors import UserError
 from lw.jsonl import write_jsonl
-from lw.models.chat_format import get_chat_format
 from lw.run_dir import train_pairs_file
 
 if TYPE_CHECKING:  # datasets loads only where pairs are built: task=dpo_pairs needs the pair rule alone
@@ -118,6 +117,8 @@ def load_pairs(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
 
 def tokenize_pairs(pairs: list[dict], chat_format_name: str, tokenizer) -> list[dict]:
     """prompt_ids, chosen_ids and rejected_ids of each pair: the answers' ids end with EOS."""
+    from lw.models.chat_format import get_chat_format  # transformers: only where pairs are tokenized
+
     chat_format = get_chat_format(chat_format_name)
     prompts = chat_format.tokenize_many(tokenizer, [p["prompt"] for p in pairs], add_generation_prompt=True)
     full = chat_format.tokenize_many(tokenizer, [p["prompt"] + [{"role": "assistant", "content": p[answer]}]
