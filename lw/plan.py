@@ -45,8 +45,8 @@ from types import SimpleNamespace
 from omegaconf import DictConfig, OmegaConf
 
 from lw.launch.flops import attention_flops_per_pair, causal_pairs, matmul_flops_per_token, train_flops_per_token
-from lw.models import (apply_config_overrides, attention_implementation, flash_attention_installed, local_device,
-                       parameter_counts)
+from lw.models import (apply_config_overrides, attention_implementation, checkpoint_config, flash_attention_installed,
+                       local_device, parameter_counts)
 from lw.train.registry import TrainerPlan, trainer_for, trainer_plan
 from lw.errors import UserError
 from lw.config import option_name
@@ -144,8 +144,8 @@ def model_config(cfg: DictConfig):
         from lw.models.tiny import tiny_model_config
 
         config = tiny_model_config(model_cfg.tiny, build_tokenizer(model_cfg, cfg.cache_dir))
-    elif Path(model_cfg.path).is_dir():
-        config = AutoConfig.from_pretrained(model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
+    elif Path(model_cfg.path).is_dir():  # a remote-code GLM-4 checkpoint's config as the GlmConfig it loads as
+        config = checkpoint_config(model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
     elif model_cfg.arch:
         arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)

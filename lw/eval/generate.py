@@ -283,6 +283,6 @@ def build_backend(cfg, model_path: str | None):
         if model_path is None:
             raise UserError("generation=vllm needs a model path (model.path or a trained checkpoint)")
         return VllmBackend(model_path, tokenizer, cfg.model, cfg.generation, seed=cfg.seed)
-    model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed)
+    model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return HfBackend(model, tokenizer, cfg.model.chat_format, cfg.generation, seed=cfg.seed,
                      stop_tokens=cfg.model.stop_tokens)

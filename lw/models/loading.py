@@ -7,14 +7,19 @@ from typing import Callable, TypeVar
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import __version__ as transformers_version
 
 from lw.errors import UserError
 from lw.models.attention import attention_implementation, local_device
+from lw.models.chatglm import glm_config, is_chatglm, native_checkpoint, read_config
 from lw.models.tiny import tiny_model_config, tiny_tokenizer
 
 T = TypeVar("T")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What a checkpoint directory holds: (what, file patterns any of which is it).
+CHECKPOINT_FILES = {"config.json": ["config.json"], "weights": ["*.safetensors", "*.bin"],
+                    "tokenizer": ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json"]}
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -25,30 +30,53 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def load_pretrained(load: Callable[[], T], path: str, setting: str = "model.path") -> T:
-    """`load()`, a from_pretrained of `path` (a local checkpoint or a hub id), with a failure to find
-    or download it as one line: what was asked, where the hub cache is, and the local alternative."""
+    """`load()`, a from_pretrained of `path` (a local checkpoint or a hub id), with a failure as one
+    line: a local directory's missing file, what transformers could not do with a complete checkpoint,
+    or for a hub id where the hub cache is and the local alternative."""
     from huggingface_hub import constants
 
     try:
         return load()
-    except (OSError, ValueError) as err:  # not found, offline, gated, a malformed id
+    except (OSError, ValueError) as err:  # not found, offline, gated, a malformed id, an unloadable checkpoint
+        reason = first_line(err)
         local = Path(path).expanduser()
         if local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
-            where = "no such directory" if not local.exists() else \
-                f"not a complete checkpoint ({str(err).splitlines()[0][:200]})"
-            raise UserError(f"{setting}={path}: {where}; set {setting} to a checkpoint directory (config.json, "
-                            f"weights, tokenizer) or a hub id") from None
+            raise UserError(f"{setting}={path}: {_local_failure(local, reason)}") from None
         raise UserError(f"{setting}={path}: could not load it from the Hugging Face hub "
-                        f"({str(err).splitlines()[0][:200]}); the hub cache is {constants.HF_HUB_CACHE}: offline, fill "
+                        f"({reason}); the hub cache is {constants.HF_HUB_CACHE}: offline, fill "
                         f"it on a machine online (`hf download {path}`) or set {setting} to a local "
                         f"checkpoint directory") from None
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The error's first line, shortened at a word boundary (never mid-word) when longer than `limit`."""
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else type(err).__name__
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _local_failure(local: Path, reason: str) -> str:
+    """Why a local directory did not load: a file it lacks, else what transformers said."""
+    if not local.is_dir():
+        return "no such directory; set it to a checkpoint directory (config.json, weights, tokenizer) or a hub id"
+    missing = [what for what, patterns in CHECKPOINT_FILES.items()
+               if not any(next(local.glob(p), None) for p in patterns)]
+    if missing:
+        return (f"not a complete checkpoint: no {' and no '.join(missing)} in it ({reason}); set it to a "
+                f"checkpoint directory (config.json, weights, tokenizer) or a hub id")
+    config = local / "config.json"
+    remote = "auto_map" in config.read_text() if config.is_file() else False
+    return (f"transformers {transformers_version} cannot load this checkpoint: {reason}"
+            + ("; it is remote code (config.json's auto_map), written for another transformers: lw loads only "
+               "remote-code GLM-4 natively (docs/models.md)" if remote else ""))
 def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
     """The tokenizer of `path` (a checkpoint) or of the configured model."""
     path = path or model_cfg.path
     if path is None:
         return tiny_tokenizer(cache_dir, model_cfg.tiny.family if model_cfg.tiny is not None else "word")
+    path = native_checkpoint(path, cache_dir, weights=False)  # a remote-code GLM-4's converted tokenizer
     tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
                                 path)
     if tokenizer.pad_token is None:
@@ -58,9 +86,10 @@ def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
 
 
 def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0, packing: bool = False,
-                training: bool = False) -> PreTrainedModel:
+                training: bool = False, cache_dir: str | None = None) -> PreTrainedModel:
     """Load `path` (or model.path), or build the tiny model with random weights from `seed`, with the
-    attention implementation for this device and use (`packing`: trained on padding-free packs)."""
+    attention implementation for this device and use (`packing`: trained on padding-free packs). A
+    remote-code GLM-4 checkpoint is converted once into `cache_dir` (lw.models.chatglm) and loaded natively."""
     path = path or model_cfg.path
     dtype = _dtype(model_cfg.dtype)
     kwargs = {"attn_implementation": attention_implementation(model_cfg, local_device(), packing=packing,
@@ -71,11 +100,22 @@ def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0, pa
         torch.manual_seed(seed)
         config = tiny_model_config(model_cfg.tiny, tokenizer)
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    if cache_dir is not None:
+        path = native_checkpoint(path, cache_dir)
     config = load_pretrained(lambda: AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
                              path)
     config = apply_config_overrides(config, model_cfg)
     return load_pretrained(lambda: AutoModelForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, **kwargs), path)
+
+
+def checkpoint_config(path: str, trust_remote_code: bool = False):
+    """The transformers config of a local checkpoint, without weights; a remote-code GLM-4's as the
+    GlmConfig it converts to (for the dry run)."""
+    raw = Path(path) / "config.json"
+    if raw.is_file() and is_chatglm(read_config(Path(path))):
+        return glm_config(read_config(Path(path)), path)
+    return load_pretrained(lambda: AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), path)
 
 
 def apply_config_overrides(config, model_cfg):
