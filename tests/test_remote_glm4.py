@@ -218,3 +218,47 @@ def test_the_dry_run_plans_a_remote_checkpoint_as_glm(remote):
 
     config = model_config(compose_lw("model=longwriter_glm4_9b", f"model.path={remote}"))
     assert config.model_type == "glm" and config.num_key_value_heads == 2 and config.head_dim == 8
+
+
+@pytest.mark.slow
+def test_a_vllm_server_gets_the_prompt_ids_each_seed_and_the_stop_ids(remote, loaded, tmp_path):
+    """generation=vllm_server: what `vllm serve` receives is what generation=vllm would pass to vLLM."""
+    from lw.eval.generate import build_backend, item_seed
+    from lw.testing.openai_server import OpenAIServer, Reply
+
+    _, tokenizer, _ = loaded
+    with OpenAIServer(lambda body, attempt: Reply("the river runs")) as server:
+        cfg = compose_lw("task=eval", "model=longwriter_glm4_9b", f"model.path={remote}", "generation=vllm_server",
+                         "sampling=official", f"generation.base_url={server.base_url}", "seed=3")
+        rows = generate(build_backend(cfg, cfg.model.path), [{"id": "a", "prompt": PROMPT}, {"id": "b", "prompt": PROMPT}],
+                        tmp_path / "predictions.jsonl")
+        bodies = {r["body"]["seed"]: r["body"] for r in server.requests}
+    assert [r["response"] for r in rows] == ["the river runs"] * 2
+    assert sorted(bodies) == sorted(item_seed(3, [i]) for i in "ab")
+    body = next(iter(bodies.values()))
+    stops = sorted(tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|user|>", "<|observation|>"]))
+    assert body["prompt"] == OFFICIAL_IDS[PROMPT] and body["model"] == "longwriter_glm4_9b"
+    assert (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"]) == (0.5, 0.8, 50, 32768)
+    assert sorted(body["stop_token_ids"]) == stops and body["skip_special_tokens"] is True
+
+
+def test_a_complete_checkpoint_transformers_cannot_load_is_not_called_incomplete(tiny_model, tmp_path):
+    from lw.models.loading import first_line
+
+    odd = shutil.copytree(tiny_model, tmp_path / "odd")
+    raw = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**raw, "model_type": "no_such_model",
+                                                 "auto_map": {"AutoConfig": "configuration_odd.OddConfig"}}))
+    with pytest.raises(UserError) as caught:
+        build_model(model_cfg(odd), None, cache_dir=str(tmp_path / "cache"))
+    message = str(caught.value)
+    assert "not a complete checkpoint" not in message and "cannot load this checkpoint: " in message
+    assert "it is remote code (config.json's auto_map): model.trust_remote_code=true runs it" in message
+    reason = message.split("cannot load this checkpoint: ", 1)[1].split("; it is remote code")[0]
+    original = first_line(ValueError(reason.removesuffix(" ...")), limit=10_000)
+    assert reason.endswith(" ...") or reason == original  # shortened at a space, never mid-word
+    long = "word " * 100
+    assert first_line(ValueError(long)).endswith("word ...")
+    incomplete = shutil.copytree(tiny_model, tmp_path / "incomplete", ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(UserError, match="not a complete checkpoint: no weights in it"):
+        build_model(model_cfg(incomplete), None, cache_dir=str(tmp_path / "cache"))

@@ -69,8 +69,9 @@ def _local_failure(local: Path, reason: str) -> str:
     config = local / "config.json"
     remote = "auto_map" in config.read_text() if config.is_file() else False
     return (f"transformers {transformers_version} cannot load this checkpoint: {reason}"
-            + ("; it is remote code (config.json's auto_map), written for another transformers: lw loads only "
-               "remote-code GLM-4 natively (docs/models.md)" if remote else ""))
+            + (f"; it is remote code (config.json's auto_map): model.trust_remote_code=true runs it where it was "
+               f"written for transformers {transformers_version}; remote-code GLM-4 loads natively without it "
+               f"(docs/models.md)" if remote else ""))
 def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
     """The tokenizer of `path` (a checkpoint) or of the configured model."""
     path = path or model_cfg.path
