@@ -201,12 +201,15 @@ def test_dpo_from_a_remote_checkpoint_saves_a_native_model_that_eval_loads(remot
                              for i in range(4)))
     run_lw("trainer=dpo", "model=glm4_9b", f"model.path={remote}", "model.dtype=float32", "data=pairs",
            f"data.path={pairs}", "trainer.args.max_steps=1", "trainer.args.per_device_train_batch_size=2",
-           "trainer.args.warmup_steps=0", "eval.toy_ruler.lengths=[12]", "eval.toy_ruler.samples_per_prompt=1",
+           "trainer.args.warmup_steps=0", "eval.toy_ruler.lengths=[12]", "eval.toy_ruler.topics=[rivers]",
            "generation.max_new_tokens=2", "logger=none", f"hydra.run.dir={tmp_path / 'dpo'}", cwd=tmp_path)
     saved = tmp_path / "dpo" / "model"
     config = json.loads((saved / "config.json").read_text())
     assert config["architectures"] == ["GlmForCausalLM"] and "auto_map" not in config
     assert (saved / "tokenizer.json").is_file() and not (saved / "tokenizer.model").exists()
+    template = (saved / "chat_template.jinja").read_text() if (saved / "chat_template.jinja").exists() else \
+        json.loads((saved / "tokenizer_config.json").read_text())["chat_template"]
+    assert template.startswith("[gMASK]<sop>")  # the glm4 format, for a server
     assert json.loads((saved / "generation_config.json").read_text())["eos_token_id"]
     # The run ends by evaluating model/ as task=eval does (lw.eval.run.evaluate loads the saved directory).
     assert "ruler/S_l" in json.loads((tmp_path / "dpo" / "metrics.json").read_text())
