@@ -31,7 +31,14 @@ PROMPT = "Write a 12-word note about rivers."
 OFFICIAL_IDS = {
     PROMPT: [400, 402, 405, 10, 375, 258, 32, 272, 45, 362, 359, 388, 370, 46, 406],
     "写一篇关于河流的短文，500字。": [400, 402, 405, 10, 397, 239, 188, 140, 53, 48, 48, 229, 173, 151, 290, 406],
+    # a special token's spelling in a message is text (tiktoken's disallowed_special=()); "\n" apart
+    "Write <|user|> twice.": [400, 402, 405, 10, 375, 32, 60, 124, 117, 115, 101, 114, 124, 62, 256, 119, 105, 99,
+                              101, 46, 406],
+    "\n\nfoo bar": [400, 402, 405, 10, 10, 10, 102, 111, 111, 32, 98, 97, 114, 406],
 }
+# The official training data of one exchange (train/pre_tokenize_glm4.py: build_single_message per turn, EOS).
+OFFICIAL_TRAINING_IDS = [400, 402, 405, 10, 375, 258, 32, 272, 45, 362, 359, 388, 370, 46, 406, 10, 299, 369, 287,
+                         285, 268, 289, 46, 398]
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +108,15 @@ def test_the_tokenizer_gives_the_official_prompt_ids_and_its_specials_follow_the
     assert tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS) == list(range(first, first + len(SPECIAL_TOKENS)))
     for prompt, official in OFFICIAL_IDS.items():
         assert get_chat_format("longwriter_glm4").prompt_ids(tokenizer, prompt) == official
-        assert tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=False) == official  # what a server renders
+        if "<|" not in prompt and not prompt.startswith("\n"):  # a server renders text, then tokenizes it whole
+            assert tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=False) == official
         # the training format writes the newline after <|assistant|> itself
         assert get_chat_format("glm4").prompt_ids(tokenizer, prompt) == official + tokenizer.encode("\n")
         assert tokenizer.decode(official, skip_special_tokens=True) == "\n" + prompt
+    ids, mask = get_chat_format("glm4").tokenize(tokenizer, [{"role": "user", "content": PROMPT},
+                                                            {"role": "assistant", "content": "The river runs to the sea."}])
+    assert ids == OFFICIAL_TRAINING_IDS and mask == [0] * 16 + [1] * 8  # the answer and its EOS
 
 
 @pytest.mark.parametrize("batching", ["static", "continuous"])
