@@ -276,3 +276,18 @@ def test_a_complete_checkpoint_transformers_cannot_load_is_not_called_incomplete
     incomplete = shutil.copytree(tiny_model, tmp_path / "incomplete", ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(UserError, match="not a complete checkpoint: no weights in it"):
         build_model(model_cfg(incomplete), None, cache_dir=str(tmp_path / "cache"))
+
+
+def test_remote_code_that_fails_on_this_transformers_is_named_so(tiny_model, tmp_path):
+    odd = shutil.copytree(tiny_model, tmp_path / "odd-remote")
+    raw = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**raw, "model_type": "odd",
+                                                 "auto_map": {"AutoConfig": "configuration_odd.OddConfig"}}))
+    (odd / "configuration_odd.py").write_text(
+        "from transformers import PretrainedConfig\n\n\nclass OddConfig(PretrainedConfig):\n"
+        "    model_type = 'odd'\n\n    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n        self.length = self.max_length\n")
+    cfg = OmegaConf.merge(model_cfg(odd), {"trust_remote_code": True})
+    with pytest.raises(UserError, match=r"its remote code \(model.trust_remote_code=true\) failed under transformers "
+                                        r"5\.\d+\.\d+: AttributeError: 'OddConfig' object has no attribute 'max_length'"):
+        build_model(cfg, None, cache_dir=str(tmp_path / "cache"))

@@ -29,16 +29,23 @@ def _dtype(name: str) -> torch.dtype:
         raise UserError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
 
 
-def load_pretrained(load: Callable[[], T], path: str, setting: str = "model.path") -> T:
+def load_pretrained(load: Callable[[], T], path: str, setting: str = "model.path", remote_code: bool = False) -> T:
     """`load()`, a from_pretrained of `path` (a local checkpoint or a hub id), with a failure as one
     line: a local directory's missing file, what transformers could not do with a complete checkpoint,
-    or for a hub id where the hub cache is and the local alternative."""
+    or for a hub id where the hub cache is and the local alternative. `remote_code`: the load runs the
+    checkpoint's own code (trust_remote_code), whose failures of any kind are the checkpoint's."""
     from huggingface_hub import constants
 
     try:
         return load()
-    except (OSError, ValueError) as err:  # not found, offline, gated, a malformed id, an unloadable checkpoint
-        reason = first_line(err)
+    except Exception as err:  # noqa: BLE001 (not found, offline, gated, a malformed id, an unloadable checkpoint)
+        if not isinstance(err, (OSError, ValueError)) and not remote_code:
+            raise
+        reason = first_line(err) if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {first_line(err)}"
+        if remote_code and not isinstance(err, OSError):
+            raise UserError(f"{setting}={path}: its remote code (model.trust_remote_code=true) failed under "
+                            f"transformers {transformers_version}: {reason}; it was written for another "
+                            f"transformers (remote-code GLM-4 loads natively without it: docs/models.md)") from None
         local = Path(path).expanduser()
         if local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1:
             raise UserError(f"{setting}={path}: {_local_failure(local, reason)}") from None
@@ -72,6 +79,8 @@ def _local_failure(local: Path, reason: str) -> str:
             + (f"; it is remote code (config.json's auto_map): model.trust_remote_code=true runs it where it was "
                f"written for transformers {transformers_version}; remote-code GLM-4 loads natively without it "
                f"(docs/models.md)" if remote else ""))
+
+
 def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
     """The tokenizer of `path` (a checkpoint) or of the configured model."""
     path = path or model_cfg.path
@@ -79,7 +88,7 @@ def build_tokenizer(model_cfg, cache_dir: str, path: str | None = None):
         return tiny_tokenizer(cache_dir, model_cfg.tiny.family if model_cfg.tiny is not None else "word")
     path = native_checkpoint(path, cache_dir, weights=False)  # a remote-code GLM-4's converted tokenizer
     tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
-                                path)
+                                path, remote_code=model_cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation pads on the left; training collators pad themselves
@@ -103,11 +112,11 @@ def build_model(model_cfg, tokenizer, path: str | None = None, seed: int = 0, pa
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     if cache_dir is not None:
         path = native_checkpoint(path, cache_dir)
-    config = load_pretrained(lambda: AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code),
-                             path)
+    remote = model_cfg.trust_remote_code
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(path, trust_remote_code=remote), path, remote_code=remote)
     config = apply_config_overrides(config, model_cfg)
     return load_pretrained(lambda: AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code, **kwargs), path)
+        path, config=config, dtype=dtype, trust_remote_code=remote, **kwargs), path, remote_code=remote)
 
 
 def checkpoint_config(path: str, trust_remote_code: bool = False):
