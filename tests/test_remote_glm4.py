@@ -5,15 +5,15 @@ here from config fields and weight names (no remote .py files), through lw (docs
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_lw, run_lw
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
-from transformers import GlmConfig, GlmForCausalLM
-
-from helpers import compose_lw, run_lw
 from test_bad_inputs import user_error
+from transformers import GlmConfig, GlmForCausalLM
 
 from lw.config import GenerationConfig, ModelConfig
 from lw.errors import UserError
@@ -76,7 +76,7 @@ def native_from_same_tensors(remote) -> GlmForCausalLM:
         model.model.norm.weight.copy_(tensors["transformer.encoder.final_layernorm.weight"])
         model.lm_head.weight.copy_(tensors["transformer.output_layer.weight"])
         for i, layer in enumerate(model.model.layers):
-            def t(name):
+            def t(name, i=i):
                 return tensors[f"transformer.encoder.layers.{i}.{name}"]
             layer.input_layernorm.weight.copy_(t("input_layernorm.weight"))
             layer.post_attention_layernorm.weight.copy_(t("post_attention_layernorm.weight"))
@@ -98,7 +98,8 @@ def test_a_remote_checkpoint_loads_as_native_glm_with_the_same_logits(remote, lo
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, native_from_same_tensors(remote)(input_ids=ids).logits)
     converted = tokenizer.name_or_path
-    assert "auto_map" not in (converted_config := json.loads(open(f"{converted}/config.json").read()))
+    converted_config = json.loads((Path(converted) / "config.json").read_text())
+    assert "auto_map" not in converted_config
     assert converted_config["model_type"] == "glm"
 
 
@@ -154,9 +155,9 @@ def test_a_hub_id_loads_from_the_hub_cache_offline(remote, tmp_path):
     snapshot = f"{repo}/snapshots/{'0' * 40}"
     shutil.copytree(remote, snapshot, dirs_exist_ok=True)
     os.makedirs(f"{repo}/refs", exist_ok=True)
-    open(f"{repo}/refs/main", "w").write("0" * 40)
+    Path(f"{repo}/refs/main").write_text("0" * 40)
     native = native_checkpoint("THUDM/tiny-glm4", tmp_path / "cache")
-    assert json.loads(open(f"{native}/config.json").read())["architectures"] == ["GlmForCausalLM"]
+    assert json.loads((Path(native) / "config.json").read_text())["architectures"] == ["GlmForCausalLM"]
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 

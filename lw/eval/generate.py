@@ -279,8 +279,8 @@ class OpenAIBackend:
 
     async def request(self, client, item: dict) -> str:
         cfg = self.cfg
-        sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                        stop=list(cfg.stop) or None)
+        sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
+                    "stop": list(cfg.stop) or None}
         if self.served is None:
             return await llm.chat(client, self.endpoint, cfg.model, item["prompt"], top_k=cfg.top_k, **sampling)
         chat_format, tokenizer, stops = self.served
