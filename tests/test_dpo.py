@@ -281,6 +281,30 @@ def test_committed_dpo_miniature_results_say_what_its_readme_says():
         assert f"{value:.2f}" in readme
 
 
+def test_committed_five_seed_dpo_miniature_says_what_its_readme_says():
+    """experiments/dpo/README.md's 5-seed table and mean changes with their intervals are what
+    lw-compare's pairing gives on results/cpu_5seeds (each DPO run with the SFT run its config names)."""
+    import json
+
+    from helpers import REPO
+    from lw.report.seeds import detected_pairs, load_runs, paired_changes
+
+    results = REPO / "experiments" / "dpo" / "results" / "cpu_5seeds"
+    runs = load_runs(results, "toy_ruler")
+    per_seed, changes = paired_changes(runs, detected_pairs(runs))
+    rows = (REPO / "experiments" / "dpo" / "README.md").read_text().splitlines()
+    for seed in range(5):
+        pairs = json.loads((results / f"pairs_stats-seed-{seed}.json").read_text())["pairs"]
+        s_l, s_q = (per_seed[(per_seed["seed"] == seed) & (per_seed["metric"] == m)].iloc[0] for m in ("S_l", "S_q"))
+        assert any(r.startswith(f"| {seed} | {pairs} | {s_l.start_value:.2f} | {s_l.derived_value:.2f} | {s_l.change:+.2f} "
+                                f"| {s_q.start_value:.2f} | {s_q.derived_value:.2f} |") for r in rows), seed
+    means = {m: changes[changes["metric"] == m].iloc[0] for m in ("S_l", "S_q")}
+    assert (means["S_l"]["n"], means["S_q"]["n"]) == (5, 5)
+    mean_row = next(r for r in rows if r.startswith("| **mean change (95% CI)** |"))
+    for change in means.values():
+        assert f"**{change['mean']:+.2f} ({change['ci95_low']:+.2f}, {change['ci95_high']:+.2f})**" in mean_row
+
+
 def test_long_pairs_mix_with_a_general_set_by_count(tokenizer, tmp_path):
     """The paper mixed its long-writing pairs with general chat pairs: here a local stand-in for a
     binarized hub set (conversations as answers), taken by count, the long pairs whole."""

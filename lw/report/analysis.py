@@ -39,11 +39,11 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFrame:
-    """Every run's results.csv under `sweep_dir`, one frame."""
+    """Every run's results.csv under `sweep_dir`, one frame; `run_dir` says whose."""
     paths = sorted(Path(sweep_dir).glob("**/results.csv"))
     if not paths:
         raise MissingFile(f"no results.csv under {sweep_dir}")
-    frame = pd.concat([read_results(p) for p in paths], ignore_index=True)
+    frame = pd.concat([read_results(p).assign(run_dir=str(p.parent)) for p in paths], ignore_index=True)
     if benchmark is not None:
         if benchmark not in set(frame["benchmark"]):
             raise UserError(f"no results.csv under {sweep_dir} has benchmark {benchmark} (it has "
@@ -67,10 +67,10 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append({"run": run, "trainer": trainer, "cap": cap, "seed": seed, "max_output_words": int(group["produced"].max()),
                      "plateau_words": float(medians.max()), "tracking_error_within_cap": float(error),
                      "S_l": float(group["S_l"].mean())})
-    return pd.DataFrame(rows).sort_values(["cap", "trainer", "seed"], key=_trainer_order).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["cap", "trainer", "seed"], key=trainer_order).reset_index(drop=True)
 
 
-def _trainer_order(column: pd.Series) -> pd.Series:
+def trainer_order(column: pd.Series) -> pd.Series:
     """Trainers in the order a study chains them (SFT, then DPO), others after."""
     from lw.train.registry import TRAINERS
 
@@ -97,7 +97,7 @@ def plot_length_vs_data(frame: pd.DataFrame, path: str | Path, title: str = "len
     length vs cap, each seed a point, with y = x."""
     summary = summarize(frame)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    trainers = sorted(frame["trainer"].unique(), key=lambda t: _trainer_order(pd.Series([t], name="trainer"))[0])
+    trainers = sorted(frame["trainer"].unique(), key=lambda t: trainer_order(pd.Series([t], name="trainer"))[0])
     style = {t: i % len(LINE_STYLES) for i, t in enumerate(trainers)}
     caps = sorted(frame["cap"].unique())
     colors = plt.cm.viridis([i / max(len(caps) - 1, 1) for i in range(len(caps))])
