@@ -219,6 +219,15 @@ class GenerationBackend(StrEnum):
     openai = "openai"  # any OpenAI-compatible server (an API model, or `vllm serve`)
 
 
+class GenerationServer(StrEnum):
+    """generation.server, the kind of server generation=openai talks to."""
+
+    openai = "openai"  # chat completions, the server's chat template (any server)
+    # `vllm serve`'s completions on the chat format's token ids of model.path's tokenizer, with each
+    # item's seed, top_k and stop_token_ids
+    vllm = "vllm"
+
+
 class Batching(StrEnum):
     # transformers' paged-attention manager: a request starts as soon as the KV cache has room and is
     # saved the step it ends
@@ -244,6 +253,7 @@ class GenerationConfig:
     max_batch_tokens: int = 1024  # hf continuous: tokens per forward step (prompts are prefilled in chunks of it)
     memory_fraction: float = 0.8
     # openai: any OpenAI-compatible server (an API model, or `vllm serve`)
+    server: GenerationServer = GenerationServer.openai
     base_url: Optional[str] = None
     model: Optional[str] = None  # the served model's name
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key

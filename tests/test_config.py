@@ -83,7 +83,7 @@ def test_a_task_module_without_its_declaration_is_a_bug_named(monkeypatch):
     ("judge.kind", "none, openai, writingbench"), ("judge.scores", "integer, numeric"), ("judge.extraction", "lenient, official"),
     ("pairs.rule", "mean, length, quality"), ("agentwrite.missing_count", "keep, drop"),
     ("agentwrite.empty_paragraph", "drop, skip"), ("generation.backend", "hf, vllm, openai"),
-    ("generation.batching", "continuous, static"), ("logger.kind", "wandb, none"),
+    ("generation.batching", "continuous, static"), ("generation.server", "openai, vllm"), ("logger.kind", "wandb, none"),
     ("launcher.kind", "local, deepspeed, slurm"), ("launcher.runner", "torchrun, accelerate"),
     ("launcher.backend", "nccl, gloo"), ("plan.device", "cuda, cpu"), ("model.dtype", "bfloat16, float16, float32"),
     ("model.tiny.architecture", "llama, glm"), ("data.source", "toy, messages, mix, pairs, prompts"),
