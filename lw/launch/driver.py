@@ -368,8 +368,8 @@ def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Ex
     if set(failure.exit_codes) == {EXIT_PREEMPTED}:
         if failure.preemption is not None:
             failure.preemption.hand_over()  # under submitit: requeued, and this process ends here
-        return Preempted(f"node {topo.node_rank} of {topo.nnodes}: preempted (SIGUSR2), {last_checkpoint(run_dir)}; "
-                         f"rerun the same command to resume from it")
+        return Preempted(f"node {topo.node_rank} of {topo.nnodes}: preempted (SIGUSR2), "
+                         f"{last_checkpoint(run_dir, topo.world_size)}; rerun the same command to resume from it")
     user = _WORKER_USER_ERROR.search(failure.lines)
     if user and 2 in failure.exit_codes:
         return UserError(user.group(1).strip())
@@ -382,19 +382,18 @@ def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Ex
         line_end = failure.lines.find("\n", found.start())
         why = one_line(failure.lines[found.start():line_end if line_end >= 0 else None]).split(". ")[0][:200]
         return NodeLost(f"node {topo.node_rank} of {topo.nnodes} lost {lost} during training (rank {failure.rank}: "
-                        f"{why}); {last_checkpoint(run_dir)}; rerun the same command on every node to resume "
-                        f"(this node's log: {launch_dir(run_dir, topo.node_rank) / 'workers.log'})")
+                        f"{why}); {last_checkpoint(run_dir, topo.world_size)}; rerun the same command on every node "
+                        f"to resume (this node's log: {launch_dir(run_dir, topo.node_rank) / 'workers.log'})")
     return failure
 
 
-def last_checkpoint(run_dir: Path) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
-
+def last_checkpoint(run_dir: Path, world_size: int) -> str:
+    """The checkpoint a rerun resumes from: the newest complete one (a save cut short is passed over)."""
+    from lw.train.checkpoints import newest_complete
     from lw.train.fit import checkpoint_dir_of
 
-    checkpoints = checkpoint_dir_of(run_dir)
-    found = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    return f"the last checkpoint, {found}, is kept" if found else "no checkpoint was saved yet"
+    found = newest_complete(checkpoint_dir_of(run_dir), world_size, deepspeed=True)
+    return f"the last checkpoint, {found}, is kept" if found else "no complete checkpoint was saved yet"
 
 
 def is_first_node(launcher_cfg) -> bool:
