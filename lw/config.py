@@ -312,6 +312,9 @@ class LoggerConfig:
     name: Optional[str] = None  # null: the run's name
     tags: List[str] = field(default_factory=list)
     mode: Optional[str] = None  # null: online with WANDB_API_KEY, else offline
+    init_timeout: float = 15.0  # seconds wandb.init may wait for the server (W&B's own default: 90)
+    on_unreachable: str = "offline"  # offline: log offline and `wandb sync` later | fail: exit 2 before any work
+    finish_timeout: float = 60.0  # seconds the end of a run may wait for uploads; the rest stays on disk, syncable
 
 
 @dataclass
