@@ -71,15 +71,34 @@ def logger_cfg(**changes):
     return cfg
 
 
-def unreachable(monkeypatch, port: int) -> None:
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+@pytest.fixture
+def unreachable(monkeypatch):
+    """Point W&B at a loopback port with a fake key; W&B's service (which keeps the server's address
+    it started with) ends with the test, as it does with lw's process."""
+    def at(port: int) -> None:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+
+    yield at
+    wandb.teardown()
 
 
 @pytest.mark.slow  # starts W&B's service
-def test_an_unreachable_server_logs_offline_in_the_run_directory_in_one_warning(monkeypatch, tmp_path, caplog,
+def test_a_silent_server_with_on_unreachable_fail_is_one_line(unreachable, tmp_path, silent_port):
+    unreachable(silent_port)
+    with pytest.raises(UserError) as err:
+        start_tracker(logger_cfg(on_unreachable="fail"), {}, tmp_path, "run", "g")
+    message = str(err.value)
+    assert message.startswith(f"W&B server http://127.0.0.1:{silent_port} not reachable within 2 s (")
+    assert message.endswith("or set logger.on_unreachable=offline to log offline and upload later, or logger=none")
+    assert "\n" not in message and FAKE_KEY not in message
+    assert not list(tmp_path.glob("wandb/offline-run-*"))
+
+
+@pytest.mark.slow  # starts W&B's service
+def test_an_unreachable_server_logs_offline_in_the_run_directory_in_one_warning(unreachable, tmp_path, caplog,
                                                                                  refusing_port):
-    unreachable(monkeypatch, refusing_port)
+    unreachable(refusing_port)
     with caplog.at_level("WARNING", logger="lw.tracking"):
         tracker = start_tracker(logger_cfg(), {"lr": 1e-3, "judge": {"api_key": FAKE_KEY}}, tmp_path, "run", "g")
     (offline,) = tmp_path.glob("wandb/offline-run-*")
@@ -97,18 +116,6 @@ def test_an_unreachable_server_logs_offline_in_the_run_directory_in_one_warning(
     assert logged["config"]["lr"] == 1e-3 and logged["config"]["judge"] == {"api_key": "<redacted>"}
     written = [p for p in tmp_path.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
     assert written == []  # the key is nowhere on disk
-
-
-@pytest.mark.slow  # starts W&B's service
-def test_a_silent_server_with_on_unreachable_fail_is_one_line(monkeypatch, tmp_path, silent_port):
-    unreachable(monkeypatch, silent_port)
-    with pytest.raises(UserError) as err:
-        start_tracker(logger_cfg(on_unreachable="fail"), {}, tmp_path, "run", "g")
-    message = str(err.value)
-    assert message.startswith(f"W&B server http://127.0.0.1:{silent_port} not reachable within 2 s (")
-    assert message.endswith("or set logger.on_unreachable=offline to log offline and upload later, or logger=none")
-    assert "\n" not in message and FAKE_KEY not in message
-    assert not list(tmp_path.glob("wandb/offline-run-*"))
 
 
 @pytest.mark.parametrize("change, says", [
