@@ -95,8 +95,8 @@ def cut(path: Path, keep: float = 0.5) -> None:
 
 
 @pytest.mark.parametrize("carve, expected", [
-    # What a kill after the weights leaves: nothing after them.
-    (lambda c: [p.unlink() for p in c.iterdir() if p.name not in ("model.safetensors", "config.json")],
+    # What a kill after the weights leaves (LW_FAULT_KILL_IN_SAVE=weights): nothing written after them.
+    (lambda c: [(c / n).unlink() for n in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")],
      ["trainer_state.json (written last) missing or cut short"]),
     # What a kill before the trainer state leaves: all but it.
     (lambda c: (c / "trainer_state.json").unlink(), ["trainer_state.json (written last) missing or cut short"]),

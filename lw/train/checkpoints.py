@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import zipfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def kill_inside_save(trainer) -> None:
         if trainer.state.global_step == step and point == "weights":
             die("after the weights")
         if trainer.state.global_step == step and point == "optimizer":
-            with _torch_save_cut_halfway(die):
+            with _optimizer_file_cut_halfway(die):
                 return save_optimizer(output_dir)
         return save_optimizer(output_dir)
 
@@ -231,31 +232,28 @@ def kill_inside_save(trainer) -> None:
     trainer._save_optimizer_and_scheduler, trainer._save_rng_state = optimizer_and_scheduler, rng_state
 
 
-class _torch_save_cut_halfway:
-    """While active, torch.save of an optimizer file writes half its bytes, then the process dies."""
+@contextmanager
+def _optimizer_file_cut_halfway(die):
+    """While active, torch.save of an optimizer file writes half its bytes, flushed, then `die`s."""
+    import io
 
-    def __init__(self, die):
-        self.die = die
+    import torch
 
-    def __enter__(self):
-        import io
+    save = torch.save
 
-        import torch
+    def cut(obj, f, *args, **kwargs):
+        if "optim" not in Path(str(f)).name:
+            return save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        save(obj, buffer, *args, **kwargs)
+        with open(f, "wb") as out:
+            out.write(buffer.getvalue()[: buffer.tell() // 2])
+            out.flush()
+            os.fsync(out.fileno())
+            die(f"inside {Path(str(f)).name}")
 
-        self.torch, self.save = torch, torch.save
-
-        def save(obj, f, *args, **kwargs):
-            if "optim" not in Path(str(f)).name:
-                return self.save(obj, f, *args, **kwargs)
-            buffer = io.BytesIO()
-            self.save(obj, buffer, *args, **kwargs)
-            with open(f, "wb") as out:
-                out.write(buffer.getvalue()[: buffer.tell() // 2])
-                out.flush()
-                os.fsync(out.fileno())
-                self.die(f"inside {Path(str(f)).name}")
-
+    torch.save = cut
+    try:
+        yield
+    finally:
         torch.save = save
-
-    def __exit__(self, *exc):
-        self.torch.save = self.save
