@@ -180,7 +180,7 @@ class TrainerConfig:
 
 @dataclass
 class BenchmarkConfig:
-    kind: str = MISSING  # toy_ruler | longbench_write | longwrite_ruler
+    kind: str = MISSING  # toy_ruler | longbench_write | longwrite_ruler | writingbench_length
     file: Optional[str] = None  # null: the kind's official file (longbench_write_en.jsonl is the English half)
     lengths: List[int] = field(default_factory=list)
     topics: List[str] = field(default_factory=list)
@@ -223,14 +223,15 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    """The LLM judge of LongBench-Write's quality score S_q (none: S_l only)."""
+    """The LLM judge of LongBench-Write's quality score S_q (none: S_l only), or WritingBench's criteria judge."""
 
-    kind: str = "none"  # none | openai (any OpenAI-compatible endpoint)
+    kind: str = "none"  # none | openai (any OpenAI-compatible endpoint) | writingbench (its criteria, 1-10)
     # A prompt file with $INST$ and $RESPONSE$; null: LongBench-Write's own judge.txt (the paper's).
     template: Optional[str] = None
     base_url: Optional[str] = None
     model: Optional[str] = None
     temperature: float = 0.5
+    top_p: Optional[float] = None  # null: not sent (the server's default)
     max_tokens: Optional[int] = None  # null: the server's limit (the official judge: 1024)
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key
     concurrency: int = 16

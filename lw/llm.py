@@ -191,9 +191,11 @@ def transport_failure(err: BaseException, endpoint: Endpoint) -> tuple[str, bool
     return f"{type(err).__name__}: {err}", False
 
 
-async def chat(client: Client, endpoint: Endpoint, model: str, prompt: str, **sampling) -> str:
-    """One user turn -> the assistant's text ("" when the server returns no content)."""
-    text, _ = await chat_with_usage(client, endpoint, model, prompt, **sampling)
+async def chat(client: Client, endpoint: Endpoint, model: str, prompt: str, system: str | None = None,
+               **sampling) -> str:
+    """One user turn (after a system turn, when given) -> the assistant's text ("" when the server
+    returns no content)."""
+    text, _ = await chat_with_usage(client, endpoint, model, prompt, system=system, **sampling)
     return text
 
 
@@ -204,12 +206,13 @@ def usage_of(data: dict) -> dict:
     return {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
 
 
-async def chat_with_usage(client: Client, endpoint: Endpoint, model: str, prompt: str,
+async def chat_with_usage(client: Client, endpoint: Endpoint, model: str, prompt: str, system: str | None = None,
                           **sampling) -> tuple[str, dict]:
     """As `chat`, and the token usage the server reported: (text, {"prompt_tokens", "completion_tokens"})."""
     import aiohttp
 
-    payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
+    turns = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
+    payload = {"model": model, "messages": turns,
                **{k: v for k, v in sampling.items() if v is not None}}
     timeout = aiohttp.ClientTimeout(total=endpoint.timeout, sock_connect=min(CONNECT_TIMEOUT, endpoint.timeout))
     health = client.health

@@ -73,6 +73,10 @@ def _rates(cfg: DictConfig, family: str) -> dict:
 
 def plan_benchmark(cfg: DictConfig, name: str, bench: DictConfig, rates: dict, judge_rates: dict | None) -> dict:
     """Prompts and tokens of one benchmark, from its file when local, else from the official counts."""
+    if bench.kind == "writingbench_length":
+        from lw.eval.writingbench_score import plan_writingbench
+
+        return plan_writingbench(cfg, bench, rates, judge_rates)
     cap = cfg.generation.max_new_tokens
     judge_rates = judge_rates or {"en": 0.0, "zh": 0.0}
     template = _template_words(cfg, bench) * judge_rates["en"]

@@ -1,12 +1,15 @@
 """Fixtures and hooks; the helpers tests import are in helpers.py."""
 
 import os
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 # Light modules: nothing that reads HF_HOME or the W&B settings is imported before the fixture sets them.
-from helpers import find_official_dir, official_dirs, save_tiny_checkpoint
+from helpers import find_official_dir, find_writingbench_dir, official_dirs, save_tiny_checkpoint, writingbench_dirs
 from lw.testing.benchmark_files import write_benchmark_files
 
 
@@ -40,6 +43,16 @@ def official_bench_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_writingbench_dir() -> Path:
+    """The folder of WritingBench's length-subset files at the pinned commit; skipped when none has them."""
+    found = find_writingbench_dir()
+    if found is None:
+        pytest.skip("WritingBench's length-subset files not found (set LW_WRITINGBENCH_DIR, or put them in "
+                    + " or ".join(str(d) for d in writingbench_dirs()) + ")")
+    return found
+
+
+@pytest.fixture(scope="session")
 def bench_data_dir(tmp_path_factory) -> Path:
     """Benchmark-shaped files (lw.testing.benchmark_files) for `eval.<benchmark>.data_dir`: the
     official schema and counts, written by the test session itself."""
@@ -49,3 +62,26 @@ def bench_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A real HTTP server on loopback serving tmp_path/www, counting GETs."""
+    www = tmp_path / "www"
+    www.mkdir()
+    hits = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(www)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", www, hits
+    server.shutdown()
+    server.server_close()

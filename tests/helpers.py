@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 # (developers and CI), and the user's own download cache (where `lw` puts them on first use,
 # lw.eval.benchmarks.benchmark_file).
 _USER_BENCH_DIR = os.environ.get("LW_BENCH_DIR") or None
+_USER_WRITINGBENCH_DIR = os.environ.get("LW_WRITINGBENCH_DIR") or None  # WritingBench's length subset, likewise
 _USER_CACHE = Path(os.environ.get("LW_CACHE") or Path.home() / ".cache" / "lw").expanduser()
 
 
@@ -28,6 +29,20 @@ def find_official_dir() -> Path | None:
     from lw.eval.benchmarks import OFFICIAL_FILES
 
     return next((d for d in official_dirs() if all((d / n).is_file() for n in OFFICIAL_FILES)), None)
+
+
+def writingbench_dirs() -> list[Path]:
+    from lw.eval.writingbench import COMMIT
+
+    dirs = [REPO.parent / "shared" / "data" / "writingbench", _USER_CACHE / "benchmarks" / f"writingbench-{COMMIT[:10]}"]
+    return ([Path(_USER_WRITINGBENCH_DIR).expanduser()] if _USER_WRITINGBENCH_DIR else []) + dirs
+
+
+def find_writingbench_dir() -> Path | None:
+    """The first of writingbench_dirs() holding WritingBench's length-subset files, or None."""
+    from lw.eval.writingbench import FILES
+
+    return next((d for d in writingbench_dirs() if all((d / n).is_file() for n in FILES)), None)
 
 
 def compose_lw(*overrides: str):

@@ -3,10 +3,7 @@ them (where this machine has them), bad lines named, downloads checked."""
 
 import hashlib
 import json
-import threading
 from collections import Counter
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from omegaconf import OmegaConf
@@ -97,29 +94,6 @@ def test_missing_data_dir_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="longwrite_ruler.jsonl"):
         benchmark_file(OmegaConf.structured(BenchmarkConfig(kind="longwrite_ruler", data_dir=str(tmp_path))),
                        "longwrite_ruler.jsonl", "unused")
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    """A real HTTP server on loopback serving tmp_path/www, counting GETs."""
-    www = tmp_path / "www"
-    www.mkdir()
-    hits = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            hits.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(www)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", www, hits
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.slow

@@ -70,3 +70,27 @@ def test_agentwrite_against_transformers_serve(served):
     assert stats["instructions"] == 2 and stats["tokens_out"] == sum(s["usage"]["completion_tokens"] for s in steps)
     for row in map(json.loads, (run_dir / "agentwrite" / "data.jsonl").open()):
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+
+
+def test_writingbench_judge_against_transformers_serve(served, tmp_path):
+    """WritingBench's criteria judge (system turn, top_p, max_tokens) answered by a real server. A
+    random model writes no JSON: each reply is read, found unparseable and asked again, never scored."""
+    from omegaconf import OmegaConf
+
+    from lw.config import BenchmarkConfig, JudgeConfig
+    from lw.eval.benchmarks import load_items
+    from lw.eval.writingbench import judge_prompts
+    from lw.eval.writingbench_judge import CriteriaJudge, criterion_rows
+    from lw.testing.benchmark_files import write_writingbench_files
+
+    root, model_dir, base_url = served
+    bench = OmegaConf.structured(BenchmarkConfig(kind="writingbench_length",
+                                                 data_dir=str(write_writingbench_files(tmp_path / "wb"))))
+    rows = criterion_rows([{**load_items(bench, str(tmp_path))[0], "response": "A short note on parks."}])[:1]
+    cfg = OmegaConf.structured(JudgeConfig(kind="writingbench", base_url=base_url, model=str(model_dir),
+                                           temperature=1.0, top_p=0.95, max_tokens=8, attempts=2, concurrency=1))
+    answered = (root / "serve.log").read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+    (judgement,) = CriteriaJudge(cfg, judge_prompts(bench, str(tmp_path)), tmp_path / "judge.jsonl").judge(rows)
+    assert judgement["status"] == "unparseable" and judgement["score"] is None and judgement["attempts"] == 2
+    assert isinstance(judgement["reply"], str) and "not JSON" in judgement["error"]
+    assert (root / "serve.log").read_text().count('"POST /v1/chat/completions HTTP/1.1" 200') == answered + 2

@@ -150,6 +150,10 @@ def toy_ruler_items(bench_cfg) -> list[dict]:
 def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
     if bench_cfg.kind == "toy_ruler":
         items = toy_ruler_items(bench_cfg)
+    elif bench_cfg.kind == "writingbench_length":
+        from lw.eval.writingbench import load_writingbench_items
+
+        return load_writingbench_items(bench_cfg, cache_dir)
     elif bench_cfg.kind in DEFAULT_FILES:
         if cache_dir is None:
             raise UserError(f"benchmark {bench_cfg.kind} needs a cache_dir or data_dir")
@@ -162,7 +166,7 @@ def load_items(bench_cfg, cache_dir: str | None = None) -> list[dict]:
                  for item in items for k in range(bench_cfg.samples_per_prompt)]
     else:
         raise UserError(f"unknown benchmark kind {bench_cfg.kind!r}; "
-                         f"choose toy_ruler, {', '.join(DEFAULT_FILES)}")
+                         f"choose toy_ruler, {', '.join(DEFAULT_FILES)}, writingbench_length")
     return items[: bench_cfg.limit] if bench_cfg.limit else items
 
 

@@ -113,6 +113,14 @@ class HfBackend:
     def generation_config(self):
         return hf_generation_config(self.cfg, self.stop_ids, self.tokenizer.pad_token_id)
 
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def prompt_length(self, prompt: str) -> int:
+        """The prompt's tokens in the model's chat format."""
+        return len(self.chat_format.prompt_ids(self.tokenizer, prompt))
+
     def _max_new(self, prompt_tokens: int) -> int:
         context = getattr(self.model.config, "max_position_embeddings", None)
         max_new = self.cfg.max_new_tokens if context is None else min(self.cfg.max_new_tokens, context - prompt_tokens)
@@ -191,6 +199,7 @@ class VllmBackend:
         self.tokens_prompt = TokensPrompt
         self.seed = seed
         self.batch_size = gen_cfg.batch_size
+        self.max_model_len = gen_cfg.max_model_len
         overrides = dict(model_cfg.config_overrides)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=model_cfg.dtype, seed=seed,
                        trust_remote_code=model_cfg.trust_remote_code,
@@ -202,6 +211,16 @@ class VllmBackend:
                                      top_k=gen_cfg.top_k or -1,  # -1: no top-k cut
                                      max_tokens=gen_cfg.max_new_tokens, seed=seed,
                                      stop_token_ids=stops, skip_special_tokens=True)
+
+    @property
+    def context_length(self) -> int | None:
+        try:
+            return self.llm.llm_engine.model_config.max_model_len
+        except AttributeError:  # vLLM's engine layout differs between versions
+            return self.max_model_len
+
+    def prompt_length(self, prompt: str) -> int:
+        return len(self.chat_format.prompt_ids(self.tokenizer, prompt))
 
     def generate(self, items: list[dict], save: Save) -> list:
         for start in range(0, len(items), self.batch_size):

@@ -217,10 +217,19 @@ class Judge:
             raise UserError(f"judge.max_tokens must be at least 1 (or null), got {judge_cfg.max_tokens}")
         self.cfg = judge_cfg
         self.template = template
+        self.system: str | None = None  # a system turn before each judge prompt (none for LongBench-Write's)
         self.cache_path = Path(cache_path) if cache_path else None
         # A missing key or URL fails here, before any request.
         self.endpoint = llm.Endpoint(judge_cfg.base_url, judge_cfg.api_key_env, judge_cfg.timeout, judge_cfg.retries,
                                      "judge")
+
+    def fill(self, row: dict) -> str:
+        """The judge prompt of a row {"prompt", "response"}."""
+        return judge_prompt(self.template, row["prompt"], row["response"])
+
+    def key(self, filled: str) -> str:
+        """The cache key of a filled judge prompt."""
+        return cache_key(self.cfg.model, filled)
 
     def read(self, reply: str, seen: dict | None = None) -> dict:
         """A reply read under this judge's rules: status, scores or error, and the differences
@@ -237,7 +246,7 @@ class Judge:
         cfg, verdict = self.cfg, {}
         for attempts in range(1, cfg.attempts + 1):
             reply = await llm.chat(client, self.endpoint, cfg.model, prompt, temperature=cfg.temperature,
-                                   max_tokens=cfg.max_tokens)
+                                   top_p=cfg.get("top_p"), max_tokens=cfg.max_tokens, system=self.system)
             verdict = {**self.read(reply, verdict), "reply": reply, "attempts": attempts}
             if verdict["status"] == OK:
                 return verdict
@@ -261,8 +270,8 @@ class Judge:
         """One judgement per row, in order: {"id", "status", "scores", "reply", "error", "attempts",
         "non_integer", "extraction_differs"}."""
         cfg = self.cfg
-        filled = {row["id"]: judge_prompt(self.template, row["prompt"], row["response"]) for row in rows}
-        keys = {row["id"]: cache_key(cfg.model, filled[row["id"]]) for row in rows}
+        filled = {row["id"]: self.fill(row) for row in rows}
+        keys = {row["id"]: self.key(filled[row["id"]]) for row in rows}
         cache = self._cached()
         todo = [row for row in rows if keys[row["id"]] not in cache]
         if len(todo) < len(rows):

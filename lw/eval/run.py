@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from lw.eval.benchmarks import judge_template, parse_length, subset_of
+from lw.eval.writingbench import KIND as WRITINGBENCH
 from lw.eval.judge import DIMENSIONS, build_judge
 from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
@@ -33,9 +34,28 @@ def judge_for(cfg, bench_cfg, cache_path: Path | None = None):
     Built before generation, so a missing key or template fails before hours of sampling. Its
     judgements are cached by judge model under cache_dir/judge, or appended to cache_path when given.
     """
+    if bench_cfg.kind == WRITINGBENCH:
+        return writingbench_judge(cfg, bench_cfg)
     if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
         return None
+    if cfg.judge.kind == "writingbench":
+        log.warning("judge=writingbench scores WritingBench's criteria, not LongBench-Write's S_q: %s reports "
+                    "S_l only", bench_cfg.kind)
+        return None
     return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir, cache_path)
+
+
+def writingbench_judge(cfg, bench_cfg):
+    """WritingBench's criteria judge with the official prompts (judge=writingbench), else None."""
+    from lw.eval.writingbench import judge_prompts
+    from lw.eval.writingbench_judge import KIND, build_criteria_judge
+
+    if cfg.judge.kind != KIND:
+        if cfg.judge.kind != "none":
+            log.warning("%s's criteria are scored by judge=writingbench, not judge.kind=%s: its R and C are "
+                        "not computed", WRITINGBENCH, cfg.judge.kind)
+        return None
+    return build_criteria_judge(cfg.judge, judge_prompts(bench_cfg, cfg.cache_dir), cfg.cache_dir)
 
 
 def longbench_judge(cfg, cache_path: Path | None = None):
@@ -65,8 +85,13 @@ def judge_prompt_template(cfg, bench_cfg) -> str:
 
 
 def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tracker, judge=None,
-                    title: str = "") -> tuple[dict, list[dict]]:
-    """Metrics (flat keys) and scored rows; writes judgements.jsonl and the scatter under bench_dir."""
+                    title: str = "", skipped: int = 0) -> tuple[dict, list[dict]]:
+    """Metrics (flat keys) and scored rows; writes judgements.jsonl and the scatter under bench_dir.
+    `skipped`: the items set aside as longer than the model's context (WritingBench)."""
+    if bench_cfg.kind == WRITINGBENCH:
+        from lw.eval.writingbench_score import score_writingbench
+
+        return score_writingbench(name, rows, bench_dir, tracker, judge, skipped)
     prefix = metric_prefix(bench_cfg.kind, name)
     rows = [{**r, "required": r["length"]} for r in score_lengths(rows)]
     bench_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +158,9 @@ def read_predictions(path: str | Path) -> list[dict]:
 
 # --- a run's evaluation: shared by task=train (the trained model) and task=eval ----------------------
 
-RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l"]
+# R and C: WritingBench's per-query scores (1-10; blank for other benchmarks), whose S_l is lw's length
+# score against the query's parsed requirement (blank where none parsed).
+RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l", "R", "C"]
 
 
 def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str = "none") -> dict:
@@ -154,13 +181,19 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
     for name, (bench_cfg, items, judge) in benchmarks.items():
         bench_dir = run_dir / "eval" / name
         prefix = metric_prefix(bench_cfg.kind, name)
+        skipped = []
+        if bench_cfg.kind == WRITINGBENCH:
+            from lw.eval.writingbench_score import drop_overlong
+
+            items, skipped = drop_overlong(backend, items, bench_dir)
         try:
             rows = generate(backend, items, bench_dir / "predictions.jsonl")
         except GenerationFailed as err:  # not scored: a score of part of a benchmark would mislead
             metrics.update({f"{prefix}/generation_failed": err.failed, f"{prefix}/n": err.total})
             problems.append(f"{name}: {err}")
             continue
-        bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name)
+        bench_metrics, rows = score_benchmark(name, bench_cfg, rows, bench_dir, tracker, judge, cfg.run_name,
+                                              len(skipped))
         metrics.update(bench_metrics)
         results += result_rows(cfg, name, rows, trainer)
         problems += judge_problems(name, prefix, bench_metrics, bench_dir)
@@ -174,15 +207,17 @@ def judge_problems(name: str, prefix: str, metrics: dict, bench_dir: Path) -> li
     failed = metrics.get(f"{prefix}/judge_failed", 0)
     if not failed:
         return []
-    return [f"{name}: {failed} of {metrics[f'{prefix}/n']} judge requests failed after their retries (see "
-            f"{bench_dir / 'judgements.jsonl'}), S_q leaves them out; finished judgements are cached: rerun the "
+    asked = sum(metrics.get(f"{prefix}/judge_{k}", 0) for k in ("judged", "unparseable", "failed"))
+    return [f"{name}: {failed} of {asked or metrics[f'{prefix}/n']} judge requests failed after their retries (see "
+            f"{bench_dir / 'judgements.jsonl'}), the scores leave them out; finished judgements are cached: rerun the "
             f"same command to ask only for the rest"]
 
 
 def result_rows(cfg, name: str, rows: list[dict], trainer: str = "none") -> list[dict]:
     """results.csv's rows of one benchmark: one per scored item."""
     return [{"run": cfg.run_name, "trainer": trainer, "benchmark": name, "id": r["id"], "cap": cfg.data.max_output_words,
-             "seed": cfg.seed, "required": r["length"], "produced": r["produced"], "S_l": round(r["S_l"], 4)}
+             "seed": cfg.seed, "required": r["length"], "produced": r["produced"],
+             "S_l": None if r["S_l"] is None else round(r["S_l"], 4), "R": r.get("R"), "C": r.get("C")}
             for r in rows]
 
 

@@ -232,3 +232,41 @@ def _judged(run) -> str:
     if pd.isna(run.get("judged")) or pd.isna(run.get("n")):
         return ""
     return f"{int(run['judged'])}/{int(run['n'])}"
+
+
+# ------------------------------------------------------------------ WritingBench's length subset
+
+WRITINGBENCH_SCORES = (("", "R"), ("", "C"), ("en/", "R"), ("en/", "C"), ("zh/", "R"), ("zh/", "C"))
+
+
+def load_writingbench_runs(sweep_dir: str | Path, benchmark: str = "writingbench_length") -> pd.DataFrame:
+    """One row per run directory under `sweep_dir` with `benchmark`'s metrics: the official R and C
+    (x10, as the leaderboard shows them) overall, per language and per domain1, and lw's length score."""
+    from omegaconf import OmegaConf
+
+    rows = []
+    for metrics_path in sorted(Path(sweep_dir).glob("**/metrics.json")):
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{metrics_path}: not a metrics.json ({one_line(err)}); remove it from the sweep or "
+                            "rerun that run's evaluation") from None
+        if f"{benchmark}/lw_length_parse_rate" not in metrics:
+            continue
+        config_path = metrics_path.parent / ".hydra" / "config.yaml"
+        model = OmegaConf.load(config_path).model.get("name") if config_path.is_file() else None
+        row = {"run": metrics_path.parent.name, "model": model,
+               **{f"{group}{score}": metrics.get(f"{benchmark}/{group}{score}_x10")
+                                                   for group, score in WRITINGBENCH_SCORES}}
+        domains = sorted({key.split("/")[2] for key in metrics if key.startswith(f"{benchmark}/domain1/")})
+        row.update({f"{d} R": metrics.get(f"{benchmark}/domain1/{d}/R_x10") for d in domains})
+        row.update({"lw S_l": metrics.get(f"{benchmark}/lw_S_l"),
+                    "lw parsed": f"{metrics[f'{benchmark}/lw_length_parsed']}/{metrics[f'{benchmark}/n']}",
+                    "scored": f"{metrics.get(f'{benchmark}/queries_scored', 0)}/{metrics[f'{benchmark}/n']}",
+                    "skipped": metrics.get(f"{benchmark}/skipped_context", 0)})
+        rows.append(row)
+    if not rows:
+        raise MissingFile(f"no run under {sweep_dir} has {benchmark} scores (metrics.json with "
+                          f"{benchmark}/lw_length_parse_rate)")
+    frame = pd.DataFrame(rows)
+    return frame.rename(columns={"R": "R x10", "C": "C x10", "en/R": "en R", "en/C": "en C", "zh/R": "zh R", "zh/C": "zh C"})

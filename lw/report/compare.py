@@ -5,6 +5,9 @@ SWEEP_DIR/comparison.md (tables) and SWEEP_DIR/comparison.png (length vs data). 
 --wandb-report it also builds a W&B report of the sweep's group (needs the wandb-workspaces
 package and a login); --dry-run builds it without saving.
 
+WritingBench's length subset (--benchmark writingbench_length): SWEEP_DIR/writingbench_length_table.md
+and .csv beside it, the official R and C x10 overall, per language and per domain1, and lw's own length score.
+
 LongBench-Write (--benchmark longbench_write or longbench_write_en, e.g. after
 `lw experiment=longbench_write_table`): SWEEP_DIR/<benchmark>_table.md and .csv, the paper's
 layout (S, S_l, S_q overall and per length subset, one row per run) with the paper's reported
@@ -19,8 +22,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from lw.errors import UserError, fail, one_line_errors
-from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, longbench_table, median_table,
-                                plot_length_vs_data, summarize)
+from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, load_writingbench_runs,
+                                longbench_table, median_table, plot_length_vs_data, summarize)
 
 
 def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -56,6 +59,24 @@ def write_longbench_table(sweep_dir: Path, benchmark: str = "longbench_write") -
         "S = (S_l + S_q) / 2; S_l the length score, S_q the judge's quality score (docs/science.md section 2). "
         f"Rows marked paper: the paper's reported numbers ({SOURCE}; lw/report/paper_results.py), blank where "
         "no source was at hand. `judged`: judgements scored / answers (the rest failed or never parsed).\n\n"
+        + table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".1f", missingval="")
+        + "\n")
+    return markdown, csv_path
+
+
+def write_writingbench_table(sweep_dir: Path, benchmark: str = "writingbench_length") -> tuple[Path, Path]:
+    """SWEEP_DIR/<benchmark>_table.md and .csv: WritingBench's scores of the sweep's runs, one row per run."""
+    table = load_writingbench_runs(sweep_dir, benchmark)
+    csv_path = sweep_dir / f"{benchmark}_table.csv"
+    table.to_csv(csv_path, index=False)
+    markdown = sweep_dir / f"{benchmark}_table.md"
+    markdown.write_text(
+        f"# {sweep_dir.name}: {benchmark}\n\n"
+        "WritingBench's official scores x10, as its leaderboard shows them (docs/science.md, \"WritingBench's length "
+        "subset\"): R the mean of the query means, C the mean of the length criteria; overall, per language and "
+        "per domain1 (R). `scored`: queries with every criterion judged / queries generated (the rest are left out); "
+        "`skipped`: queries longer than the model's context. `lw S_l` is lw's own length score against the length "
+        "parsed from each query (`lw parsed` of them), not the benchmark's.\n\n"
         + table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".1f", missingval="")
         + "\n")
     return markdown, csv_path
@@ -101,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="lw-compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (multirun/<time>)")
     parser.add_argument("--benchmark", default="toy_ruler",
-                        help="benchmark name in results.csv; longbench_write(_en): the paper's table")
+                        help="benchmark name in results.csv; longbench_write(_en): the paper's table; "
+                             "writingbench_length: WritingBench's table")
     parser.add_argument("--wandb-report", action="store_true", help="also build a W&B report of the group")
     parser.add_argument("--project", default="lw")
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"))
@@ -116,6 +138,10 @@ def compare(args: argparse.Namespace) -> None:
     """lw-compare's work, on its parsed arguments."""
     if not args.sweep_dir.is_dir():
         raise UserError(f"{args.sweep_dir}: no such directory; give lw-compare a sweep's directory (multirun/<time>)")
+    if args.benchmark.startswith("writingbench"):
+        markdown, csv_path = write_writingbench_table(args.sweep_dir, args.benchmark)
+        print(f"lw-compare: wrote {markdown} and {csv_path}")
+        return
     if args.benchmark.startswith("longbench_write"):
         markdown, csv_path = write_longbench_table(args.sweep_dir, args.benchmark)
         print(f"lw-compare: wrote {markdown} and {csv_path}")

@@ -1,4 +1,5 @@
-"""task=score: score.predictions (a JSONL of prompt, type, length, response) without any model."""
+"""task=score: score.predictions (a JSONL of prompt, type, length, response; for WritingBench its
+official responses file of index and response) without any model."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
     name = cfg.score.benchmark
     bench_cfg = cfg.eval[name] if name in cfg.eval else OmegaConf.structured(BenchmarkConfig(kind=name))
-    rows = read_predictions(cfg.score.predictions)
+    if bench_cfg.kind == "writingbench_length":  # its official responses file: {"index", "response"}
+        from lw.eval.benchmarks import load_items
+        from lw.eval.writingbench import read_responses
+
+        rows = read_responses(cfg.score.predictions, load_items(bench_cfg, cfg.cache_dir))
+    else:
+        rows = read_predictions(cfg.score.predictions)
     metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
                                     judge_for(cfg, bench_cfg), cfg.run_name)
     write_results(run_dir, result_rows(cfg, name, rows))

@@ -96,3 +96,59 @@ def write_benchmark_files(data_dir: Path) -> Path:
     _write_jsonl(data_dir / "longwrite_ruler.jsonl", longwrite_ruler_rows())
     (data_dir / "judge.txt").write_text(JUDGE_TEMPLATE, encoding="utf-8")
     return data_dir
+
+
+# --- WritingBench's length subset, in its schema (lw.eval.writingbench), none of its text -------------
+
+WRITINGBENCH_QUERIES = (  # (query, domain1): English and Chinese, each stating a length
+    ("Write a 120-word note about city parks for a newsletter.", "Education"),
+    ("Write a story about night trains, between 200 and 300 words.", "Literature & Arts"),
+    ("写一篇关于养蜂的短文，不少于150字。", "Literature & Arts"),
+    ("Write a memo on paper mills of no less than 100 words.", "Finance & Business"),
+    ("写一段介绍灯塔的文字，字数控制在80-120字之间。", "Education"),
+    ("Write a poem about kites, about ten lines long.", "Literature & Arts"),
+)
+WRITINGBENCH_CRITERIA = ("Relevance", "Structure", "Style", "Detail", "Length")
+WRITINGBENCH_PROMPT = '''# A judge prompt of the official prompt.py's shape (two string assignments, .strip()), not its text.
+evaluate_system = """
+You grade writing.
+""".strip()
+
+evaluate_prompt = """
+Grade the Response to the Query on the one Criteria below from 1 to 10.
+Answer only with JSON: {{"score": an integer from 1 to 10, "reason": "why"}}
+
+** Criteria **
+```{criteria}```
+
+** Query **
+```{query}```
+
+** Response **
+```{response}```
+""".strip()
+'''
+
+
+def writingbench_rows() -> tuple[list[dict], list[dict]]:
+    """(length_subset.jsonl rows, length_subset_C.jsonl rows): five criteria per query; the last
+    criterion is the length one, and the second query lists two (as four official queries do)."""
+    rows, c_rows = [], []
+    for i, (query, domain) in enumerate(WRITINGBENCH_QUERIES):
+        checklist = [{"name": f"{name}_{i}", "criteria_description": f"How well the response does {name.lower()}.",
+                      **{band: f"{band} points." for band in ("1-2", "3-4", "5-6", "7-8", "9-10")}}
+                     for name in WRITINGBENCH_CRITERIA]
+        rows.append({"index": 100 + i, "domain1": domain, "domain2": "Notes", "query": query, "checklist": checklist})
+        c_rows.append({**rows[-1], "checklist": checklist[-2:] if i == 1 else checklist[-1:]})
+    return rows, c_rows
+
+
+def write_writingbench_files(data_dir: Path) -> Path:
+    """length_subset.jsonl, length_subset_C.jsonl and prompt.py under `data_dir` (created)."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rows, c_rows = writingbench_rows()
+    _write_jsonl(data_dir / "length_subset.jsonl", rows)
+    _write_jsonl(data_dir / "length_subset_C.jsonl", c_rows)
+    (data_dir / "prompt.py").write_text(WRITINGBENCH_PROMPT, encoding="utf-8")
+    return data_dir
