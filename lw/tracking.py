@@ -69,13 +69,13 @@ class WandbTracker(Tracker):
                 log.warning("W&B: no WANDB_API_KEY in the environment, logging offline under %s "
                             "(upload later with `wandb sync`)", run_dir / "wandb")
         run_dir.mkdir(parents=True, exist_ok=True)
-        # Bounded waits: at the start for the server, at the end for uploads (what is left stays on disk).
         # Two waits on the server outside init_timeout and finish_timeout: wandb's "logged in as"
         # lookup (about 10 s more at the start when it cannot be reached; the user's name is all it
         # gives), and wandb's own usage reports, sent at the process's exit (10 s a try). The user's
         # WANDB_ERROR_REPORTING=true is kept.
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         wandb.setup(settings=wandb.Settings(x_disable_viewer=True))
+        # Bounded waits: at the start for the server, at the end for uploads (what is left stays on disk).
         settings = wandb.Settings(init_timeout=float(logger_cfg.init_timeout),
                                   finish_timeout=float(logger_cfg.finish_timeout))
         init = dict(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
