@@ -7,7 +7,7 @@ timeout and keeps going when one fails). Every stage merges its figures into one
             `attn_implementation: auto`, bf16, activation checkpointing, under the DeepSpeed config --ds
             (zero3: no offload; zero3_offload: optimizer states and parameters to the host, torch
             AdamW; zero3_offload_cpuadam: the same with DeepSpeed's CPU Adam). It records tokens/s, MFU
-            from per-sample FLOPs (lw/launch/flops.py) and where each step's time goes (the engine's
+            from per-sample FLOPs (lw/plan/flops.py) and where each step's time goes (the engine's
             forward, backward and optimizer step, timed apart).
   generate  generation=hf on the full-depth architecture: static batches vs continuous batching on
             LongBench-Write's spread of answer lengths (scaled down, EOS ignored), batch-1 decode
@@ -167,10 +167,10 @@ def train(args) -> int:
     from trl import SFTConfig
 
     from lw.data.packing import PackCollator
-    from lw.launch.flops import train_flops
     from lw.launch.topology import single_process_env
     from lw.models import attention_implementation, parameter_counts, use_attention
     from lw.models.tiny import tiny_tokenizer
+    from lw.plan.flops import train_flops
     from lw.train.sft import LwSFTTrainer
     from lw.train.worker import skip_cpu_shm_comm
 
@@ -249,7 +249,7 @@ def throughput(steps: list[dict], warmup: int, config, counts: dict, train_flops
     flops = sum(train_flops(config, counts["total"], counts["embedding"], s["lengths"]) for s in timed)
     peak = peak_flops()
     return {
-        "flops_convention": "lw.launch.flops.train_flops: 6 x matmul parameters a token + 12 x layers x heads x "
+        "flops_convention": "lw.plan.flops.train_flops: 6 x matmul parameters a token + 12 x layers x heads x "
                             "head_dim x the causal pairs within each sample (not the pack's dense square)",
         "samples_per_pack": [len(s["lengths"]) for s in steps], "real_tokens_per_step": [sum(s["lengths"]) for s in
                                                                                           steps],
@@ -267,12 +267,12 @@ def dpo(args) -> int:
     import deepspeed
     import torch
     from datasets import Dataset
+    from trl import DPOConfig
 
     from lw.launch.topology import single_process_env
     from lw.models.tiny import tiny_tokenizer
     from lw.train.dpo import LwDPOTrainer
     from lw.train.worker import skip_cpu_shm_comm
-    from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
     single_process_env()

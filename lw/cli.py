@@ -13,8 +13,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lw.config import register_configs
-from lw.launch.topology import node_suffix
 from lw.errors import EXIT_INCOMPLETE, Incomplete, UserMistake, end_program, fail, one_line
+from lw.launch.topology import node_suffix
+from lw.run_dir import INCOMPLETE_MARK, incomplete_mark
 from lw.tracking import is_secret_key
 
 # Settings that name a file or folder: their value enters run names by its last component.
@@ -83,7 +84,6 @@ _full_error = False  # the user asked for tracebacks (HYDRA_FULL_ERROR=1); set b
 _incomplete_jobs: list[str] = []  # a multirun's jobs that ended incomplete: the sweep goes on, lw exits 3
 # In an incomplete job's run directory: its one line. Jobs may run in other processes (hydra/launcher=
 # submitit_local or submitit_slurm), so the sweep's own process learns of them from these files.
-INCOMPLETE_MARK = "lw_incomplete.txt"
 
 
 class SweepOutcomes(Callback):
@@ -96,13 +96,14 @@ class SweepOutcomes(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> None:
-    from lw.pipeline import run  # heavy imports after --help and config errors
     from hydra.core.hydra_config import HydraConfig
+
+    from lw.pipeline import run  # heavy imports after --help and config errors
 
     # main() set HYDRA_FULL_ERROR so that Hydra hands composition errors to it; the run's child
     # processes (training workers) must not inherit that, so it is unset while the task runs.
     saved = os.environ.pop("HYDRA_FULL_ERROR", None)
-    mark = Path(HydraConfig.get().runtime.output_dir) / INCOMPLETE_MARK
+    mark = incomplete_mark(HydraConfig.get().runtime.output_dir)
     mark.unlink(missing_ok=True)  # an earlier attempt's
     try:
         run(cfg)

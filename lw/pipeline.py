@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lw.errors import EXIT_DONE, EXIT_INCOMPLETE, Incomplete, UserError
+from lw.run_dir import metrics_file
 from lw.tasks import task_module
 from lw.tracking import Tracker, check_logger, start_tracker
 
@@ -84,7 +85,7 @@ def run_tracked(task, cfg: DictConfig, run_dir: Path, tracker: Tracker, tokenize
 def write_metrics(metrics: dict, start: float, run_dir: Path, tracker: Tracker) -> None:
     metrics["time/total_seconds"] = round(time.time() - start, 1)
     tracker.summary(metrics)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    metrics_file(run_dir).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     log.info("results in %s", run_dir.resolve())
 
 

@@ -7,7 +7,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+
 from lw.errors import UserError
+from lw.run_dir import wandb_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class WandbTracker(Tracker):
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             if mode == "offline":
                 log.warning("W&B: no WANDB_API_KEY in the environment, logging offline under %s "
-                            "(upload later with `wandb sync`)", run_dir / "wandb")
+                            "(upload later with `wandb sync`)", wandb_dir(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         # Two waits on the server outside init_timeout and finish_timeout: wandb's "logged in as"
         # lookup (about 10 s more at the start when it cannot be reached; the user's name is all it

@@ -83,3 +83,12 @@ def save_tiny_checkpoint(path: Path, **generation) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def training_plan(cfg, run_dir: Path) -> dict:
+    """The plan task=train's dry run builds, from the trainer and launch command it hands the planner."""
+    from lw.launch.driver import launch_command
+    from lw.plan.training import build_plan
+    from lw.train.registry import trainer_for
+
+    return build_plan(cfg, trainer_for(cfg), launch_command(cfg, run_dir))

@@ -11,15 +11,28 @@ import time
 
 import pytest
 
-from helpers import compose_lw, run_lw
 from lw.errors import Incomplete
-from lw.tasks.agentwrite import (Dropped, Step, answer_drop, clean_paragraph, count_drop, count_written, new_stats,
-                                 outline_drop, outline_prompt, parse_outline, read_instructions, sha256, write_prompt)
+from lw.jsonl import read_resumable
+from lw.tasks.agentwrite import (
+    Dropped,
+    Step,
+    answer_drop,
+    clean_paragraph,
+    count_drop,
+    count_written,
+    new_stats,
+    outline_drop,
+    outline_prompt,
+    parse_outline,
+    read_instructions,
+    sha256,
+    write_prompt,
+)
 from lw.tasks.agentwrite import run as run_agentwrite
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
-from lw.jsonl import read_resumable
 from lw.tracking import Tracker
 
+from helpers import compose_lw, run_lw
 
 # --- the outline parser ------------------------------------------------------------------------------
 
@@ -179,7 +192,8 @@ def test_agentwrite_end_to_end(tmp_path):
     assert "字数" in user_text(next(r["body"] for r in requests if "长城" in user_text(r["body"])))  # Chinese prompt
     from collections import Counter
 
-    from lw.data.sources import clean_rows, read_jsonl as read_training_rows
+    from lw.data.sources import clean_rows
+    from lw.data.sources import read_jsonl as read_training_rows
 
     trainable = list(clean_rows(read_training_rows(run_dir / "agentwrite/data.jsonl"), "auto", "error", Counter()))
     assert len(trainable) == 3  # what `data=jsonl data.path=...` reads, every row accepted

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lw
-
 from lw import llm
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+
+from helpers import run_lw
 
 KEY = "sk-bad-inputs-test-key"
 

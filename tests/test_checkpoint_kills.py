@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from lw.errors import UserError
-from lw.train.checkpoints import (KILL_POINT_ENV, KILL_STEP_ENV, cut_short, newest_complete, resume_checkpoint,
-                                  what_is_torn)
+from lw.train.checkpoints import (
+    KILL_POINT_ENV,
+    KILL_STEP_ENV,
+    cut_short,
+    newest_complete,
+    resume_checkpoint,
+    what_is_torn,
+)
 
 from helpers import run_lw
 

@@ -156,7 +156,8 @@ from trl import SFTConfig, SFTTrainer
 
 from lw.config import TrainerConfig
 from lw.train import sft
-from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.run_dir import checkpoint_dir
+from lw.train.fit import fit_and_save
 from lw.train.registry import trainer_config, trl_args
 
 
@@ -177,7 +178,7 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> SFTConfig:
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
     (Path(run_dir) / "note.txt").write_text(trainer_config(cfg).note)
-    trainer = SFTTrainer(model=model, args=training_args(cfg, checkpoint_dir_of(run_dir), report_to),
+    trainer = SFTTrainer(model=model, args=training_args(cfg, checkpoint_dir(run_dir), report_to),
                          train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
 '''

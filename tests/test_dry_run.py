@@ -6,10 +6,7 @@ import math
 
 import pytest
 
-from lw.plan import build_plan
-
-from helpers import run_lw
-from helpers import compose_lw
+from helpers import compose_lw, run_lw, training_plan
 from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")
@@ -119,7 +116,7 @@ def test_plan_for_two_nodes_and_packing(tmp_path):
     cfg = compose_lw("experiment=smoke", "launcher=deepspeed", "launcher.nproc_per_node=2", "launcher.nnodes=2",
                      "launcher.master_port=29400", "launcher.master_addr=node0", "data.pack_length=512",
                      "data.max_length=512")
-    plan = build_plan(cfg, tmp_path)
+    plan = training_plan(cfg, tmp_path)
     data = plan["data"]
     assert plan["launcher"]["world_size"] == 4 and data["global_batch"] == 32
     assert math.ceil(data["tokens"] / 512) <= data["packs"] < data["sequences"]
@@ -139,7 +136,7 @@ def test_plan_of_sdpa_on_packs_counts_the_mask_and_the_extra_flops_of_the_real_p
     overrides = ("experiment=smoke", "data.pack_length=512", "data.max_length=512", "model.attn_implementation=sdpa",
                  "plan.device=cpu", "trainer.args.per_device_train_batch_size=2", f"cache_dir={tmp_path / 'cache'}")
     cfg = compose_lw(*overrides)
-    plan = build_plan(cfg, tmp_path / "plan")
+    plan = training_plan(cfg, tmp_path / "plan")
     attention, memory = plan["attention"], plan["memory"]
     dataset, _ = build_sft_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
     packs = dataset["seq_lengths"]
@@ -157,22 +154,22 @@ def test_plan_of_sdpa_on_packs_counts_the_mask_and_the_extra_flops_of_the_real_p
 
 def test_plan_names_the_attention_of_the_workers_device_and_refuses_what_cannot_run_there(tmp_path):
     glm = ("experiment=longwriter_glm4_9b", "dry_run=true")  # the dry run's own check is the workers' device
-    assert build_plan(compose_lw(*glm, "plan.device=cpu"), tmp_path)["attention"]["implementation"] == "sdpa"
-    sdpa = build_plan(compose_lw(*glm, "model.attn_implementation=sdpa"), tmp_path)
+    assert training_plan(compose_lw(*glm, "plan.device=cpu"), tmp_path)["attention"]["implementation"] == "sdpa"
+    sdpa = training_plan(compose_lw(*glm, "model.attn_implementation=sdpa"), tmp_path)
     assert sdpa["attention"]["cost_follows"] == "pack"
     assert sdpa["memory"]["gpu_per_rank_gib"]["activations_attention_mask"] == 3.0
-    flex = build_plan(compose_lw(*glm, "model.attn_implementation=flex_attention"), tmp_path)["attention"]
+    flex = training_plan(compose_lw(*glm, "model.attn_implementation=flex_attention"), tmp_path)["attention"]
     assert (flex["implementation"], flex["cost_follows"]) == ("flex_attention", "samples")
     with pytest.raises(ValueError, match="flex_attention: PyTorch's flex attention has no backward pass on CPU"):
-        build_plan(compose_lw(*glm, "model.attn_implementation=flex_attention", "plan.device=cpu"), tmp_path)
-    unpacked = build_plan(compose_lw("experiment=smoke"), tmp_path)["attention"]
+        training_plan(compose_lw(*glm, "model.attn_implementation=flex_attention", "plan.device=cpu"), tmp_path)
+    unpacked = training_plan(compose_lw("experiment=smoke"), tmp_path)["attention"]
     assert unpacked == {"implementation": "sdpa", "requested": "auto", "device": "cpu", "packing": False}
 
 
 def test_plan_without_a_local_tokenizer_needs_stated_data_sizes(tmp_path):
     cfg = compose_lw("model=glm4_9b")
     with pytest.raises(ValueError, match="plan.sources"):
-        build_plan(cfg, tmp_path)
+        training_plan(cfg, tmp_path)
 
 
 def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tmp_path):
@@ -188,10 +185,10 @@ def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tm
                  "trainer.args.gradient_accumulation_steps=3", "trainer.args.max_steps=-1",
                  "+trainer.args.num_train_epochs=2", f"cache_dir={tmp_path / 'cache'}")
     cfg = compose_lw(*overrides)
-    data = build_plan(cfg, tmp_path / "one")["data"]
+    data = training_plan(cfg, tmp_path / "one")["data"]
     assert (data["sequences"], data["packs"], data["global_batch"]) == (96, None, 15)
     assert (data["steps_per_epoch"], data["total_steps"]) == (7, 14)
-    two = build_plan(compose_lw(*overrides, "launcher=deepspeed", "launcher.nproc_per_node=2"), tmp_path / "two")
+    two = training_plan(compose_lw(*overrides, "launcher=deepspeed", "launcher.nproc_per_node=2"), tmp_path / "two")
     assert (two["data"]["steps_per_epoch"], two["data"]["total_steps"]) == (4, 8)
 
     # The real Trainer on the same data in one process counts the same (nothing is trained).
@@ -222,7 +219,7 @@ def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_pat
     """The estimate against the first H200 run (12 of GLM-4-9B's 40 layers, one GPU, 32k tokens,
     conf/deepspeed/README.md): measured peaks 114.6 GiB without offload, 61.5 GiB with it."""
     glm = ("experiment=longwriter_glm4_9b",)
-    h200 = build_plan(compose_lw(*glm, "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1",
+    h200 = training_plan(compose_lw(*glm, "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1",
                                  "plan.gpu_memory_gib=141"), tmp_path / "h200")
     choice = h200["deepspeed"]["choice"]
     assert 114.6 <= choice["gpu_per_rank_gib"]["zero3"] <= 114.6 * 1.05
@@ -232,12 +229,12 @@ def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_pat
     assert h200["memory"]["gpu_per_rank_gib"]["model_states"] == pytest.approx(16 * 3689048064 / 1024**3, abs=1e-3)
     assert "fits without offload" in choice["reason"]
     # 8 x H200: the full model fits without offload; one 24 GiB GPU needs it.
-    assert build_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "8h200")["deepspeed"]["choice"][
+    assert training_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "8h200")["deepspeed"]["choice"][
         "chosen"] == "zero3"
-    small = build_plan(compose_lw(*glm, "launcher.nproc_per_node=1", "plan.gpu_memory_gib=24"), tmp_path / "small")
+    small = training_plan(compose_lw(*glm, "launcher.nproc_per_node=1", "plan.gpu_memory_gib=24"), tmp_path / "small")
     assert (small["deepspeed"]["choice"]["chosen"], small["deepspeed"]["offload_param"]) == ("zero3_offload", "cpu")
     # An explicit choice is kept, and the plan still says whether it needed to offload.
-    kept = build_plan(compose_lw(*glm, "launcher.deepspeed=zero3_offload_cpuadam", "plan.gpu_memory_gib=141"),
+    kept = training_plan(compose_lw(*glm, "launcher.deepspeed=zero3_offload_cpuadam", "plan.gpu_memory_gib=141"),
                       tmp_path / "kept")
     assert kept["deepspeed"]["choice"]["chosen"] == "zero3_offload_cpuadam"
     assert kept["deepspeed"]["choice"]["fits_without_offload"] and kept["deepspeed"]["offload_param"] == "cpu"
@@ -264,9 +261,9 @@ def test_an_estimate_within_the_headroom_of_the_gpus_memory_is_offloaded(tmp_pat
     """A run whose estimate lies between the GPU's memory less the headroom and the GPU's memory (77
     GiB of an 80 GiB GPU) does not fit: the CUDA context, NCCL and fragmentation take the rest."""
     glm = ("experiment=longwriter_glm4_9b", "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1")
-    estimate = build_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "a")["deepspeed"]["choice"][
+    estimate = training_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "a")["deepspeed"]["choice"][
         "gpu_per_rank_gib"]["zero3"]
-    choice = build_plan(compose_lw(*glm, f"plan.gpu_memory_gib={estimate + 1:.3f}"), tmp_path / "b")["deepspeed"][
+    choice = training_plan(compose_lw(*glm, f"plan.gpu_memory_gib={estimate + 1:.3f}"), tmp_path / "b")["deepspeed"][
         "choice"]
     assert choice["headroom_gib"] > 1 and choice["gpu_per_rank_gib"]["zero3"] == pytest.approx(estimate)
     assert (choice["chosen"], choice["fits_without_offload"]) == ("zero3_offload", False)
@@ -277,8 +274,8 @@ def test_zero3_states_shard_over_the_ranks_of_every_node(tmp_path):
     """16 bytes a parameter over all nproc_per_node x nnodes ranks: two nodes halve a rank's states."""
     gib = 1024**3
     glm = ("experiment=longwriter_glm4_9b", "plan.gpu_memory_gib=141")
-    one = build_plan(compose_lw(*glm), tmp_path / "one")
-    two = build_plan(compose_lw(*glm, "launcher.nnodes=2", "launcher.master_addr=node0", "launcher.master_port=29500"),
+    one = training_plan(compose_lw(*glm), tmp_path / "one")
+    two = training_plan(compose_lw(*glm, "launcher.nnodes=2", "launcher.master_addr=node0", "launcher.master_port=29500"),
                      tmp_path / "two")
     assert two["launcher"]["world_size"] == 16
     for plan, ranks in ((one, 8), (two, 16)):

@@ -6,8 +6,8 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from lw.errors import UserError
 from lw.config import GenerationConfig, ModelConfig, TinyModelConfig
+from lw.errors import UserError
 from lw.eval.generate import GenerationFailed, HfBackend, OpenAIBackend, VllmBackend, generate
 from lw.models import build_model, build_tokenizer
 from lw.testing.openai_server import OpenAIServer, Reply, user_text

@@ -8,16 +8,23 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw, run_lw
-
 from lw.config import JudgeConfig
 from lw.errors import UserError
 from lw.eval.judge import Judge
-from lw.train.rewards import (RewardConfig, length_log_ratio_reward, length_reward, log_ratio_reward, quality_reward,
-                              reward_functions, text_of)
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import read_offline_run
 from lw.train.grpo import completion_budget, prompt_rows, training_args
+from lw.train.rewards import (
+    RewardConfig,
+    length_log_ratio_reward,
+    length_reward,
+    log_ratio_reward,
+    quality_reward,
+    reward_functions,
+    text_of,
+)
+
+from helpers import compose_lw, run_lw
 
 
 def said(text):
@@ -203,8 +210,9 @@ def test_committed_grpo_miniature_results_say_what_its_readme_says():
     """experiments/grpo/README.md reports these plateaus and S_l values for the default length reward
     (results/cpu) and beside them for trainer.reward.length_kind=log_ratio (results/cpu_log_ratio, the table
     of the two rewards); the committed results must give them."""
-    from helpers import REPO
     from lw.report.analysis import load_sweep, summarize
+
+    from helpers import REPO
 
     def found(folder):
         summary = summarize(load_sweep(REPO / "experiments" / "grpo" / "results" / folder))

@@ -9,12 +9,12 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw
-
 from lw.config import JudgeConfig
 from lw.errors import UserError
 from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, differences, judge_prompt, parse_judgement
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+
+from helpers import compose_lw
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,22 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from lw.errors import UserError
-from lw.launch.driver import (NodeLost, Preempted, TrainLogForwarder, WorkerFailure, deepspeed_config_path,
-                              explain_failure, is_first_node, load_deepspeed_config, run_workers, worker_command,
-                              write_launch_files)
+from lw.launch.driver import (
+    NodeLost,
+    Preempted,
+    TrainLogForwarder,
+    WorkerFailure,
+    explain_failure,
+    is_first_node,
+    run_workers,
+    worker_command,
+    write_launch_files,
+)
 from lw.launch.topology import EXIT_PREEMPTED, Topology, slurm_port, topology
+from lw.plan.deepspeed import deepspeed_config_path, load_deepspeed_config
 from lw.tracking import Tracker
 
-from helpers import run_lw
-from helpers import compose_lw
+from helpers import compose_lw, run_lw
 
 
 def launcher(**overrides):
@@ -218,7 +226,8 @@ def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
     with open_dict(cfg):
         del cfg["hydra"]  # a job's config has no hydra node
         cfg.trainer.args.hub_token = "${oc.env:LW_TEST_TOKEN}"
-    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)])
+    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)],
+                       deepspeed_config_path(cfg.launcher.deepspeed))
     text = (tmp_path / "launch" / "config.yaml").read_text()
     assert "sekrit-value" not in text and "hub_token: <redacted>" in text and "${" not in text
     loaded = load_run_config(tmp_path)
@@ -230,13 +239,18 @@ def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("gpu_gib, offload", [(80, False), (24, True)])
 def test_workers_get_the_planners_deepspeed_config_for_auto(tmp_path, gpu_gib, offload):
-    """launcher.deepspeed=auto: the driver writes ZeRO-3 without offload where the plan fits the GPUs
-    (Llama-3.1-8B, 32k packs, 8 x 80 GiB), parameter+optimizer offload where it does not."""
+    """launcher.deepspeed=auto: the caller's choice (the planner's), which the driver writes: ZeRO-3
+    without offload where the plan fits the GPUs (Llama-3.1-8B, 32k packs, 8 x 80 GiB),
+    parameter+optimizer offload where it does not."""
+    from lw.plan.offload import resolve_deepspeed
+    from lw.train.registry import trainer_for
+
     cfg = compose_lw("experiment=longwriter_llama3_1_8b", f"plan.gpu_memory_gib={gpu_gib}")
     with open_dict(cfg):
         del cfg["hydra"]
     assert cfg.launcher.deepspeed == "auto"
-    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)])
+    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)],
+                       resolve_deepspeed(cfg, trainer_for(cfg)))
     zero = json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]
     assert zero["stage"] == 3 and ("offload_param" in zero) == ("offload_optimizer" in zero) == offload
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose_lw
 
 from lw.data import build_sft_dataset, toy
 from lw.launch.topology import free_port
@@ -18,6 +17,8 @@ from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
 from lw.train.loss import PACK_SEQUENCES_DIVISOR, WEIGHTINGS, count_items, lm_loss
 from lw.train.sft import build_trainer
+
+from helpers import REPO, compose_lw
 
 EOS = 3
 V = 5

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from helpers import REPO, compose_lw
 from lw.data import toy
+
+from helpers import REPO, compose_lw
 
 SERVER = REPO / "experiments" / "dpo" / "judge_server.py"
 

@@ -2,23 +2,21 @@
 
 import hashlib
 import json
+import math
 import re
 
 import pytest
-
-from helpers import compose_lw, run_lw
-from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
-
-from lw.eval.judge import DIMENSIONS
-import math
+from omegaconf import OmegaConf
 
 from lw.data.prompts import read_prompts, required_length
+from lw.eval.judge import DIMENSIONS
 from lw.tasks.dpo_pairs import best_is_shared, closeness, combine, resolve_lengths, select_pair, select_pairs
 from lw.tasks.dpo_pairs import run as run_dpo_pairs
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import Tracker
-from omegaconf import OmegaConf
 from lw.words import count_words, length_score
 
+from helpers import compose_lw, run_lw
 
 # --- the required length from the instruction ------------------------------------------------------
 

@@ -10,8 +10,6 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw
-
 from lw.config import BenchmarkConfig
 from lw.errors import MissingFile, UserError
 from lw.eval.benchmarks import load_items
@@ -19,10 +17,12 @@ from lw.eval.length_requirement import parse_requirement, requirement_score
 from lw.eval.writingbench import FILES, judge_prompts, read_judge_prompts
 from lw.eval.writingbench_judge import CriteriaJudge, parse_criterion_reply, response_to_judge
 from lw.eval.writingbench_score import query_records, writingbench_metrics
+from lw.report.compare import main as compare_main
 from lw.testing.benchmark_files import write_writingbench_files, writingbench_rows
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
-from lw.report.compare import main as compare_main
 from lw.words import length_score
+
+from helpers import compose_lw
 
 
 def bench(data_dir, **kw):
@@ -239,7 +239,7 @@ def test_lw_compare_writes_writingbench_table_beside_longbench(tmp_path):
 
 
 def test_the_dry_run_plans_generation_and_one_judge_call_per_criterion(tmp_path):
-    from lw.plan_eval import build_eval_plan
+    from lw.plan.eval import build_eval_plan
 
     data = write_writingbench_files(tmp_path)
     cfg = compose_lw("task=eval", "eval=writingbench_length", f"eval.writingbench_length.data_dir={data}",
@@ -304,9 +304,9 @@ def data_with_a_query_too_long(tmp_path):
 def test_the_tiny_model_through_writingbench_killed_mid_judging_then_finished(tmp_path, tiny_model):
     """`lw` SIGKILLed while judging, then the same command again: no judgement cached before the kill
     is asked again, and the run ends with the official scores computed by hand."""
-    from test_kill_resume import Lw, records
-
     from lw.eval.judge import cache_key
+
+    from test_kill_resume import Lw, records
 
     data = data_with_a_query_too_long(tmp_path)
     run_dir = tmp_path / "run"
@@ -369,8 +369,8 @@ def test_the_tiny_model_through_writingbench_killed_mid_judging_then_finished(tm
 def test_a_changed_file_upstream_ends_lw_with_one_line(tmp_path, file_server, monkeypatch, capsys):
     """The download (to a loopback server standing in for GitHub) checked against the pinned
     SHA-256: a mismatch keeps nothing and ends `lw` as every user error does, one line and status 2."""
-    from lw.eval.benchmarks import MIRROR_ENV
     from lw.errors import end_program
+    from lw.eval.download import MIRROR_ENV
 
     url, www, hits = file_server
     write_writingbench_files(www)  # not the pinned files: every SHA-256 differs

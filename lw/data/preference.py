@@ -22,13 +22,14 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from datasets import Dataset
 
+from lw.config import option_name
 from lw.data.drops import report_drops
 from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import BadSample, choose, mix_sizes, read_source, remove_zero_width, to_messages
+from lw.errors import UserError
 from lw.jsonl import write_jsonl
 from lw.models.chat_format import get_chat_format
-from lw.errors import UserError
-from lw.config import option_name
+from lw.run_dir import train_pairs_file
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def build_preference_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, di
     check_settings(cfg.data)
     stats: Counter = Counter()
     pairs = list(load_pairs(cfg.data, cfg.seed, stats))
-    write_jsonl(pairs, run_dir / "data" / "pairs.jsonl")
+    write_jsonl(pairs, train_pairs_file(run_dir))
     rows = tokenize_pairs(pairs, cfg.model.chat_format, tokenizer)
     max_length = max_length_of(cfg.data)
     fits = [r for r in rows if len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) <= max_length]

@@ -15,6 +15,7 @@ from typing import Callable
 
 from lw.errors import MissingFile, UserError
 from lw.jsonl import read_json_objects
+from lw.words import parse_length
 
 
 def read_prompt_file(path: str | Path, setting: str, requirement: str,
@@ -142,8 +143,6 @@ def required_length(text: str) -> int | None:
 def read_prompts(path: str | Path, setting: str = "pairs.prompts") -> list[dict]:
     """{"id", "prompt", "length" (or None)} per line of a prompts JSONL: `prompt` (optional `id`,
     `length`), or a messages/ShareGPT row whose one user turn is the prompt. Bad lines fail named."""
-    from lw.eval.benchmarks import parse_length
-
     def check_id(pid, where: str) -> str:
         if "#" in str(pid):
             raise UserError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {str(pid)!r}")

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from lw import jsonl
-from lw.errors import UserError, MissingFile
 from lw.config import option_name
+from lw.errors import MissingFile, UserError
 
 # Invisible characters that real SFT answers carry (copy-paste, web text); they split words for
 # the word counter and cost tokens, so answers lose them before counting and tokenizing.
@@ -66,7 +66,6 @@ def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 
 def read_hub(hub_id: str, split: str) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
-
     from huggingface_hub import constants
 
     try:

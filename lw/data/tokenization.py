@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value, load_from_disk
 from filelock import FileLock
 
-from lw.models.chat_format import ChatFormat
-from lw.errors import UserError
 from lw.config import option_name
+from lw.errors import UserError
+from lw.models.chat_format import ChatFormat
 
 log = logging.getLogger(__name__)
 

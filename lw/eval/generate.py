@@ -20,11 +20,10 @@ from typing import Callable
 from tqdm import tqdm
 
 from lw import llm
-from lw.errors import SHOWN_FAILURES, Incomplete
+from lw.errors import SHOWN_FAILURES, Incomplete, UserError
 from lw.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
 from lw.models.stops import stop_token_ids, strip_end_of_turn
-from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from lw import llm
-from lw.jsonl import Appender, read_resumable
 from lw.errors import SHOWN_FAILURES, UserError
+from lw.jsonl import Appender, read_resumable
 
 log = logging.getLogger(__name__)
 

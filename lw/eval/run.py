@@ -8,14 +8,15 @@ import json
 import logging
 from pathlib import Path
 
+from lw.errors import Incomplete, MissingFile, UserError
 from lw.eval.benchmarks import judge_template, parse_length, subset_of
-from lw.eval.writingbench import KIND as WRITINGBENCH
 from lw.eval.judge import DIMENSIONS, build_judge
-from lw.jsonl import read_json_objects
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
+from lw.eval.writingbench import KIND as WRITINGBENCH
+from lw.jsonl import read_json_objects
+from lw.run_dir import eval_dir, judgements_file, length_scatter_file, predictions_file, results_file
 from lw.words import language_of
-from lw.errors import Incomplete, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tra
         judgements = judge.judge(rows) if judge else None
         metrics = longbench_metrics(rows, prefix, judgements)
         if judgements is not None:
-            with open(bench_dir / "judgements.jsonl", "w", encoding="utf-8") as f:
+            with open(judgements_file(bench_dir), "w", encoding="utf-8") as f:
                 for row, j in zip(rows, judgements):
                     f.write(json.dumps({"prompt": row["prompt"], **j}, ensure_ascii=False) + "\n")
             for row, j in zip(rows, judgements):
@@ -110,12 +111,12 @@ def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tra
             if metrics[f"{prefix}/judge_unparseable"] or metrics[f"{prefix}/judge_failed"]:
                 log.warning("%s: %d unparseable and %d failed judgements are left out of S_q (see %s)", name,
                             metrics[f"{prefix}/judge_unparseable"], metrics[f"{prefix}/judge_failed"],
-                            bench_dir / "judgements.jsonl")
+                            judgements_file(bench_dir))
     elif bench_cfg.kind in RULER_KINDS:
         metrics = ruler_metrics(rows, prefix)
     else:
         raise UserError(f"unknown benchmark kind {bench_cfg.kind!r}")
-    scatter = length_scatter(rows, bench_dir / "length_scatter.png", f"{title}: {name}" if title else name)
+    scatter = length_scatter(rows, length_scatter_file(bench_dir), f"{title}: {name}" if title else name)
     tracker.log(metrics)
     tracker.image(f"{name}/length_scatter", scatter)
     tracker.table(f"{name}/predictions", rows, columns)
@@ -179,7 +180,7 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
     metrics: dict = {}
     results, problems = [], []
     for name, (bench_cfg, items, judge) in benchmarks.items():
-        bench_dir = run_dir / "eval" / name
+        bench_dir = eval_dir(run_dir, name)
         prefix = metric_prefix(bench_cfg.kind, name)
         skipped = []
         if bench_cfg.kind == WRITINGBENCH:
@@ -187,7 +188,7 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
 
             items, skipped = drop_overlong(backend, items, bench_dir)
         try:
-            rows = generate(backend, items, bench_dir / "predictions.jsonl")
+            rows = generate(backend, items, predictions_file(bench_dir))
         except GenerationFailed as err:  # not scored: a score of part of a benchmark would mislead
             metrics.update({f"{prefix}/generation_failed": err.failed, f"{prefix}/n": err.total})
             problems.append(f"{name}: {err}")
@@ -209,7 +210,7 @@ def judge_problems(name: str, prefix: str, metrics: dict, bench_dir: Path) -> li
         return []
     asked = sum(metrics.get(f"{prefix}/judge_{k}", 0) for k in ("judged", "unparseable", "failed"))
     return [f"{name}: {failed} of {asked or metrics[f'{prefix}/n']} judge requests failed after their retries (see "
-            f"{bench_dir / 'judgements.jsonl'}), the scores leave them out; finished judgements are cached: rerun the "
+            f"{judgements_file(bench_dir)}), the scores leave them out; finished judgements are cached: rerun the "
             f"same command to ask only for the rest"]
 
 
@@ -222,7 +223,7 @@ def result_rows(cfg, name: str, rows: list[dict], trainer: str = "none") -> list
 
 
 def write_results(run_dir: Path, results: list[dict]) -> None:
-    with open(run_dir / "results.csv", "w", newline="") as f:
+    with open(results_file(run_dir), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         writer.writerows(results)

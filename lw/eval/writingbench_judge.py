@@ -16,9 +16,9 @@ import json
 import re
 from pathlib import Path
 
+from lw.errors import UserError
 from lw.eval.judge import OK, UNPARSEABLE, Judge, cache_key
 from lw.eval.writingbench import THINK_END
-from lw.errors import UserError
 
 KIND = "writingbench"
 # evaluate_benchmark.py lines 26 and 58: str.strip of these characters, not of whitespace.

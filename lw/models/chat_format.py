@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
+
 from lw.errors import UserError
 
 BOS = object()  # the tokenizer's BOS token id

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from lw.errors import UserError
@@ -93,3 +94,20 @@ def parameter_counts(hf_config) -> dict:
     largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
     embedding = model.get_input_embeddings().weight.numel()
     return {"total": total, "largest_layer": largest, "embedding": embedding}
+
+
+def model_config(cfg: DictConfig):
+    """The model's transformers config, from the tiny spec, a local checkpoint or `model.arch`, without
+    loading weights (the planner's model)."""
+    model_cfg = cfg.model
+    if model_cfg.path is None:
+        config = tiny_model_config(model_cfg.tiny, build_tokenizer(model_cfg, cfg.cache_dir))
+    elif Path(model_cfg.path).is_dir():
+        config = AutoConfig.from_pretrained(model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
+    elif model_cfg.arch:
+        arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    else:
+        raise UserError(f"model.path={model_cfg.path!r} is not a local directory and model.arch is empty: add the "
+                         f"hub config's architecture to conf/model/{model_cfg.name}.yaml (model.arch) to plan offline")
+    return apply_config_overrides(config, model_cfg)

@@ -30,10 +30,11 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from lw.jsonl import Appender, read_resumable
 from lw.data.prompts import read_prompt_file
-from lw.words import count_words, language_of
 from lw.errors import Incomplete, MissingFile, UserError
+from lw.jsonl import Appender, read_resumable
+from lw.run_dir import agentwrite_files
+from lw.words import count_words, language_of
 
 log = logging.getLogger(__name__)
 
@@ -476,9 +477,8 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
                  _template(a.write_prompt, WRITE_FIELDS, "write_prompt"))
     instructions = read_instructions(a.instructions)
     endpoint = llm.Endpoint(g.base_url, g.api_key_env, g.timeout, g.retries, "generation")
-    out_dir = Path(run_dir) / "agentwrite"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    steps_path, data_path = out_dir / "steps.jsonl", out_dir / "data.jsonl"
+    steps_path, data_path, stats_path = agentwrite_files(run_dir)
+    steps_path.parent.mkdir(parents=True, exist_ok=True)
     cache, written = read_resumable(steps_path, key="key"), read_resumable(data_path, key="id")
     check_written(written, instructions, data_path, a.instructions)
     todo = [q for q in instructions if q["id"] not in written]
@@ -493,15 +493,15 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
                 llm.run_bounded(todo, writer.work, g.concurrency, writer.record, writer.record_drop)
         finally:
             bar.close()
-    return report(writer, out_dir, data_path, tracker)
+    return report(writer, stats_path, data_path, tracker)
 
 
-def report(writer: Writer, out_dir: Path, data_path: Path, tracker) -> dict:
+def report(writer: Writer, stats_path: Path, data_path: Path, tracker) -> dict:
     """stats.json and the metrics; Incomplete when a call failed after its retries."""
     stats, failures = writer.stats, writer.failures
     stats.update({"tokens_in": writer.tokens["in"], "tokens_out": writer.tokens["out"],
                   "estimated_cost": round(writer.cost(), 6)})
-    (out_dir / "stats.json").write_text(json.dumps({**stats, "drops": failures}, indent=2, ensure_ascii=False) + "\n")
+    stats_path.write_text(json.dumps({**stats, "drops": failures}, indent=2, ensure_ascii=False) + "\n")
     log.info("agentwrite: %d of %d instructions written (%s); %d calls, %d reused", stats["written"],
              stats["instructions"], ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v)
              or "none dropped", stats["calls"], stats["calls_reused"])

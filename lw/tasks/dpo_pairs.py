@@ -24,10 +24,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lw.jsonl import read_resumable, write_jsonl
 from lw.data.prompts import read_prompts, required_length
-from lw.words import count_words, length_score
 from lw.errors import Incomplete, UserError
+from lw.jsonl import read_resumable, write_jsonl
+from lw.run_dir import judgements_file, pairs_file, pairs_scores_plot, pairs_stats_file, pairs_work_dir, samples_file
+from lw.words import count_words, length_score
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _judge(cfg, run_dir: Path):
     pairs/judgements.jsonl (so the run resumes whatever judge.cache says)."""
     from lw.eval.run import longbench_judge
 
-    return longbench_judge(cfg, run_dir / "pairs" / "judgements.jsonl")
+    return longbench_judge(cfg, judgements_file(pairs_work_dir(run_dir)))
 
 
 def score_samples(q: dict, by_id: dict, judgements: dict, p) -> tuple[list[dict], list[float | None]]:
@@ -281,13 +282,13 @@ def select_pairs(prompts: list[dict], by_id: dict, judgements: dict, p, seed: in
 
 def write_pairs(cfg, run_dir: Path, records: list[dict], stats: dict, tracker) -> dict:
     """pairs.jsonl, pairs_stats.json and the scatter plot; the stats logged as pairs/<key>."""
-    write_jsonl(records, run_dir / "pairs.jsonl")
-    (run_dir / "pairs_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    write_jsonl(records, pairs_file(run_dir))
+    pairs_stats_file(run_dir).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     log.info("pairs: %d pairs from %d prompts (%s)", len(records), stats["prompts"],
              ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v))
     points = [(r["scores"][r["chosen_index"]]["score"], r["scores"][r["rejected_index"]]["score"],
                r["length_source"]) for r in records]
-    plot = score_scatter(points, run_dir / "pairs_scores.png",
+    plot = score_scatter(points, pairs_scores_plot(run_dir),
                          f"{cfg.run_name}: chosen vs rejected ({RULE_NAMES[cfg.pairs.rule]})")
     metrics = {f"pairs/{k}": v for k, v in stats.items()}
     tracker.log(metrics)
@@ -306,8 +307,8 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     judge = _judge(cfg, run_dir)  # a bad key, URL or template fails before the model loads
     scorable = rankable(prompts, judge)
     stats["dropped_no_length"] = len(prompts) - len(scorable)
-    pairs_dir = run_dir / "pairs"
-    rows = sample(cfg, scorable, pairs_dir / "samples.jsonl")
+    pairs_dir = pairs_work_dir(run_dir)
+    rows = sample(cfg, scorable, samples_file(pairs_dir))
     judgements = judge_samples(judge, rows)
     selection = select_pairs(scorable, {row["id"]: row for row in rows}, judgements, p, cfg.seed)
     judge_failed = sum(1 for j in judgements.values() if j["status"] == FAILED)

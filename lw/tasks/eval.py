@@ -17,6 +17,6 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
 
 
 def dry_run(cfg, run_dir: Path) -> dict:
-    from lw.plan import dry_run_eval  # nothing trained: no training plan
+    from lw.plan.eval import dry_run_eval  # nothing trained: no training plan
 
     return dry_run_eval(cfg, run_dir)

@@ -24,6 +24,6 @@ def run(cfg, run_dir: Path, tracker, tokenizer) -> dict:
 
 
 def dry_run(cfg, run_dir: Path) -> dict:
-    from lw.plan import dry_run_training
+    from lw.tasks.train import dry_run  # the same plan as task=train's
 
-    return dry_run_training(cfg, run_dir)
+    return dry_run(cfg, run_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lw.errors import Incomplete, UserError
+from lw.run_dir import eval_dir
 
 # No model runs: torch is never imported, so a mistyped judge URL fails in seconds, not after the imports.
 USES_TORCH = False
@@ -15,8 +16,15 @@ USES_TORCH = False
 
 def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     from lw.config import BenchmarkConfig
-    from lw.eval.run import (judge_for, judge_problems, metric_prefix, read_predictions, result_rows,
-                             score_benchmark, write_results)
+    from lw.eval.run import (
+        judge_for,
+        judge_problems,
+        metric_prefix,
+        read_predictions,
+        result_rows,
+        score_benchmark,
+        write_results,
+    )
 
     if not cfg.score.predictions:
         raise UserError("task=score needs score.predictions=FILE (a JSONL of prompt, type, length, response)")
@@ -29,10 +37,10 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
         rows = read_responses(cfg.score.predictions, load_items(bench_cfg, cfg.cache_dir))
     else:
         rows = read_predictions(cfg.score.predictions)
-    metrics, rows = score_benchmark(name, bench_cfg, rows, run_dir / "eval" / name, tracker,
+    metrics, rows = score_benchmark(name, bench_cfg, rows, eval_dir(run_dir, name), tracker,
                                     judge_for(cfg, bench_cfg), cfg.run_name)
     write_results(run_dir, result_rows(cfg, name, rows))
-    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, run_dir / "eval" / name)
+    problems = judge_problems(name, metric_prefix(bench_cfg.kind, name), metrics, eval_dir(run_dir, name))
     if problems:
         raise Incomplete("; ".join(problems), metrics)
     return metrics

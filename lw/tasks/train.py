@@ -16,11 +16,11 @@ NEEDS_TOKENIZER = True
 def check(cfg, run_dir: Path) -> None:
     """A bad trainer option, or a data source the trainer does not train on, fails here, before any
     data or weights are touched."""
-    from lw.train.fit import checkpoint_dir_of
+    from lw.run_dir import checkpoint_dir
     from lw.train.registry import check_data_source, trainer_for
 
     check_data_source(cfg)
-    trainer_for(cfg).training_args(cfg, checkpoint_dir_of(run_dir), "none")
+    trainer_for(cfg).training_args(cfg, checkpoint_dir(run_dir), "none")
 
 
 def before_tracking(cfg, tokenizer) -> dict:
@@ -43,8 +43,12 @@ def run(cfg, run_dir: Path, tracker, tokenizer) -> dict | None:
     metrics: dict = {}
     if cfg.launcher.kind != "local":  # workers in child processes
         from lw.launch.driver import launch_training
+        from lw.plan.offload import resolve_deepspeed
+        from lw.train.registry import trainer_for
 
-        model_dir = launch_training(cfg, tokenizer, run_dir, tracker, metrics)
+        trainer = trainer_for(cfg)
+        model_dir = launch_training(cfg, trainer, resolve_deepspeed(cfg, trainer), tokenizer, run_dir, tracker,
+                                    metrics)
         if model_dir is None:
             return None
     else:
@@ -84,6 +88,9 @@ def check_judges(cfg) -> None:
 
 
 def dry_run(cfg, run_dir: Path) -> dict:
-    from lw.plan import dry_run_training
+    """The training plan for the trainer and launch command this run would use (lw/plan/training.py)."""
+    from lw.launch.driver import launch_command
+    from lw.plan.training import dry_run_training
+    from lw.train.registry import trainer_for
 
-    return dry_run_training(cfg, run_dir)
+    return dry_run_training(cfg, run_dir, trainer_for(cfg), launch_command(cfg, run_dir))

@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lw.errors import UserError
+from lw.run_dir import torn_checkpoints_dir
 
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
-TORN_DIR = "torn"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 _RANK_FILE = re.compile(r"(?:^rng_state_|zero_pp_rank_)(\d+)")
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
@@ -151,7 +151,7 @@ def what_is_torn(checkpoint: Path, world_size: int, deepspeed: bool) -> list[str
 
 def set_aside(checkpoint: Path) -> Path:
     """Move a torn checkpoint into checkpoints/torn/ (a second one of the same step gets the time)."""
-    torn = checkpoint.parent / TORN_DIR
+    torn = torn_checkpoints_dir(checkpoint.parent)
     torn.mkdir(exist_ok=True)
     target = torn / checkpoint.name
     if target.exists():

@@ -8,11 +8,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def checkpoint_dir_of(run_dir: Path) -> Path:
-    """Where a run's trainer checkpoints (TRL's args.output_dir) and resumes from: run_dir/checkpoints."""
-    return Path(run_dir) / "checkpoints"
-
-
 def resume_point(trainer) -> str | None:
     """The newest complete checkpoint in the trainer's output_dir (None: start from step 0). Global
     rank 0 moves torn ones aside (lw.train.checkpoints) while the other ranks wait, so every rank
@@ -38,6 +33,7 @@ def fit_and_save(trainer, tokenizer, run_dir: Path, chat_format: str, stop_token
     stops as lw does."""
     from lw.models.chat_format import get_chat_format
     from lw.models.stops import stop_token_ids
+    from lw.run_dir import model_dir
     from lw.train.checkpoints import kill_inside_save
 
     last = resume_point(trainer)
@@ -47,7 +43,7 @@ def fit_and_save(trainer, tokenizer, run_dir: Path, chat_format: str, stop_token
     stops = stop_token_ids(tokenizer, stop_tokens, get_chat_format(chat_format), trainer.model.generation_config)
     trainer.train(resume_from_checkpoint=last)
     trainer.model.generation_config.eos_token_id = stops
-    final = Path(run_dir) / "model"
+    final = model_dir(run_dir)
     trainer.save_model(str(final))  # every rank: ZeRO-3 gathers the shards
     if trainer.is_world_process_zero():
         template = get_chat_format(chat_format).jinja

@@ -30,14 +30,16 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from lw.config import TrainerConfig, option_name
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
+from lw.plan.trainer_plan import TrainerPlan
+from lw.run_dir import checkpoint_dir, data_dir, grpo_log_file, reward_curve_file, train_prompts_file
+from lw.train.fit import fit_and_save
+from lw.train.registry import trainer_config, trl_args
 from lw.train.rewards import RewardConfig, length_function
-from lw.train.fit import checkpoint_dir_of, fit_and_save
-from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.words import count_words
-from lw.config import TrainerConfig, option_name
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ GIB = 1024**3
 # Completion tokens per required word, over what the prompts' own text takes: room to write a
 # little more than asked, as S_l rewards up to the required length and then falls.
 COMPLETION_MARGIN = 1.5
-REWARD_CURVE = "reward_curve.png"
-TRAIN_LOG = "train_log.json"  # TRL's log history: the reward, each reward's mean, completion lengths per step
 
 
 @dataclass
@@ -75,7 +75,7 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
         "reward_weights": "the weights as trainer.reward.length, trainer.reward.quality, ..."})
     length_function(rewards.length_kind)  # a bad trainer.reward.length_kind fails before the model loads
     args.setdefault("use_cpu", not torch.cuda.is_available())
-    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan/)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
         return GRPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
@@ -145,8 +145,8 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
     stats["max_required_length"] = max((row["length"] or 0) for row in rows)
     dataset = Dataset.from_list([{"id": str(r["id"]), "prompt": [{"role": "user", "content": r["prompt"]}],
                                   "length": r["length"]} for r in rows])
-    (Path(run_dir) / "data").mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "data" / "prompts.jsonl").write_text(
+    data_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    train_prompts_file(run_dir).write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     log.info("grpo prompts: %s", stats)
     return dataset, stats
@@ -216,7 +216,7 @@ def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbac
     from lw.eval.run import longbench_judge
     from lw.train.rewards import reward_functions
 
-    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     if "max_completion_length" not in cfg.trainer.args:
         args.max_completion_length = completion_budget(dataset, tokenizer,
                                                        getattr(model.config, "max_position_embeddings", None))
@@ -236,8 +236,8 @@ def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbac
     final = fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        (Path(run_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
-        reward_curve(history, Path(run_dir) / REWARD_CURVE, cfg.run_name)
+        grpo_log_file(run_dir).write_text(json.dumps(history, indent=1) + "\n")
+        reward_curve(history, reward_curve_file(run_dir), cfg.run_name)
     return final
 
 

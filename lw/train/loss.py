@@ -30,8 +30,9 @@ from enum import Enum
 
 import torch
 import torch.nn.functional as F
-from lw.errors import UserError
+
 from lw.config import option_name
+from lw.errors import UserError
 
 
 class LossWeighting(str, Enum):

@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from lw.config import TrainerConfig, option_name
 from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
+from lw.errors import UserError
 from lw.models import attention_implementation, local_device, use_attention
-from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.run_dir import checkpoint_dir
+from lw.train.fit import fit_and_save
 from lw.train.loss import LossWeighting, count_items, lm_loss
 from lw.train.registry import trainer_config, trl_args
-from lw.errors import UserError
-from lw.config import TrainerConfig, option_name
 
 
 @dataclass
@@ -99,7 +100,7 @@ def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = No
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
         raise UserError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
     max_length = pack_length if pack_length is not None else max_length_of(cfg.data)
-    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan/)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), packing=pack_length is not None,
                                  training=True)
     try:
@@ -122,7 +123,7 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
 
 def build_trainer(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:
     """The trainer; a packed dataset (rows with seq_lengths) gets the padding-free pack collator."""
-    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     packed = "seq_lengths" in dataset.column_names
     collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
     # The pipeline builds the model as for generation; packs may want another implementation.
