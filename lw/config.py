@@ -209,6 +209,9 @@ class GenerationConfig:
     max_batch_tokens: int = 1024  # hf continuous: tokens per forward step (prompts are prefilled in chunks of it)
     memory_fraction: float = 0.8
     # openai: any OpenAI-compatible server (an API model, or `vllm serve`)
+    # openai: chat completions, the server's chat template | vllm: `vllm serve`'s completions on the
+    # chat format's token ids of model.path's tokenizer, with each item's seed, top_k and stop_token_ids
+    server: str = "openai"
     base_url: Optional[str] = None
     model: Optional[str] = None  # the served model's name
     api_key_env: Optional[str] = None  # the NAME of the environment variable holding the key

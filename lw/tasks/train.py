@@ -66,7 +66,7 @@ def train_here(cfg, run_dir: Path, tracker, tokenizer, metrics: dict) -> Path:
     check_judges(cfg)
     dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
     metrics.update({f"data/{k}": v for k, v in stats.items()})
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return trainer.train(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
 
 

@@ -178,7 +178,7 @@ def train(run_dir: Path) -> Path:
     dataset = load_from_disk(str(check_same_data(tokenized_dir(run_dir))))
     # Built with the attention implementation for training on this rank's device (packs on a GPU:
     # one whose cost follows the samples), not the driver's.
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed,
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed, cache_dir=cfg.cache_dir,
                         packing="seq_lengths" in dataset.column_names, training=True)
     # Workers report to nothing: the driver holds the W&B run and forwards rank 0's logs.
     log.info("ZeRO stage %s, world size %d", args.hf_deepspeed_config.get_value("zero_optimization.stage"),
