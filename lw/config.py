@@ -387,6 +387,13 @@ class LoggerKind(StrEnum):
     none = "none"
 
 
+class OnUnreachable(StrEnum):
+    """`logger.on_unreachable`: log offline and `wandb sync` later, or stop before any work (exit 2)."""
+
+    offline = "offline"
+    fail = "fail"
+
+
 @dataclass
 class LoggerConfig:
     """Where a run's metrics go; none of it changes results."""
@@ -398,6 +405,11 @@ class LoggerConfig:
     name: Optional[str] = same_results(default=None)  # null: the run's name
     tags: List[str] = same_results(default_factory=list)
     mode: Optional[str] = same_results(default=None)  # null: online with WANDB_API_KEY, else offline
+    # seconds wandb.init may wait for the server (W&B's own default: 90)
+    init_timeout: float = same_results(default=15.0)
+    on_unreachable: OnUnreachable = same_results(default=OnUnreachable.offline)
+    # seconds the end of a run may wait for uploads; the rest stays on disk, syncable
+    finish_timeout: float = same_results(default=60.0)
 
 
 class LauncherKind(StrEnum):

@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from lw.errors import EXIT_DONE, EXIT_INCOMPLETE, Incomplete, UserError
 from lw.run_dir import metrics_file
 from lw.tasks.registry import Task, task_of
-from lw.tracking import Tracker, start_tracker
+from lw.tracking import Tracker, check_logger, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     task = task_of(cfg.task)
+    check_logger(cfg.logger)
     if cfg.dry_run and task.dry_run is None:
         raise UserError(f"task={cfg.task} has no dry run (dry_run=true plans train, prepare and eval): "
                         f"set dry_run=false, or use one of those tasks")

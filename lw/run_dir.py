@@ -6,6 +6,7 @@ RUN_DIR (runs/<name>/, or multirun/<time>/<name>/ in a sweep) holds
     data/                   the training data as prepared: train.jsonl (SFT messages), pairs.jsonl (DPO),
                             prompts.jsonl (GRPO), tokenized/ (for the distributed workers)
     checkpoints/            the trainer's checkpoints (TRL's args.output_dir); a rerun resumes from the last
+                            complete one; torn/ holds those a kill cut short inside their save
     model/                  the trained model, its tokenizer and generation config
     launch/                 what the driver hands its workers (lw/launch/driver.py): config.yaml,
                             deepspeed.json, command.sh, workers.log, ranks/, train_log.jsonl;
@@ -99,6 +100,12 @@ def tokenized_dir(run_dir) -> Path:
 def checkpoint_dir(run_dir) -> Path:
     """Where a run's trainer checkpoints (TRL's args.output_dir) and resumes from."""
     return Path(run_dir) / "checkpoints"
+
+
+def torn_checkpoints_dir(checkpoints) -> Path:
+    """Checkpoints cut short by a kill inside their save, set aside (lw/train/checkpoints.py); outside
+    what transformers reads (checkpoint-N folders only)."""
+    return Path(checkpoints) / "torn"
 
 
 def model_dir(run_dir) -> Path:

@@ -84,6 +84,7 @@ def test_a_task_module_without_its_declaration_is_a_bug_named(monkeypatch):
     ("pairs.rule", "mean, length, quality"), ("agentwrite.missing_count", "keep, drop"),
     ("agentwrite.empty_paragraph", "drop, skip"), ("generation.backend", "hf, vllm, openai"),
     ("generation.batching", "continuous, static"), ("generation.server", "openai, vllm"), ("logger.kind", "wandb, none"),
+    ("logger.on_unreachable", "offline, fail"),
     ("launcher.kind", "local, deepspeed, slurm"), ("launcher.runner", "torchrun, accelerate"),
     ("launcher.backend", "nccl, gloo"), ("plan.device", "cuda, cpu"), ("model.dtype", "bfloat16, float16, float32"),
     ("model.tiny.architecture", "llama, glm"), ("data.source", "toy, messages, mix, pairs, prompts"),
@@ -395,13 +396,14 @@ def test_result_neutral_settings_stay_out_of_run_names():
 
 def test_run_name_settings_are_derived_from_the_schema_as_they_were_listed_by_hand():
     """exclude_keys and the path settings come from lw/config.py's marks; the same lists conf/config.yaml
-    and lw/cli.py kept by hand before, so no run's name or directory changes."""
+    and lw/cli.py kept by hand before (plus W&B's timeouts, added since), so no run's name or directory changes."""
     from lw.cli import PATH_SETTINGS
 
     cfg = compose_lw()
     assert sorted(cfg.hydra.job.config.override_dirname.exclude_keys) == sorted([
         "task", "dry_run", "logger", "logger.kind", "logger.project", "logger.entity", "logger.group",
-        "logger.name", "logger.tags", "logger.mode", "launcher", "launcher.kind", "launcher.runner",
+        "logger.name", "logger.tags", "logger.mode", "logger.init_timeout", "logger.on_unreachable",
+        "logger.finish_timeout", "launcher", "launcher.kind", "launcher.runner",
         "launcher.node_rank", "launcher.master_addr", "launcher.master_port", "launcher.backend",
         "launcher.log_tail_lines", "launcher.collective_timeout_s", "cache_dir", "generation.batch_size",
         "generation.concurrency", "generation.timeout", "generation.retries", "judge.concurrency", "judge.timeout",

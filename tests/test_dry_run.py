@@ -255,3 +255,30 @@ def test_the_dpo_plan_holds_two_sequences_a_pair_and_grpo_one_a_completion(plans
     # DPO's reference pass is precomputed (no second model); GRPO at beta 0 has none.
     assert "reference_largest_layer" not in dpo["memory"]["gpu_per_rank_gib"]
     assert "reference_largest_layer" not in grpo["memory"]["gpu_per_rank_gib"]
+
+
+def test_an_estimate_within_the_headroom_of_the_gpus_memory_is_offloaded(tmp_path):
+    """A run whose estimate lies between the GPU's memory less the headroom and the GPU's memory (77
+    GiB of an 80 GiB GPU) does not fit: the CUDA context, NCCL and fragmentation take the rest."""
+    glm = ("experiment=longwriter_glm4_9b", "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1")
+    estimate = training_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "a")["deepspeed"]["choice"][
+        "gpu_per_rank_gib"]["zero3"]
+    choice = training_plan(compose_lw(*glm, f"plan.gpu_memory_gib={estimate + 1:.3f}"), tmp_path / "b")["deepspeed"][
+        "choice"]
+    assert choice["headroom_gib"] > 1 and choice["gpu_per_rank_gib"]["zero3"] == pytest.approx(estimate)
+    assert (choice["chosen"], choice["fits_without_offload"]) == ("zero3_offload", False)
+    assert "does not fit without offload" in choice["reason"]
+
+
+def test_zero3_states_shard_over_the_ranks_of_every_node(tmp_path):
+    """16 bytes a parameter over all nproc_per_node x nnodes ranks: two nodes halve a rank's states."""
+    gib = 1024**3
+    glm = ("experiment=longwriter_glm4_9b", "plan.gpu_memory_gib=141")
+    one = training_plan(compose_lw(*glm), tmp_path / "one")
+    two = training_plan(compose_lw(*glm, "launcher.nnodes=2", "launcher.master_addr=node0", "launcher.master_port=29500"),
+                     tmp_path / "two")
+    assert two["launcher"]["world_size"] == 16
+    for plan, ranks in ((one, 8), (two, 16)):
+        params = plan["model"]["parameters"]
+        assert plan["memory"]["gpu_per_rank_gib"]["model_states"] == pytest.approx(16 * params / ranks / gib, abs=1e-3)
+        assert f"at 16 bytes a parameter over {ranks} ranks" in plan["deepspeed"]["choice"]["reason"]

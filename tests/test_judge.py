@@ -231,6 +231,15 @@ def test_numeric_scores_take_what_float_takes_and_official_extraction_reads_only
                                                                               "extraction_differs": True}
 
 
+def test_official_extraction_reads_a_line_break_inside_a_string_value_as_the_official_script_does():
+    """evaluation/eval_quality.py removes every line break before json.loads, so a reply whose free
+    text breaks a line inside its string parses there; lw's official mode counts it too."""
+    broken = judge_json(3, analysis="clear and kept,NEWLINEwith a second line").replace("NEWLINE", "\n")
+    assert "\n" in broken
+    for reply in (broken, "Scores:\n```json\n" + broken + "\n```"):
+        assert parse_judgement(reply, extraction="official") == {d: 3 for d in DIMENSIONS}
+
+
 def official_script(body, attempt):
     """Replies by marker: non-integer scores, non-integer then integer, prose then JSON, never JSON."""
     text = user_text(body)

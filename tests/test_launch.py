@@ -13,14 +13,17 @@ from omegaconf import OmegaConf, open_dict
 
 from lw.errors import UserError
 from lw.launch.driver import (
+    NodeLost,
+    Preempted,
     TrainLogForwarder,
     WorkerFailure,
+    explain_failure,
     is_first_node,
     run_workers,
     worker_command,
     write_launch_files,
 )
-from lw.launch.topology import Topology, slurm_port, topology
+from lw.launch.topology import EXIT_PREEMPTED, Topology, slurm_port, topology
 from lw.plan.deepspeed import deepspeed_config_path, load_deepspeed_config
 from lw.tracking import Tracker
 
@@ -250,3 +253,28 @@ def test_workers_get_the_planners_deepspeed_config_for_auto(tmp_path, gpu_gib, o
                        resolve_deepspeed(cfg, trainer_for(cfg)))
     zero = json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]
     assert zero["stage"] == 3 and ("offload_param" in zero) == ("offload_optimizer" in zero) == offload
+
+
+def test_a_rank_of_this_node_killed_by_signal_9_is_this_nodes_failure_not_another_node_lost(tmp_path):
+    """The OOM killer takes rank 2 on node 1; its local peer then loses its connections (exit code 1):
+    this node's own failure, with its exit codes and lines, never 'lost node 0' (which would send the
+    user to look for a dead node)."""
+    lines = ("[default0]:RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+             "[127.0.0.1]:29500\n")
+    failure = WorkerFailure("worker rank 2 (local rank 0) failed with exit code -9 (SIGKILL)", 2, -9, lines, (-9, 1))
+    topo = Topology(nnodes=2, node_rank=1, nproc_per_node=2, master_addr="node0", master_port=29500)
+    assert explain_failure(failure, topo, tmp_path) is failure
+    # The same lines with every rank ended by its lost peer are another node's loss.
+    lost = WorkerFailure("worker rank 2 (local rank 0) failed with exit code 1", 2, 1, lines, (1, 1))
+    assert isinstance(explain_failure(lost, topo, tmp_path), NodeLost)
+
+
+def test_a_failure_with_one_rank_preempted_and_another_crashed_is_a_crash_not_a_preemption(tmp_path):
+    """Handled as a preemption, a crashing job would exit 75 and be requeued again and again."""
+    topo = Topology(nnodes=1, node_rank=0, nproc_per_node=2, master_addr="127.0.0.1", master_port=29500)
+    crashed = WorkerFailure("worker rank 1 (local rank 1) failed with exit code 1", 1, 1,
+                            "[default1]:ValueError: a bug\n", (1, EXIT_PREEMPTED))
+    assert explain_failure(crashed, topo, tmp_path) is crashed
+    preempted = WorkerFailure("worker rank 0 (local rank 0) failed with exit code 75", 0, EXIT_PREEMPTED, "",
+                              (EXIT_PREEMPTED, EXIT_PREEMPTED))
+    assert isinstance(explain_failure(preempted, topo, tmp_path), Preempted)

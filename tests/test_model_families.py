@@ -94,6 +94,10 @@ def test_stop_ids_are_the_union_and_a_missing_one_is_named(tokenizers):
 def test_openai_answers_lose_a_trailing_end_of_turn_marker():
     assert strip_end_of_turn("the river runs .<|eot_id|>\n", ["<|eot_id|>", "<|user|>"]) == "the river runs ."
     assert strip_end_of_turn("a <|user|> b", ["<|user|>"]) == "a <|user|> b"
+    # An OpenAI-compatible server may return two markers, each one of the chat format's stops.
+    markers = ["<|user|>", "<|observation|>"]
+    assert strip_end_of_turn("the river runs .<|user|>\n<|observation|>", markers) == "the river runs ."
+    assert strip_end_of_turn("the river runs .<|observation|><|user|> ", markers) == "the river runs ."
 
 
 @pytest.fixture(scope="module")
