@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from speedup import write_speedups  # noqa: E402
+
 from lw.testing.openai_server import Reply, spawned_server, user_text  # noqa: E402
 
 PLAN = "\n".join(f"Paragraph {i} - Main Point: part {i} of the story - Word Count: 200 words" for i in (1, 2, 3))

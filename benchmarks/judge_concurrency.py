@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from omegaconf import OmegaConf  # noqa: E402
+from speedup import write_speedups  # noqa: E402
 
 from lw.config import JudgeConfig  # noqa: E402
 from lw.eval.judge import Judge  # noqa: E402
 from lw.testing.benchmark_files import JUDGE_TEMPLATE, longbench_write_rows  # noqa: E402
-from speedup import write_speedups  # noqa: E402
 from lw.testing.openai_server import Reply, judge_json, spawned_server  # noqa: E402
 
 

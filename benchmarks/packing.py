@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig  # noqa: E402
 from lw.data import build_sft_dataset  # noqa: E402
-from lw.data.toy_words import TOPIC_NOUNS, vocabulary  # noqa: E402
 from lw.data.packing import next_fit_pack_lengths, pack, packing_summary  # noqa: E402
 from lw.data.tokenization import row_lengths  # noqa: E402
 from lw.models.tiny import tiny_tokenizer  # noqa: E402
+from lw.toy_words import TOPIC_NOUNS, vocabulary  # noqa: E402
 
 
 def write_samples(path: Path, n: int, long_fraction: float, seed: int) -> None:

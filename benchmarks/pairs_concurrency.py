@@ -21,8 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from lw.eval.judge import DIMENSIONS  # noqa: E402
 from speedup import write_speedups  # noqa: E402
+
+from lw.eval.judge import DIMENSIONS  # noqa: E402
 from lw.testing.openai_server import Reply, judge_json, spawned_server, user_text  # noqa: E402
 
 JUDGE_TEMPLATE = "Judge this answer.\n[Instruction]\n$INST$\n[Answer]\n$RESPONSE$\nReply with JSON scores.\n"

@@ -3,13 +3,13 @@ timeout and keeps going when one fails). Every stage merges its figures into one
 
   train     lw's SFT path as the workers run it, on the GLM-4-9B architecture (conf/model/glm4_9b.yaml's
             numbers, random weights, no download; --layers of its 40 on one GPU, `auto`: the most
-            whose planned memory, lw/plan.py, fits this GPU less the planner's headroom): 32k-token
+            whose planned memory, lw/plan/, fits this GPU less the planner's headroom): 32k-token
             packs of a LongWriter-like length mix from lw's packer, lw's pack collator and SFT trainer
             with the paper recipe's loss (pack_sequences_over_30) through TRL's fused LM head,
             `attn_implementation: auto`, bf16, activation checkpointing, under the DeepSpeed config --ds
             (zero3: no offload; zero3_offload: optimizer states and parameters to the host, torch
             AdamW; zero3_offload_cpuadam: the same with DeepSpeed's CPU Adam). It records tokens/s, MFU
-            from per-sample FLOPs (lw/launch/flops.py), where each step's time goes (the engine's
+            from per-sample FLOPs (lw/plan/flops.py), where each step's time goes (the engine's
             forward, backward and optimizer step, timed apart), and the planner's estimate for the
             run beside its measured peak.
   generate  generation=hf on the full-depth architecture: static batches vs continuous batching on
@@ -63,14 +63,15 @@ def glm4_9b_config(smoke: bool, layers: int | None = None):
 
 
 def planned_gib(config, pack_length: int, gpu_gib: float) -> dict:
-    """lw's planner (lw/plan.py) on this run: GLM-4-9B's paper experiment at `config`'s shapes, one
+    """lw's planner (lw/plan/) on this run: GLM-4-9B's paper experiment at `config`'s shapes, one
     GPU of `gpu_gib`, one pack of `pack_length` a step: GiB per rank by DeepSpeed config."""
     import yaml
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
     from lw.cli import CONFIG_DIR
-    from lw.plan import build_plan
+    from lw.plan.training import build_plan
+    from lw.train.registry import trainer_for
 
     arch = yaml.safe_load((REPO / "conf" / "model" / "glm4_9b.yaml").read_text())["arch"]
     ours = config.to_dict()
@@ -81,7 +82,7 @@ def planned_gib(config, pack_length: int, gpu_gib: float) -> dict:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
-    return build_plan(cfg, Path(tempfile.mkdtemp(prefix="gpu_check_plan_")))["deepspeed"]["choice"]["gpu_per_rank_gib"]
+    return build_plan(cfg, trainer_for(cfg), "(gpu check)")["deepspeed"]["choice"]["gpu_per_rank_gib"]
 
 
 def layers_for_gpu(config, pack_length: int, gpu_gib: float) -> int:
@@ -89,7 +90,7 @@ def layers_for_gpu(config, pack_length: int, gpu_gib: float) -> int:
     headroom (the estimate is linear in the layer count: two plans give it)."""
     import copy
 
-    from lw.plan import HEADROOM_GIB
+    from lw.plan.offload import HEADROOM_GIB
 
     one, two = copy.deepcopy(config), copy.deepcopy(config)
     one.num_hidden_layers, two.num_hidden_layers = 1, 2
@@ -208,10 +209,10 @@ def train(args) -> int:
     from trl import SFTConfig
 
     from lw.data.packing import PackCollator
-    from lw.launch.flops import train_flops
     from lw.launch.topology import single_process_env
     from lw.models import attention_implementation, parameter_counts, use_attention
     from lw.models.tiny import tiny_tokenizer
+    from lw.plan.flops import train_flops
     from lw.train.sft import LwSFTTrainer
     from lw.train.worker import skip_cpu_shm_comm
 
@@ -298,7 +299,7 @@ def throughput(steps: list[dict], warmup: int, config, counts: dict, train_flops
     flops = sum(train_flops(config, counts["total"], counts["embedding"], s["lengths"]) for s in timed)
     peak = peak_flops()
     return {
-        "flops_convention": "lw.launch.flops.train_flops: 6 x matmul parameters a token + 12 x layers x heads x "
+        "flops_convention": "lw.plan.flops.train_flops: 6 x matmul parameters a token + 12 x layers x heads x "
                             "head_dim x the causal pairs within each sample (not the pack's dense square)",
         "samples_per_pack": [len(s["lengths"]) for s in steps], "real_tokens_per_step": [sum(s["lengths"]) for s in
                                                                                           steps],
@@ -316,12 +317,12 @@ def dpo(args) -> int:
     import deepspeed
     import torch
     from datasets import Dataset
+    from trl import DPOConfig
 
     from lw.launch.topology import single_process_env
     from lw.models.tiny import tiny_tokenizer
     from lw.train.dpo import LwDPOTrainer
     from lw.train.worker import skip_cpu_shm_comm
-    from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
     single_process_env()

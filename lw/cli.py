@@ -12,14 +12,14 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lw.config import register_configs
-from lw.launch.topology import node_suffix
+from lw.config import NAMES_FILE, SAME_RESULTS, marked_settings, register_configs
 from lw.errors import EXIT_INCOMPLETE, Incomplete, UserMistake, end_program, fail, one_line
+from lw.launch.topology import node_suffix
+from lw.run_dir import INCOMPLETE_MARK, incomplete_mark
 from lw.tracking import is_secret_key
 
-# Settings that name a file or folder: their value enters run names by its last component.
-PATH_SETTINGS = {"path", "data_dir", "predictions", "template", "instructions", "prompts", "outline_prompt",
-                 "write_prompt", "init_from", "file"}
+# Settings that name a file or folder (marked in lw/config.py): their value enters run names by its last component.
+PATH_SETTINGS = {key.rsplit(".", 1)[-1] for key in marked_settings(NAMES_FILE)}
 # Names our own runs give their outputs: a path ending in one keeps the folder above it (runs/NAME/model).
 GENERIC_NAMES = {"model", "checkpoints", "data", "final"}
 
@@ -58,7 +58,17 @@ def run_name(overrides, excluded=(), task: str = "train") -> str:
     return name
 
 
+def task_lines() -> str:
+    """`lw --help`'s list of tasks, from each task's declaration (imports every task module)."""
+    from lw.tasks.registry import task_lines
+
+    return task_lines()
+
+
 OmegaConf.register_new_resolver("lw_run_name", run_name, replace=True)
+# hydra.job.config.override_dirname.exclude_keys: the settings lw/config.py marks as not changing results.
+OmegaConf.register_new_resolver("lw_same_results", lambda: marked_settings(SAME_RESULTS), replace=True)
+OmegaConf.register_new_resolver("lw_task_lines", task_lines, replace=True)
 # Hydra's .hydra/ and log file, apart for each node's driver of a multi-node job (one run directory).
 OmegaConf.register_new_resolver("lw_node_suffix", node_suffix, replace=True)
 register_configs()
@@ -83,7 +93,6 @@ _full_error = False  # the user asked for tracebacks (HYDRA_FULL_ERROR=1); set b
 _incomplete_jobs: list[str] = []  # a multirun's jobs that ended incomplete: the sweep goes on, lw exits 3
 # In an incomplete job's run directory: its one line. Jobs may run in other processes (hydra/launcher=
 # submitit_local or submitit_slurm), so the sweep's own process learns of them from these files.
-INCOMPLETE_MARK = "lw_incomplete.txt"
 
 
 class SweepOutcomes(Callback):
@@ -96,13 +105,14 @@ class SweepOutcomes(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> None:
-    from lw.pipeline import run  # heavy imports after --help and config errors
     from hydra.core.hydra_config import HydraConfig
+
+    from lw.pipeline import run  # heavy imports after --help and config errors
 
     # main() set HYDRA_FULL_ERROR so that Hydra hands composition errors to it; the run's child
     # processes (training workers) must not inherit that, so it is unset while the task runs.
     saved = os.environ.pop("HYDRA_FULL_ERROR", None)
-    mark = Path(HydraConfig.get().runtime.output_dir) / INCOMPLETE_MARK
+    mark = incomplete_mark(HydraConfig.get().runtime.output_dir)
     mark.unlink(missing_ok=True)  # an earlier attempt's
     try:
         run(cfg)

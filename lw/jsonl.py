@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
 from lw.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -209,30 +209,44 @@ def usage_of(data: dict) -> dict:
 async def chat_with_usage(client: Client, endpoint: Endpoint, model: str, prompt: str, system: str | None = None,
                           **sampling) -> tuple[str, dict]:
     """As `chat`, and the token usage the server reported: (text, {"prompt_tokens", "completion_tokens"})."""
-    import aiohttp
-
     turns = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": prompt}]
     payload = {"model": model, "messages": turns,
                **{k: v for k, v in sampling.items() if v is not None}}
+    return await _post(client, endpoint, endpoint.url, payload, lambda choice: choice["message"].get("content"))
+
+
+async def complete_ids(client: Client, endpoint: Endpoint, model: str, prompt_ids: list[int], **sampling) -> str:
+    """A completion of the prompt's token ids (POST /completions): the text the server generated.
+    vLLM's server takes a prompt as ids, so it generates from exactly the ids lw's chat format gives."""
+    payload = {"model": model, "prompt": list(prompt_ids), **{k: v for k, v in sampling.items() if v is not None}}
+    text, _ = await _post(client, endpoint, endpoint.base_url.rstrip("/") + "/completions", payload,
+                          lambda choice: choice["text"])
+    return text
+
+
+async def _post(client: Client, endpoint: Endpoint, url: str, payload: dict, read) -> tuple[str, dict]:
+    """POST `payload` with retries; `read(first choice)` is the text (None: "")."""
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=endpoint.timeout, sock_connect=min(CONNECT_TIMEOUT, endpoint.timeout))
     health = client.health
-    where = f"{endpoint.what}: {endpoint.url}"
+    where = f"{endpoint.what}: {url}"
     for attempt in range(endpoint.retries + 1):
         if health.gone():
             raise ApiError(f"{where}: not sent, the server has refused every connection for "
                            f"{GIVE_UP_AFTER:g} s (it stopped?)")
         retry_after = None
         try:
-            async with client.session.post(endpoint.url, json=payload, headers=endpoint.headers,
+            async with client.session.post(url, json=payload, headers=endpoint.headers,
                                            timeout=timeout) as response:
                 status = response.status
                 if status == 200:
                     data = await response.json(content_type=None)
                     health.answered()
                     try:
-                        return data["choices"][0]["message"].get("content") or "", usage_of(data)
+                        return read(data["choices"][0]) or "", usage_of(data)
                     except (KeyError, IndexError, TypeError):
-                        raise ApiError(f"{where}: not a chat completion: {str(data)[:300]}", 200) from None
+                        raise ApiError(f"{where}: not a completion: {str(data)[:300]}", 200) from None
                 message = server_message(await response.text())
                 retry_after = _retry_after(response.headers)
                 first_answer = health.answers == 0

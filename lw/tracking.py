@@ -7,7 +7,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+
 from lw.errors import UserError
+from lw.run_dir import wandb_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +69,38 @@ class WandbTracker(Tracker):
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
             if mode == "offline":
                 log.warning("W&B: no WANDB_API_KEY in the environment, logging offline under %s "
-                            "(upload later with `wandb sync`)", run_dir / "wandb")
+                            "(upload later with `wandb sync`)", wandb_dir(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
-            name=logger_cfg.name or name, tags=list(logger_cfg.tags), config=redact(config),
-            dir=str(run_dir), mode=mode, reinit="finish_previous",
-        )
+        # Two waits on the server outside init_timeout and finish_timeout: wandb's "logged in as"
+        # lookup (about 10 s more at the start when it cannot be reached; the user's name is all it
+        # gives), and wandb's own usage reports, sent at the process's exit (10 s a try). The user's
+        # WANDB_ERROR_REPORTING=true is kept.
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        wandb.setup(settings=wandb.Settings(x_disable_viewer=True))
+        # Bounded waits: at the start for the server, at the end for uploads (what is left stays on disk).
+        settings = wandb.Settings(init_timeout=float(logger_cfg.init_timeout),
+                                  finish_timeout=float(logger_cfg.finish_timeout))
+        init = dict(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
+                    name=logger_cfg.name or name, tags=list(logger_cfg.tags), config=redact(config),
+                    dir=str(run_dir), reinit="finish_previous", settings=settings)
+        try:
+            self.run = wandb.init(mode=mode, **init)
+        except wandb.errors.CommError as err:
+            self.run = self._offline_or_fail(logger_cfg, init, err)
         # The HF Trainer's W&B callback finds this run and logs the training curves into it.
         os.environ["WANDB_PROJECT"] = logger_cfg.project
+
+    def _offline_or_fail(self, logger_cfg, init: dict, err: Exception):
+        """The server did not answer within logger.init_timeout: log offline, or stop (logger.on_unreachable)."""
+        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        why = f"W&B server {server} not reachable within {logger_cfg.init_timeout:g} s ({str(err).splitlines()[0]})"
+        if logger_cfg.on_unreachable == "fail":
+            raise UserError(f"{why}; check the network or WANDB_BASE_URL, or set logger.on_unreachable=offline "
+                            f"to log offline and upload later, or logger=none") from None
+        run = self._wandb.init(mode="offline", **init)
+        offline = Path(run.dir).parent
+        log.warning("%s: logging offline in %s; upload it later with `wandb sync %s`", why, offline, offline)
+        return run
 
     def log(self, metrics):
         self.run.log(metrics)
@@ -93,12 +118,19 @@ class WandbTracker(Tracker):
         self.run.finish(exit_code=exit_code)
 
 
+def check_logger(logger_cfg) -> None:
+    """The W&B timeouts, checked before any work (one line, exit status 2); on_unreachable is typed."""
+    for key, most in (("init_timeout", 600), ("finish_timeout", 3600)):
+        value = logger_cfg[key]
+        if not 0 < value <= most:
+            raise UserError(f"logger.{key}={value:g} must lie in (0, {most}] seconds: how long W&B may hold "
+                            f"the {'start' if key == 'init_timeout' else 'end'} of a run")
+
+
 def start_tracker(logger_cfg, config: dict, run_dir: Path, name: str, group: str) -> Tracker:
     if logger_cfg.kind == "none" or not is_rank_zero():
         return Tracker()
-    if logger_cfg.kind == "wandb":
-        return WandbTracker(logger_cfg, config, run_dir, name, group)
-    raise UserError(f"unknown logger.kind {logger_cfg.kind!r}; choose wandb or none")
+    return WandbTracker(logger_cfg, config, run_dir, name, group)
 
 
 def read_offline_run(run_path: Path) -> dict[str, Any]:

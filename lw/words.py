@@ -1,4 +1,5 @@
-"""The benchmark's word counter, length score and language rule, as LongWriter's own code has them.
+"""The benchmark's word counter, length score and language rule, as LongWriter's own code has them,
+and the one reader of a required length (`parse_length`).
 
 Both are the yardstick for every length in this project (data filters included), so results
 compare with the paper. The counter's quirks are kept on purpose:
@@ -10,6 +11,8 @@ compare with the paper. The counter's quirks are kept on purpose:
 from __future__ import annotations
 
 import re
+
+from lw.errors import UserError
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _ENGLISH_WORD = re.compile(r"\b[a-zA-Z]+\b")
@@ -43,3 +46,16 @@ def length_score(required: int | float, produced: int | float) -> float:
     if produced > required:
         return 100.0 * max(0.0, 1.0 - (produced / required - 1.0) / 3.0)
     return 100.0 * max(0.0, 1.0 - (required / produced - 1.0) / 2.0)
+
+
+def parse_length(value, where: str) -> int:
+    """A required length: a positive integer (an integral float or numeric string is accepted)."""
+    if isinstance(value, bool):
+        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or value <= 0:
+        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
+    return value

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from lw.testing.benchmark_files import write_benchmark_files
+
 # Light modules: nothing that reads HF_HOME or the W&B settings is imported before the fixture sets them.
 from helpers import find_official_dir, find_writingbench_dir, official_dirs, save_tiny_checkpoint, writingbench_dirs
-from lw.testing.benchmark_files import write_benchmark_files
 
 
 @pytest.fixture(autouse=True, scope="session")

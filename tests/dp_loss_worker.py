@@ -19,6 +19,7 @@ from lw.data import build_sft_dataset
 from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
 from lw.train.sft import build_trainer
+
 from test_loss import packed_config, small_tiles
 
 

@@ -70,6 +70,13 @@ def run_lw(*overrides: str, cwd: Path, timeout: int = 300, check: bool = True,
     return result
 
 
+def run_task(task, cfg, run_dir: Path, tracker, tokenizer=None):
+    """A task's settings check, then its run, as lw/pipeline.py calls them (without W&B or metrics.json)."""
+    if task.check is not None:
+        task.check(cfg, run_dir)
+    return task.run(cfg, run_dir, tracker, tokenizer)
+
+
 def save_tiny_checkpoint(path: Path, **generation) -> Path:
     """A random-init tiny model and its tokenizer saved as a checkpoint (what model.path points at
     after SFT); `generation` sets its generation_config (e.g. min_new_tokens)."""
@@ -83,3 +90,12 @@ def save_tiny_checkpoint(path: Path, **generation) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def training_plan(cfg, run_dir: Path) -> dict:
+    """The plan task=train's dry run builds, from the trainer and launch command it hands the planner."""
+    from lw.launch.driver import launch_command
+    from lw.plan.training import build_plan
+    from lw.train.registry import trainer_for
+
+    return build_plan(cfg, trainer_for(cfg), launch_command(cfg, run_dir))

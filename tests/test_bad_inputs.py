@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lw
-
 from lw import llm
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+
+from helpers import run_lw
 
 KEY = "sk-bad-inputs-test-key"
 
@@ -91,7 +91,7 @@ def test_an_empty_response_is_scored_zero_and_said(tmp_path, score_args):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 empty responses (they score S_l = 0)" in result.stdout + result.stderr
     rows = (tmp_path / "run" / "results.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[1].endswith(",10,0,0.0")  # kept, and scored 0
+    assert len(rows) == 4 and rows[1].endswith(",10,0,0.0,,")  # kept, and scored 0 (no R, C: not WritingBench)
 
 
 @pytest.mark.slow
@@ -186,6 +186,8 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
                                  "eos_loss_weight"),
     ("trainer.args.output_dir=x", "lw: error: trainer.args.output_dir: lw sets it; set hydra.run.dir"),
     ("data=pairs", "lw: error: trainer=sft trains on data.source toy or messages or mix, not pairs: give it conversations"),
+    ("logger.on_unreachable=retry", "lw: error: logger.on_unreachable=retry: Invalid value 'retry', expected one of "
+                                    "[offline, fail]"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, override, expected):
     line = user_error(run(override, "logger=none", cwd=tmp_path))
@@ -203,10 +205,11 @@ def test_dry_run_of_a_task_without_one_is_refused_before_any_work(tmp_path, task
     assert "training plan" not in result.stdout.lower() and not (tmp_path / "run" / "plan.json").exists()
 
 
-def test_score_and_agentwrite_never_import_torch():
-    """A mistyped judge or server URL must fail in seconds, not after torch's imports."""
+def test_no_task_declaration_imports_torch():
+    """A mistyped judge or server URL of score or agentwrite must fail in seconds, not after torch's
+    imports; and `lw --help`, which reads every task's declaration, stays quick."""
     code = ("import sys, lw.cli, lw.pipeline, lw.tasks; "
-            "[lw.tasks.task_module(t) for t in ('score', 'agentwrite')]; "
+            "[lw.tasks.task_of(t) for t in lw.tasks.TASKS]; import lw.eval.judge; "
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

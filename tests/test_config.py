@@ -49,22 +49,50 @@ def test_default_trainer_args_are_valid_sft_config():
     assert args.completion_only_loss and args.max_length == max_length_of(cfg.data) == DEFAULT_MAX_LENGTH
 
 
-def test_every_task_has_one_module_with_run():
-    from lw.tasks import TASKS, task_module
+def test_every_task_has_one_module_declaring_its_task():
+    from lw.tasks import TASKS, Task, task_of
 
     assert len(set(TASKS.values())) == len(TASKS)
     for name in TASKS:
-        assert callable(task_module(name).run), f"{TASKS[name]} lacks run"
+        task = task_of(name)
+        assert isinstance(task, Task) and callable(task.run) and task.summary, f"{TASKS[name]} lacks TASK"
+    # The hooks a task declares are what the pipeline runs: train's base stage before W&B, its dry run.
+    assert task_of("train").before_tracking is not None and task_of("score").dry_run is None
+    assert not task_of("agentwrite").uses_torch and task_of("prepare").needs_tokenizer
 
 
 def test_an_unknown_task_names_the_closest_and_the_valid_ones():
     from lw.errors import UserError
-    from lw.tasks import task_module
+    from lw.tasks import task_of
 
     with pytest.raises(UserError, match="task=trian is not a task; did you mean task=train"):
-        task_module("trian")
+        task_of("trian")
     with pytest.raises(UserError, match="valid tasks: train, prepare, eval, score, dpo_pairs, agentwrite"):
-        task_module("zzz")
+        task_of("zzz")
+
+
+def test_a_task_module_without_its_declaration_is_a_bug_named(monkeypatch):
+    from lw.tasks import TASKS, task_of
+
+    monkeypatch.setitem(TASKS, "bare", "lw.words")  # a module, but no TASK in it
+    with pytest.raises(TypeError, match="lw.words declares no TASK"):
+        task_of("bare")
+
+
+@pytest.mark.parametrize("setting, choices", [
+    ("judge.kind", "none, openai, writingbench"), ("judge.scores", "integer, numeric"), ("judge.extraction", "lenient, official"),
+    ("pairs.rule", "mean, length, quality"), ("agentwrite.missing_count", "keep, drop"),
+    ("agentwrite.empty_paragraph", "drop, skip"), ("generation.backend", "hf, vllm, openai"),
+    ("generation.batching", "continuous, static"), ("generation.server", "openai, vllm"), ("logger.kind", "wandb, none"),
+    ("logger.on_unreachable", "offline, fail"),
+    ("launcher.kind", "local, deepspeed, slurm"), ("launcher.runner", "torchrun, accelerate"),
+    ("launcher.backend", "nccl, gloo"), ("plan.device", "cuda, cpu"), ("model.dtype", "bfloat16, float16, float32"),
+    ("model.tiny.architecture", "llama, glm"), ("data.source", "toy, messages, mix, pairs, prompts"),
+])
+def test_a_closed_choice_fails_at_compose_listing_its_choices(setting, choices):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_lw(f"{setting}=nope")
+    assert f"Invalid value 'nope', expected one of [{choices}]" in str(err.value.__cause__)
 
 
 @pytest.mark.parametrize("kind", list(TRAINERS))
@@ -156,7 +184,8 @@ from trl import SFTConfig, SFTTrainer
 
 from lw.config import TrainerConfig
 from lw.train import sft
-from lw.train.fit import checkpoint_dir_of, fit_and_save
+from lw.run_dir import checkpoint_dir
+from lw.train.fit import fit_and_save
 from lw.train.registry import trainer_config, trl_args
 
 
@@ -177,7 +206,7 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> SFTConfig:
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
     (Path(run_dir) / "note.txt").write_text(trainer_config(cfg).note)
-    trainer = SFTTrainer(model=model, args=training_args(cfg, checkpoint_dir_of(run_dir), report_to),
+    trainer = SFTTrainer(model=model, args=training_args(cfg, checkpoint_dir(run_dir), report_to),
                          train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
     return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
 '''
@@ -209,6 +238,63 @@ def test_a_throwaway_trainer_registered_in_a_test_runs_through_lw_and_writes_its
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert saved.trainer.kind == "throwaway" and saved.trainer.note == "written"
     assert json.loads((run_dir / "metrics.json").read_text())
+
+
+THROWAWAY_TASK = '''
+"""A task added as docs/architecture.md says: this module and one line in TASKS."""
+import json
+from pathlib import Path
+
+from lw.errors import UserError
+from lw.tasks.registry import Task
+
+
+def check(cfg, run_dir: Path) -> None:
+    if cfg.generation.max_new_tokens < 1:
+        raise UserError(f"task=throwaway needs generation.max_new_tokens >= 1, got {cfg.generation.max_new_tokens}")
+
+
+def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
+    (Path(run_dir) / "echo.json").write_text(json.dumps({"seed": cfg.seed, "model": cfg.model.name}))
+    return {"throwaway/seed": cfg.seed}
+
+
+TASK = Task(run=run, summary="writes echo.json with the seed and model name", uses_torch=False, check=check)
+'''
+
+
+@pytest.mark.slow
+def test_a_throwaway_task_registered_in_a_test_runs_through_lw(tmp_path, monkeypatch):
+    (tmp_path / "throwaway_task.py").write_text(THROWAWAY_TASK)
+    (tmp_path / "lw_with_throwaway.py").write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from lw.tasks.registry import TASKS
+        TASKS["throwaway"] = "throwaway_task"  # the one table line
+        from lw.cli import main
+        main()
+    """))
+
+    def lw(*overrides):
+        return subprocess.run([sys.executable, str(tmp_path / "lw_with_throwaway.py"), "task=throwaway", "logger=none",
+                               f"cache_dir={tmp_path / 'cache'}", *overrides], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    run_dir = tmp_path / "run"
+    result = lw("seed=7", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((run_dir / "echo.json").read_text()) == {"seed": 7, "model": "tiny"}
+    assert json.loads((run_dir / "metrics.json").read_text())["throwaway/seed"] == 7
+    refused = lw("generation.max_new_tokens=0", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert refused.returncode == 2 and "lw: error: task=throwaway needs generation.max_new_tokens >= 1, got 0" \
+        in refused.stderr
+    assert not (tmp_path / "refused" / "echo.json").exists()
+    # `lw --help` lists it from its declaration.
+    from lw.tasks import TASKS
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(TASKS, "throwaway", "throwaway_task")
+    assert "task=throwaway: writes echo.json with the seed and model name" in compose_lw().hydra.help.header
 
 
 def test_paper_experiments_differ_only_in_the_model():
@@ -306,3 +392,24 @@ def test_run_names_show_paths_by_their_last_component_and_lead_with_the_task():
 def test_result_neutral_settings_stay_out_of_run_names():
     cfg = compose_lw("logger=none", "task=eval", "seed=3")
     assert cfg.hydra.job.override_dirname == "seed-3"
+
+
+def test_run_name_settings_are_derived_from_the_schema_as_they_were_listed_by_hand():
+    """exclude_keys and the path settings come from lw/config.py's marks; the same lists conf/config.yaml
+    and lw/cli.py kept by hand before (plus W&B's timeouts, added since), so no run's name or directory changes."""
+    from lw.cli import PATH_SETTINGS
+
+    cfg = compose_lw()
+    assert sorted(cfg.hydra.job.config.override_dirname.exclude_keys) == sorted([
+        "task", "dry_run", "logger", "logger.kind", "logger.project", "logger.entity", "logger.group",
+        "logger.name", "logger.tags", "logger.mode", "logger.init_timeout", "logger.on_unreachable",
+        "logger.finish_timeout", "launcher", "launcher.kind", "launcher.runner",
+        "launcher.node_rank", "launcher.master_addr", "launcher.master_port", "launcher.backend",
+        "launcher.log_tail_lines", "launcher.collective_timeout_s", "cache_dir", "generation.batch_size",
+        "generation.concurrency", "generation.timeout", "generation.retries", "judge.concurrency", "judge.timeout",
+        "judge.retries", "judge.cache", "agentwrite.price_input_per_million", "agentwrite.price_output_per_million",
+        "judge.price_input_per_million", "judge.price_output_per_million"])
+    assert PATH_SETTINGS == {"path", "data_dir", "predictions", "template", "instructions", "prompts", "outline_prompt",
+                             "write_prompt", "init_from", "file"}
+    assert compose_lw("launcher.master_port=5", "generation.concurrency=3", "agentwrite.price_input_per_million=2",
+                      "agentwrite.outline_prompt=/a/b/outline.txt").run_name == "agentwrite.outline_prompt-outline.txt"

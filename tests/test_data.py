@@ -9,8 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import run_lw
-
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig
 from lw.data import build_sft_dataset, filter_by_output_words, load_samples, max_length_of, toy
 from lw.data.sources import BadSample, mix_sizes
@@ -18,6 +16,8 @@ from lw.data.tokenization import tokenize_messages
 from lw.models.chat_format import get_chat_format
 from lw.models.tiny import tiny_tokenizer
 from lw.words import count_words
+
+from helpers import run_lw
 
 
 def conversation(prompt="Write about rivers in 10 words.", answer="the quiet river carries the bank ."):

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw, run_lw
-
 from lw.config import DataConfig, LwConfig, ModelConfig, TinyModelConfig
 from lw.data import build_sft_dataset, max_length_of
 from lw.data.drops import drop_table
@@ -18,6 +16,8 @@ from lw.data.preference import build_preference_dataset
 from lw.errors import UserError
 from lw.models.chat_format import get_chat_format
 from lw.models.tiny import tiny_tokenizer
+
+from helpers import compose_lw, run_lw
 
 SHORT = 20  # short samples in each file
 LONG_WORDS = 1500  # one word is one token of the tiny tokenizer: over 1024 tokens, under 2048

@@ -11,7 +11,7 @@ from lw.data.preference import build_preference_dataset, tokenize_pairs
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
 from lw.models.tiny import tiny_tokenizer
-from lw.data.toy_words import TOPIC_NOUNS
+from lw.toy_words import TOPIC_NOUNS
 
 from helpers import compose_lw
 
@@ -186,6 +186,7 @@ def first_step_loss(one_batch, tokenizer, tmp_path, loss_type, loss_weights) -> 
     """The logged loss of one DPO step (learning rate 0) on the whole batch, and the token-mean NLL of
     its chosen answers computed here by hand from the starting model."""
     import torch
+
     from lw.train.registry import trainer_for
 
     path, start = one_batch
@@ -238,9 +239,9 @@ class LogRecorder(TrainerCallback):
 
 @pytest.mark.parametrize("name, parameters", [("longwriter_glm4_9b_dpo", 9.40e9), ("longwriter_llama3_1_8b_dpo", 8.03e9)])
 def test_paper_dpo_plans_offline(name, parameters, tmp_path):
-    from lw.plan import build_plan
+    from helpers import training_plan
 
-    plan = build_plan(compose_lw(f"experiment={name}"), tmp_path)
+    plan = training_plan(compose_lw(f"experiment={name}"), tmp_path)
     assert plan["model"]["parameters"] == pytest.approx(parameters, rel=0.01)
     assert plan["trainer"]["kind"] == "dpo" and plan["trainer"]["sequences_per_example"] == 2
     assert plan["trainer"]["reference"].startswith("precomputed")
@@ -251,19 +252,19 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
     gpu = plan["memory"]["gpu_per_rank_gib"]  # TRL's fused LM head: a tile and the head's fp32 gradients
     assert "activations_logits_and_loss" not in gpu and 0 < gpu["activations_fused_lm_head"] < 5
     assert plan["memory"]["fits_gpu"]
-    loaded = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false"), tmp_path)
+    loaded = training_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false"), tmp_path)
     # The reference model is sharded like the policy: its 16-bit shards on the GPUs without offload,
     # on the host with it.
     gpu = loaded["memory"]["gpu_per_rank_gib"]
     assert gpu["reference_params_partition"] == pytest.approx(2 * parameters / 8 / 2**30, rel=0.01)
     assert loaded["memory"]["gpu_per_rank_total_gib"] > plan["memory"]["gpu_per_rank_total_gib"]
-    offloaded = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
+    offloaded = training_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
                                       "launcher.deepspeed=zero3_offload"), tmp_path)
     host = offloaded["memory"]["host_per_node_gib"]
     assert host["reference_bf16_params"] == pytest.approx(2 * parameters / 2**30, rel=0.01)
     assert "reference_params_partition" not in offloaded["memory"]["gpu_per_rank_gib"]
     # Each node's host holds the 16-bit reference shards of its own ranks: half of it on each of two nodes.
-    two = build_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
+    two = training_plan(compose_lw(f"experiment={name}", "trainer.args.precompute_ref_log_probs=false",
                                 "launcher.nnodes=2", "launcher.master_port=29500",
                                 "launcher.deepspeed=zero3_offload"), tmp_path)
     assert two["memory"]["host_per_node_gib"]["reference_bf16_params"] == pytest.approx(parameters / 2**30, rel=0.01)
@@ -271,8 +272,9 @@ def test_paper_dpo_plans_offline(name, parameters, tmp_path):
 
 def test_committed_dpo_miniature_results_say_what_its_readme_says():
     """experiments/dpo/README.md reports these S_l values; the committed results must give them."""
-    from helpers import REPO
     from lw.report.analysis import load_sweep, summarize
+
+    from helpers import REPO
 
     summary = summarize(load_sweep(REPO / "experiments" / "dpo" / "results" / "cpu"))
     s_l = {(r.trainer, r.seed): round(r.S_l, 2) for r in summary.itertuples()}
@@ -280,6 +282,31 @@ def test_committed_dpo_miniature_results_say_what_its_readme_says():
     readme = (REPO / "experiments" / "dpo" / "README.md").read_text()
     for value in s_l.values():
         assert f"{value:.2f}" in readme
+
+
+def test_committed_five_seed_dpo_miniature_says_what_its_readme_says():
+    """experiments/dpo/README.md's 5-seed table and mean changes with their intervals are what
+    lw-compare's pairing gives on results/cpu_5seeds (each DPO run with the SFT run its config names)."""
+    import json
+
+    from lw.report.seeds import detected_pairs, load_runs, paired_changes
+
+    from helpers import REPO
+
+    results = REPO / "experiments" / "dpo" / "results" / "cpu_5seeds"
+    runs = load_runs(results, "toy_ruler")
+    per_seed, changes = paired_changes(runs, detected_pairs(runs))
+    rows = (REPO / "experiments" / "dpo" / "README.md").read_text().splitlines()
+    for seed in range(5):
+        pairs = json.loads((results / f"pairs_stats-seed-{seed}.json").read_text())["pairs"]
+        s_l, s_q = (per_seed[(per_seed["seed"] == seed) & (per_seed["metric"] == m)].iloc[0] for m in ("S_l", "S_q"))
+        assert any(r.startswith(f"| {seed} | {pairs} | {s_l.start_value:.2f} | {s_l.derived_value:.2f} | {s_l.change:+.2f} "
+                                f"| {s_q.start_value:.2f} | {s_q.derived_value:.2f} |") for r in rows), seed
+    means = {m: changes[changes["metric"] == m].iloc[0] for m in ("S_l", "S_q")}
+    assert (means["S_l"]["n"], means["S_q"]["n"]) == (5, 5)
+    mean_row = next(r for r in rows if r.startswith("| **mean change (95% CI)** |"))
+    for change in means.values():
+        assert f"**{change['mean']:+.2f} ({change['ci95_low']:+.2f}, {change['ci95_high']:+.2f})**" in mean_row
 
 
 def test_long_pairs_mix_with_a_general_set_by_count(tokenizer, tmp_path):

@@ -6,10 +6,7 @@ import math
 
 import pytest
 
-from lw.plan import build_plan
-
-from helpers import run_lw
-from helpers import compose_lw
+from helpers import compose_lw, run_lw, training_plan
 from test_config import group_options
 
 EXPERIMENTS = group_options("experiment")
@@ -120,7 +117,7 @@ def test_plan_for_two_nodes_and_packing(tmp_path):
     cfg = compose_lw("experiment=smoke", "launcher=deepspeed", "launcher.nproc_per_node=2", "launcher.nnodes=2",
                      "launcher.master_port=29400", "launcher.master_addr=node0", "data.pack_length=512",
                      "data.max_length=512")
-    plan = build_plan(cfg, tmp_path)
+    plan = training_plan(cfg, tmp_path)
     data = plan["data"]
     assert plan["launcher"]["world_size"] == 4 and data["global_batch"] == 32
     assert math.ceil(data["tokens"] / 512) <= data["packs"] < data["sequences"]
@@ -140,7 +137,7 @@ def test_plan_of_sdpa_on_packs_counts_the_mask_and_the_extra_flops_of_the_real_p
     overrides = ("experiment=smoke", "data.pack_length=512", "data.max_length=512", "model.attn_implementation=sdpa",
                  "plan.device=cpu", "trainer.args.per_device_train_batch_size=2", f"cache_dir={tmp_path / 'cache'}")
     cfg = compose_lw(*overrides)
-    plan = build_plan(cfg, tmp_path / "plan")
+    plan = training_plan(cfg, tmp_path / "plan")
     attention, memory = plan["attention"], plan["memory"]
     dataset, _ = build_sft_dataset(cfg, build_tokenizer(cfg.model, cfg.cache_dir), tmp_path / "run")
     packs = dataset["seq_lengths"]
@@ -158,22 +155,22 @@ def test_plan_of_sdpa_on_packs_counts_the_mask_and_the_extra_flops_of_the_real_p
 
 def test_plan_names_the_attention_of_the_workers_device_and_refuses_what_cannot_run_there(tmp_path):
     glm = ("experiment=longwriter_glm4_9b", "dry_run=true")  # the dry run's own check is the workers' device
-    assert build_plan(compose_lw(*glm, "plan.device=cpu"), tmp_path)["attention"]["implementation"] == "sdpa"
-    sdpa = build_plan(compose_lw(*glm, "model.attn_implementation=sdpa"), tmp_path)
+    assert training_plan(compose_lw(*glm, "plan.device=cpu"), tmp_path)["attention"]["implementation"] == "sdpa"
+    sdpa = training_plan(compose_lw(*glm, "model.attn_implementation=sdpa"), tmp_path)
     assert sdpa["attention"]["cost_follows"] == "pack"
     assert sdpa["memory"]["gpu_per_rank_gib"]["activations_attention_mask"] == 3.0
-    flex = build_plan(compose_lw(*glm, "model.attn_implementation=flex_attention"), tmp_path)["attention"]
+    flex = training_plan(compose_lw(*glm, "model.attn_implementation=flex_attention"), tmp_path)["attention"]
     assert (flex["implementation"], flex["cost_follows"]) == ("flex_attention", "samples")
     with pytest.raises(ValueError, match="flex_attention: PyTorch's flex attention has no backward pass on CPU"):
-        build_plan(compose_lw(*glm, "model.attn_implementation=flex_attention", "plan.device=cpu"), tmp_path)
-    unpacked = build_plan(compose_lw("experiment=smoke"), tmp_path)["attention"]
+        training_plan(compose_lw(*glm, "model.attn_implementation=flex_attention", "plan.device=cpu"), tmp_path)
+    unpacked = training_plan(compose_lw("experiment=smoke"), tmp_path)["attention"]
     assert unpacked == {"implementation": "sdpa", "requested": "auto", "device": "cpu", "packing": False}
 
 
 def test_plan_without_a_local_tokenizer_needs_stated_data_sizes(tmp_path):
     cfg = compose_lw("model=glm4_9b")
     with pytest.raises(ValueError, match="plan.sources"):
-        build_plan(cfg, tmp_path)
+        training_plan(cfg, tmp_path)
 
 
 def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tmp_path):
@@ -189,10 +186,10 @@ def test_steps_per_epoch_under_gradient_accumulation_as_the_hf_trainer_counts(tm
                  "trainer.args.gradient_accumulation_steps=3", "trainer.args.max_steps=-1",
                  "+trainer.args.num_train_epochs=2", f"cache_dir={tmp_path / 'cache'}")
     cfg = compose_lw(*overrides)
-    data = build_plan(cfg, tmp_path / "one")["data"]
+    data = training_plan(cfg, tmp_path / "one")["data"]
     assert (data["sequences"], data["packs"], data["global_batch"]) == (96, None, 15)
     assert (data["steps_per_epoch"], data["total_steps"]) == (7, 14)
-    two = build_plan(compose_lw(*overrides, "launcher=deepspeed", "launcher.nproc_per_node=2"), tmp_path / "two")
+    two = training_plan(compose_lw(*overrides, "launcher=deepspeed", "launcher.nproc_per_node=2"), tmp_path / "two")
     assert (two["data"]["steps_per_epoch"], two["data"]["total_steps"]) == (4, 8)
 
     # The real Trainer on the same data in one process counts the same (nothing is trained).
@@ -224,7 +221,7 @@ def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_pat
     conf/deepspeed/README.md): measured peaks 114.6 GiB without offload, 61.5 GiB with it, both with
     full logits (the HF Trainer's loss then), so planned with trainer.fused_lm_head=false."""
     glm = ("experiment=longwriter_glm4_9b", "trainer.fused_lm_head=false")
-    h200 = build_plan(compose_lw(*glm, "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1",
+    h200 = training_plan(compose_lw(*glm, "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1",
                                  "plan.gpu_memory_gib=141"), tmp_path / "h200")
     choice = h200["deepspeed"]["choice"]
     assert 114.6 <= choice["gpu_per_rank_gib"]["zero3"] <= 114.6 * 1.05
@@ -234,12 +231,12 @@ def test_auto_deepspeed_offloads_only_where_the_gpus_cannot_hold_the_run(tmp_pat
     assert h200["memory"]["gpu_per_rank_gib"]["model_states"] == pytest.approx(16 * 3689048064 / 1024**3, abs=1e-3)
     assert "fits without offload" in choice["reason"]
     # 8 x H200: the full model fits without offload; one 24 GiB GPU needs it.
-    assert build_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "8h200")["deepspeed"]["choice"][
+    assert training_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "8h200")["deepspeed"]["choice"][
         "chosen"] == "zero3"
-    small = build_plan(compose_lw(*glm, "launcher.nproc_per_node=1", "plan.gpu_memory_gib=24"), tmp_path / "small")
+    small = training_plan(compose_lw(*glm, "launcher.nproc_per_node=1", "plan.gpu_memory_gib=24"), tmp_path / "small")
     assert (small["deepspeed"]["choice"]["chosen"], small["deepspeed"]["offload_param"]) == ("zero3_offload", "cpu")
     # An explicit choice is kept, and the plan still says whether it needed to offload.
-    kept = build_plan(compose_lw(*glm, "launcher.deepspeed=zero3_offload_cpuadam", "plan.gpu_memory_gib=141"),
+    kept = training_plan(compose_lw(*glm, "launcher.deepspeed=zero3_offload_cpuadam", "plan.gpu_memory_gib=141"),
                       tmp_path / "kept")
     assert kept["deepspeed"]["choice"]["chosen"] == "zero3_offload_cpuadam"
     assert kept["deepspeed"]["choice"]["fits_without_offload"] and kept["deepspeed"]["offload_param"] == "cpu"
@@ -270,20 +267,20 @@ def test_the_fused_lm_head_replaces_the_logits_in_the_estimate(tmp_path, monkeyp
     import trl.kernels.chunked_logprob as kernel
 
     gib, tokens, vocab, hidden = 1024**3, 32768, 151552, 4096
-    fused = build_plan(compose_lw("experiment=longwriter_glm4_9b"), tmp_path / "fused")
+    fused = training_plan(compose_lw("experiment=longwriter_glm4_9b"), tmp_path / "fused")
     memory = fused["memory"]["gpu_per_rank_gib"]
     head = 4096 * 32768 * 2 + 4 * vocab * hidden + (4 + 2 + 2) * tokens * hidden + 32 * tokens
     assert memory["activations_fused_lm_head"] == round(head / gib, 3) and "activations_logits_and_loss" not in memory
     choice = fused["deepspeed"]["choice"]
     assert choice["chosen"] == "zero3" and choice["gpu_per_rank_gib"]["zero3"] < 76
-    plain = build_plan(compose_lw("experiment=longwriter_glm4_9b", "trainer.fused_lm_head=false"), tmp_path / "plain")
+    plain = training_plan(compose_lw("experiment=longwriter_glm4_9b", "trainer.fused_lm_head=false"), tmp_path / "plain")
     assert plain["memory"]["gpu_per_rank_gib"]["activations_logits_and_loss"] == round(tokens * vocab * 10 / gib, 3)
     assert plain["deepspeed"]["choice"]["chosen"] == "zero3_offload"
     assert plain["deepspeed"]["choice"]["gpu_per_rank_gib"]["zero3"] - choice["gpu_per_rank_gib"]["zero3"] == \
         pytest.approx((tokens * vocab * 10 - head) / gib, abs=0.02)
     # The tile follows the installed TRL's constants.
     monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", 8192)
-    wider = build_plan(compose_lw("experiment=longwriter_glm4_9b"), tmp_path / "wider")
+    wider = training_plan(compose_lw("experiment=longwriter_glm4_9b"), tmp_path / "wider")
     assert wider["memory"]["gpu_per_rank_gib"]["activations_fused_lm_head"] == round(
         (head + 4096 * 32768 * 2) / gib, 3)
 
@@ -293,10 +290,35 @@ def test_the_grpo_plan_scores_completions_through_the_fused_lm_head(tmp_path):
     tile, in fp32 with cast_lm_head_to_fp32, and no (tokens x vocabulary) logits."""
     gib, vocab, hidden = 1024**3, 151552, 4096
     grpo = ("experiment=longwriter_glm4_9b_grpo",)
-    gpu = build_plan(compose_lw(*grpo), tmp_path / "a")["memory"]["gpu_per_rank_gib"]
-    fp32 = build_plan(compose_lw(*grpo, "trainer.args.cast_lm_head_to_fp32=true"),
+    gpu = training_plan(compose_lw(*grpo), tmp_path / "a")["memory"]["gpu_per_rank_gib"]
+    fp32 = training_plan(compose_lw(*grpo, "trainer.args.cast_lm_head_to_fp32=true"),
                       tmp_path / "b")["memory"]["gpu_per_rank_gib"]
     assert "activations_logits_and_loss" not in gpu and gpu["activations_fused_lm_head"] > 4 * vocab * hidden / gib
     tokens = round(gpu["activations_layer_inputs"] * gib / (hidden * 2 * 40))  # 40 layers, bf16
     assert fp32["activations_fused_lm_head"] - gpu["activations_fused_lm_head"] == pytest.approx(
         (4096 * 32768 * 2 + 2 * tokens * hidden) / gib, abs=2e-3)
+def test_an_estimate_within_the_headroom_of_the_gpus_memory_is_offloaded(tmp_path):
+    """A run whose estimate lies between the GPU's memory less the headroom and the GPU's memory (77
+    GiB of an 80 GiB GPU) does not fit: the CUDA context, NCCL and fragmentation take the rest."""
+    glm = ("experiment=longwriter_glm4_9b", "model.arch.num_hidden_layers=12", "launcher.nproc_per_node=1")
+    estimate = training_plan(compose_lw(*glm, "plan.gpu_memory_gib=141"), tmp_path / "a")["deepspeed"]["choice"][
+        "gpu_per_rank_gib"]["zero3"]
+    choice = training_plan(compose_lw(*glm, f"plan.gpu_memory_gib={estimate + 1:.3f}"), tmp_path / "b")["deepspeed"][
+        "choice"]
+    assert choice["headroom_gib"] > 1 and choice["gpu_per_rank_gib"]["zero3"] == pytest.approx(estimate)
+    assert (choice["chosen"], choice["fits_without_offload"]) == ("zero3_offload", False)
+    assert "does not fit without offload" in choice["reason"]
+
+
+def test_zero3_states_shard_over_the_ranks_of_every_node(tmp_path):
+    """16 bytes a parameter over all nproc_per_node x nnodes ranks: two nodes halve a rank's states."""
+    gib = 1024**3
+    glm = ("experiment=longwriter_glm4_9b", "plan.gpu_memory_gib=141")
+    one = training_plan(compose_lw(*glm), tmp_path / "one")
+    two = training_plan(compose_lw(*glm, "launcher.nnodes=2", "launcher.master_addr=node0", "launcher.master_port=29500"),
+                     tmp_path / "two")
+    assert two["launcher"]["world_size"] == 16
+    for plan, ranks in ((one, 8), (two, 16)):
+        params = plan["model"]["parameters"]
+        assert plan["memory"]["gpu_per_rank_gib"]["model_states"] == pytest.approx(16 * params / ranks / gib, abs=1e-3)
+        assert f"at 16 bytes a parameter over {ranks} ranks" in plan["deepspeed"]["choice"]["reason"]

@@ -6,10 +6,10 @@ from statistics import median
 
 import pytest
 
-from helpers import run_lw
-
 from lw.tracking import read_offline_run
 from lw.words import count_words, length_score
+
+from helpers import run_lw
 
 pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 

@@ -9,8 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from lw.config import BenchmarkConfig
-from lw.eval.benchmarks import (OFFICIAL_FILES, benchmark_file, download, judge_template, load_items,
-                                parse_length, read_benchmark_jsonl)
+from lw.eval.benchmarks import OFFICIAL_FILES, benchmark_file, judge_template, load_items, read_benchmark_jsonl
+from lw.eval.download import download
+from lw.words import parse_length
 
 PAPER_SUBSETS = {"0-500": 26, "500-2000": 36, "2000-4000": 31, "4000-20000": 27}
 

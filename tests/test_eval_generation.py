@@ -6,8 +6,8 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from lw.errors import UserError
 from lw.config import GenerationConfig, ModelConfig, TinyModelConfig
+from lw.errors import UserError
 from lw.eval.generate import GenerationFailed, HfBackend, OpenAIBackend, VllmBackend, generate
 from lw.models import build_model, build_tokenizer
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
@@ -141,5 +141,5 @@ def test_vllm_backend_without_vllm_says_how_to_get_it(tiny):
     except ImportError:
         pass
     model_cfg, tokenizer, _ = tiny
-    with pytest.raises(UserError, match=r"pip install -e '\.\[vllm\]'"):
+    with pytest.raises(UserError, match=r"`vllm serve` in vLLM's own environment and use generation=vllm_server"):
         VllmBackend("unused", tokenizer, model_cfg, OmegaConf.structured(GenerationConfig(backend="vllm")))

@@ -6,15 +6,14 @@ import re
 
 import pytest
 
-from helpers import compose_lw, run_lw
-
 from lw.eval.benchmarks import SUBSETS
-from lw.words import language_of
-from lw.eval.run import read_predictions, score_benchmark
+from lw.eval.evaluate import read_predictions, score_benchmark
 from lw.tasks.score import run as run_score
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
 from lw.tracking import Tracker, read_offline_run
-from lw.words import length_score
+from lw.words import language_of, length_score
+
+from helpers import compose_lw, run_lw
 
 KEY = "sk-test-judge-key-never-on-disk"
 

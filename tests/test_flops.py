@@ -1,12 +1,15 @@
-"""Training FLOPs (lw/launch/flops.py) by hand: attention within each sample, causal pairs only,
+"""Training FLOPs (lw/plan/flops.py) by hand: attention within each sample, causal pairs only,
 a tied output layer counted as a matrix multiply; and the planner's use of them."""
 
 from types import SimpleNamespace
 
-import pytest
-
-from lw.launch.flops import (attention_flops_per_pair, causal_pairs, matmul_flops_per_token, train_flops,
-                             train_flops_per_token)
+from lw.plan.flops import (
+    attention_flops_per_pair,
+    causal_pairs,
+    matmul_flops_per_token,
+    train_flops,
+    train_flops_per_token,
+)
 
 # 2 layers of 4 heads of width 16; 1,000 parameters of which 100 are the input embedding.
 UNTIED = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, head_dim=16, hidden_size=64,

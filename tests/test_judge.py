@@ -9,12 +9,12 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw
-
 from lw.config import JudgeConfig
 from lw.errors import UserError
 from lw.eval.judge import DIMENSIONS, Judge, Unparseable, cache_key, differences, judge_prompt, parse_judgement
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+
+from helpers import compose_lw
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +231,15 @@ def test_numeric_scores_take_what_float_takes_and_official_extraction_reads_only
                                                                               "extraction_differs": True}
 
 
+def test_official_extraction_reads_a_line_break_inside_a_string_value_as_the_official_script_does():
+    """evaluation/eval_quality.py removes every line break before json.loads, so a reply whose free
+    text breaks a line inside its string parses there; lw's official mode counts it too."""
+    broken = judge_json(3, analysis="clear and kept,NEWLINEwith a second line").replace("NEWLINE", "\n")
+    assert "\n" in broken
+    for reply in (broken, "Scores:\n```json\n" + broken + "\n```"):
+        assert parse_judgement(reply, extraction="official") == {d: 3 for d in DIMENSIONS}
+
+
 def official_script(body, attempt):
     """Replies by marker: non-integer scores, non-integer then integer, prose then JSON, never JSON."""
     text = user_text(body)
@@ -296,9 +305,10 @@ def test_a_cached_judgement_is_reread_under_the_current_rules(tmp_path, key, tem
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting, value", [("scores", "float"), ("extraction", "strict"), ("attempts", 0),
-                                            ("max_tokens", 0)])
+@pytest.mark.parametrize("setting, value", [("attempts", 0), ("max_tokens", 0)])
 def test_bad_judge_settings_are_refused_naming_the_setting(key, template, setting, value):
+    # judge.scores and judge.extraction are closed choices, refused when the config is composed
+    # (test_config.py::test_a_closed_choice_fails_at_compose_listing_its_choices).
     with OpenAIServer(official_script) as server:
         with pytest.raises(UserError, match=f"judge.{setting}"):
             Judge(judge_cfg(server, **{setting: value}), template, None)

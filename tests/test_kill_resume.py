@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compose_lw, save_tiny_checkpoint
-
 from lw.eval.benchmarks import load_items
 from lw.eval.judge import cache_key, judge_prompt
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+
+from helpers import compose_lw, save_tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # every test here launches lw, ranks or a server
 

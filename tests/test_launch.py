@@ -12,13 +12,22 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from lw.errors import UserError
-from lw.launch.driver import (TrainLogForwarder, WorkerFailure, deepspeed_config_path, is_first_node,
-                              load_deepspeed_config, run_workers, worker_command, write_launch_files)
-from lw.launch.topology import Topology, slurm_port, topology
+from lw.launch.driver import (
+    NodeLost,
+    Preempted,
+    TrainLogForwarder,
+    WorkerFailure,
+    explain_failure,
+    is_first_node,
+    run_workers,
+    worker_command,
+    write_launch_files,
+)
+from lw.launch.topology import EXIT_PREEMPTED, Topology, slurm_port, topology
+from lw.plan.deepspeed import deepspeed_config_path, load_deepspeed_config
 from lw.tracking import Tracker
 
-from helpers import run_lw
-from helpers import compose_lw
+from helpers import compose_lw, run_lw
 
 
 def launcher(**overrides):
@@ -217,7 +226,8 @@ def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
     with open_dict(cfg):
         del cfg["hydra"]  # a job's config has no hydra node
         cfg.trainer.args.hub_token = "${oc.env:LW_TEST_TOKEN}"
-    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)])
+    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)],
+                       deepspeed_config_path(cfg.launcher.deepspeed))
     text = (tmp_path / "launch" / "config.yaml").read_text()
     assert "sekrit-value" not in text and "hub_token: <redacted>" in text and "${" not in text
     loaded = load_run_config(tmp_path)
@@ -229,12 +239,42 @@ def test_workers_get_the_resolved_config_without_secrets(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("gpu_gib, offload", [(80, False), (24, True)])
 def test_workers_get_the_planners_deepspeed_config_for_auto(tmp_path, gpu_gib, offload):
-    """launcher.deepspeed=auto: the driver writes ZeRO-3 without offload where the plan fits the GPUs
-    (Llama-3.1-8B, 32k packs, 8 x 80 GiB), parameter+optimizer offload where it does not."""
+    """launcher.deepspeed=auto: the caller's choice (the planner's), which the driver writes: ZeRO-3
+    without offload where the plan fits the GPUs (Llama-3.1-8B, 32k packs, 8 x 80 GiB),
+    parameter+optimizer offload where it does not."""
+    from lw.plan.offload import resolve_deepspeed
+    from lw.train.registry import trainer_for
+
     cfg = compose_lw("experiment=longwriter_llama3_1_8b", f"plan.gpu_memory_gib={gpu_gib}")
     with open_dict(cfg):
         del cfg["hydra"]
     assert cfg.launcher.deepspeed == "auto"
-    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)])
+    write_launch_files(cfg, tmp_path, ["python", "-m", "lw.train.worker", str(tmp_path)],
+                       resolve_deepspeed(cfg, trainer_for(cfg)))
     zero = json.loads((tmp_path / "launch" / "deepspeed.json").read_text())["zero_optimization"]
     assert zero["stage"] == 3 and ("offload_param" in zero) == ("offload_optimizer" in zero) == offload
+
+
+def test_a_rank_of_this_node_killed_by_signal_9_is_this_nodes_failure_not_another_node_lost(tmp_path):
+    """The OOM killer takes rank 2 on node 1; its local peer then loses its connections (exit code 1):
+    this node's own failure, with its exit codes and lines, never 'lost node 0' (which would send the
+    user to look for a dead node)."""
+    lines = ("[default0]:RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+             "[127.0.0.1]:29500\n")
+    failure = WorkerFailure("worker rank 2 (local rank 0) failed with exit code -9 (SIGKILL)", 2, -9, lines, (-9, 1))
+    topo = Topology(nnodes=2, node_rank=1, nproc_per_node=2, master_addr="node0", master_port=29500)
+    assert explain_failure(failure, topo, tmp_path) is failure
+    # The same lines with every rank ended by its lost peer are another node's loss.
+    lost = WorkerFailure("worker rank 2 (local rank 0) failed with exit code 1", 2, 1, lines, (1, 1))
+    assert isinstance(explain_failure(lost, topo, tmp_path), NodeLost)
+
+
+def test_a_failure_with_one_rank_preempted_and_another_crashed_is_a_crash_not_a_preemption(tmp_path):
+    """Handled as a preemption, a crashing job would exit 75 and be requeued again and again."""
+    topo = Topology(nnodes=1, node_rank=0, nproc_per_node=2, master_addr="127.0.0.1", master_port=29500)
+    crashed = WorkerFailure("worker rank 1 (local rank 1) failed with exit code 1", 1, 1,
+                            "[default1]:ValueError: a bug\n", (1, EXIT_PREEMPTED))
+    assert explain_failure(crashed, topo, tmp_path) is crashed
+    preempted = WorkerFailure("worker rank 0 (local rank 0) failed with exit code 75", 0, EXIT_PREEMPTED, "",
+                              (EXIT_PREEMPTED, EXIT_PREEMPTED))
+    assert isinstance(explain_failure(preempted, topo, tmp_path), Preempted)

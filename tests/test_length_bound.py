@@ -11,11 +11,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from helpers import REPO, run_lw
 from lw.report.analysis import load_sweep, summarize
 from lw.report.compare import main as compare_main
 from lw.report.compare import wandb_report
 from lw.tracking import read_offline_run
+
+from helpers import REPO, run_lw
 
 NOTEBOOK = REPO / "notebooks" / "length_vs_data.ipynb"
 

@@ -6,14 +6,14 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import compose_lw, run_lw, save_tiny_checkpoint
-
+from lw.plan.eval import OFFICIAL_LONGBENCH_WRITE, build_eval_plan
 from lw.report.analysis import TABLE_GROUPS, longbench_table
 from lw.report.compare import main as compare_main
-from lw.words import language_of
 from lw.report.paper_results import PAPER_NAME, REPORTED
-from lw.plan_eval import OFFICIAL_LONGBENCH_WRITE, build_eval_plan
 from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+from lw.words import language_of
+
+from helpers import compose_lw, run_lw, save_tiny_checkpoint
 
 KEY = "sk-test-table-judge-key"
 LIMIT = 4

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, compose_lw
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lw.data import build_sft_dataset, toy
@@ -20,6 +19,8 @@ from lw.models import build_model
 from lw.models.tiny import tiny_tokenizer
 from lw.train.loss import PACK_SEQUENCES_DIVISOR, WEIGHTINGS, count_items, lm_loss
 from lw.train.sft import build_trainer
+
+from helpers import REPO, compose_lw
 
 EOS = 3
 V = 5

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from helpers import REPO, compose_lw
 from lw.data import toy
+
+from helpers import REPO, compose_lw
 
 SERVER = REPO / "experiments" / "dpo" / "judge_server.py"
 
@@ -71,7 +72,7 @@ def test_the_judge_answers_through_lws_http_client_and_the_miniatures_template(r
     """Served on loopback and asked by lw's Judge with experiments/dpo/judge.txt (as experiment=dpo_mini
     sets it): the scores are the rule's, the same text twice gets the same scores, and S_q tells a
     clean answer from a cut, repetitive or off-topic one."""
-    from lw.eval.run import longbench_judge
+    from lw.eval.judge import longbench_judge
     from lw.eval.scoring import quality_scores
     from lw.testing.openai_server import OpenAIServer
 

@@ -10,9 +10,6 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GenerationConfig as TransformersGenerationConfig
 
-from helpers import compose_lw, run_lw
-from test_bad_inputs import user_error
-
 from lw.config import GenerationConfig, ModelConfig, TinyModelConfig
 from lw.errors import UserError
 from lw.eval.generate import HfBackend, generate
@@ -20,6 +17,9 @@ from lw.models import build_model, build_tokenizer
 from lw.models.chat_format import get_chat_format
 from lw.models.stops import stop_token_ids, strip_end_of_turn
 from lw.models.tiny import tiny_tokenizer
+
+from helpers import compose_lw, run_lw
+from test_bad_inputs import user_error
 
 PROMPT = "Write a 12-word note about rivers."
 LLAMA_SYSTEM = ("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
@@ -94,6 +94,10 @@ def test_stop_ids_are_the_union_and_a_missing_one_is_named(tokenizers):
 def test_openai_answers_lose_a_trailing_end_of_turn_marker():
     assert strip_end_of_turn("the river runs .<|eot_id|>\n", ["<|eot_id|>", "<|user|>"]) == "the river runs ."
     assert strip_end_of_turn("a <|user|> b", ["<|user|>"]) == "a <|user|> b"
+    # An OpenAI-compatible server may return two markers, each one of the chat format's stops.
+    markers = ["<|user|>", "<|observation|>"]
+    assert strip_end_of_turn("the river runs .<|user|>\n<|observation|>", markers) == "the river runs ."
+    assert strip_end_of_turn("the river runs .<|observation|><|user|> ", markers) == "the river runs ."
 
 
 @pytest.fixture(scope="module")

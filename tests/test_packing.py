@@ -123,10 +123,10 @@ def test_training_on_packs_through_the_entry_point(tmp_path):
     """`lw` with data.pack_length trains on packs: an epoch is the packs, not the samples."""
     import json
 
-    from helpers import run_lw
-
     from lw.data import toy
     from lw.tracking import read_offline_run
+
+    from helpers import run_lw
 
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in toy.generate(40, 10, 60, ["rivers"], seed=0)))
@@ -146,8 +146,9 @@ def test_training_on_packs_through_the_entry_point(tmp_path):
 
 
 def test_trl_packing_options_are_refused_with_data_pack_length():
-    from helpers import compose_lw
     from lw.train.sft import sft_config
+
+    from helpers import compose_lw
 
     def compose_with(*overrides):
         return compose_lw("data.pack_length=2048", *overrides)

@@ -2,23 +2,22 @@
 
 import hashlib
 import json
+import math
 import re
 
 import pytest
-
-from helpers import compose_lw, run_lw
-from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
-
-from lw.eval.judge import DIMENSIONS
-import math
-
-from lw.data.prompts import read_prompts, required_length
-from lw.tasks.dpo_pairs import best_is_shared, closeness, combine, resolve_lengths, select_pair, select_pairs
-from lw.tasks.dpo_pairs import run as run_dpo_pairs
-from lw.tracking import Tracker
 from omegaconf import OmegaConf
+
+from lw.data.preference import best_is_shared, closeness, combine, select_pair
+from lw.data.prompts import read_prompts, required_length, resolve_lengths
+from lw.eval.judge import DIMENSIONS
+from lw.tasks.dpo_pairs import TASK as DPO_PAIRS
+from lw.tasks.dpo_pairs import select_pairs
+from lw.testing.openai_server import OpenAIServer, Reply, judge_json, user_text
+from lw.tracking import Tracker
 from lw.words import count_words, length_score
 
+from helpers import compose_lw, run_lw, run_task
 
 # --- the required length from the instruction ------------------------------------------------------
 
@@ -187,7 +186,6 @@ def prompts_file(tmp_path, rows):
 @pytest.mark.parametrize("overrides, message", [
     (["pairs.rule=mean"], "pairs.rule=mean needs the quality judge"),
     (["pairs.rule=quality"], "pairs.rule=quality needs the quality judge"),
-    (["pairs.rule=best"], "pairs.rule must be one of mean, length, quality"),
     (["pairs.rule=length", "pairs.samples=1"], "pairs.samples must be at least 2"),
     (["pairs.rule=length", "generation.temperature=0"], "generation.temperature must be > 0"),
     (["pairs.rule=length", "generation=hf"], "task=dpo_pairs needs model.path"),
@@ -196,7 +194,7 @@ def test_bad_settings_fail_before_any_sampling(tmp_path, overrides, message):
     cfg = compose_lw("task=dpo_pairs", "generation=openai", "generation.model=m",
                      f"pairs.prompts={prompts_file(tmp_path, [{'prompt': 'Write 10 words'}])}", *overrides)
     with pytest.raises(ValueError, match=re.escape(message)):
-        run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+        run_task(DPO_PAIRS, cfg, tmp_path / "run", Tracker())
     assert not (tmp_path / "run").exists()
 
 
@@ -218,7 +216,7 @@ def test_length_rule_without_judge_on_an_api_model(tmp_path):
         cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", "generation=openai",
                          f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null",
                          "generation.concurrency=1")
-        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+        metrics = run_task(DPO_PAIRS, cfg, tmp_path / "run", Tracker())
         assert server.count() == 8  # 2 prompts x 4 samples; "c" was not sampled
     pairs = [json.loads(line) for line in (tmp_path / "run/pairs.jsonl").open()]
     assert [p["id"] for p in pairs] == ["a", "b"]
@@ -250,7 +248,7 @@ def run_scripted_pairs(tmp_path, prompts, words, *overrides):
         cfg = compose_lw("task=dpo_pairs", f"pairs.prompts={path}", "pairs.rule=length", *overrides,
                          "generation=openai", f"generation.base_url={server.base_url}", "generation.model=m",
                          "generation.api_key_env=null", "generation.concurrency=1")
-        return run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+        return run_task(DPO_PAIRS, cfg, tmp_path / "run", Tracker())
 
 
 @pytest.mark.slow
@@ -290,7 +288,7 @@ def test_prompts_default_to_the_first_eval_benchmark(tmp_path, bench_data_dir):
                          "eval.longbench_write.limit=6", "eval.longbench_write.samples_per_prompt=2",  # 3 prompts, each once
                          "pairs.rule=length", "pairs.samples=2", "generation=openai",
                          f"generation.base_url={server.base_url}", "generation.model=m", "generation.api_key_env=null")
-        metrics = run_dpo_pairs(cfg, tmp_path / "run", Tracker())
+        metrics = run_task(DPO_PAIRS, cfg, tmp_path / "run", Tracker())
     assert metrics["pairs/prompts"] == 3 and metrics["pairs/length_from_field"] == 3
     samples = [json.loads(line)["id"] for line in (tmp_path / "run/pairs/samples.jsonl").open()]
     assert sorted(samples) == [f"longbench_write-{i}#{k}" for i in range(3) for k in range(2)]
@@ -382,8 +380,9 @@ def test_dpo_pairs_task_end_to_end_and_resumed(tmp_path, tiny_model, bench_data_
 def test_resolve_lengths_counts_each_source():
     prompts = [{"id": "a", "prompt": "Write 300 words", "length": 500}, {"id": "b", "prompt": "写一篇800字的文章", "length": None},
                {"id": "c", "prompt": "Write a poem", "length": None}]
-    assert resolve_lengths(prompts) == {"length_from_field": 1, "length_from_text": 1, "length_unknown": 1}
-    assert [(q["length"], q["source"]) for q in prompts] == [(500, "field"), (800, "text"), (None, "unknown")]
+    sources, counts = resolve_lengths(prompts)
+    assert counts == {"length_from_field": 1, "length_from_text": 1, "length_unknown": 1}
+    assert [(q["length"], source) for q, source in zip(prompts, sources)] == [(500, "field"), (800, "text"), (None, "unknown")]
 
 
 def pairs_settings(rule="length", min_margin=0.0):

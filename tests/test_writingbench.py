@@ -10,8 +10,6 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import compose_lw
-
 from lw.config import BenchmarkConfig
 from lw.errors import MissingFile, UserError
 from lw.eval.benchmarks import load_items
@@ -19,10 +17,12 @@ from lw.eval.length_requirement import parse_requirement, requirement_score
 from lw.eval.writingbench import FILES, judge_prompts, read_judge_prompts
 from lw.eval.writingbench_judge import CriteriaJudge, parse_criterion_reply, response_to_judge
 from lw.eval.writingbench_score import query_records, writingbench_metrics
+from lw.report.compare import main as compare_main
 from lw.testing.benchmark_files import write_writingbench_files, writingbench_rows
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
-from lw.report.compare import main as compare_main
 from lw.words import length_score
+
+from helpers import compose_lw
 
 
 def bench(data_dir, **kw):
@@ -239,7 +239,7 @@ def test_lw_compare_writes_writingbench_table_beside_longbench(tmp_path):
 
 
 def test_the_dry_run_plans_generation_and_one_judge_call_per_criterion(tmp_path):
-    from lw.plan_eval import build_eval_plan
+    from lw.plan.eval import build_eval_plan
 
     data = write_writingbench_files(tmp_path)
     cfg = compose_lw("task=eval", "eval=writingbench_length", f"eval.writingbench_length.data_dir={data}",
@@ -304,9 +304,9 @@ def data_with_a_query_too_long(tmp_path):
 def test_the_tiny_model_through_writingbench_killed_mid_judging_then_finished(tmp_path, tiny_model):
     """`lw` SIGKILLed while judging, then the same command again: no judgement cached before the kill
     is asked again, and the run ends with the official scores computed by hand."""
-    from test_kill_resume import Lw, records
-
     from lw.eval.judge import cache_key
+
+    from test_kill_resume import Lw, records
 
     data = data_with_a_query_too_long(tmp_path)
     run_dir = tmp_path / "run"
@@ -369,8 +369,8 @@ def test_the_tiny_model_through_writingbench_killed_mid_judging_then_finished(tm
 def test_a_changed_file_upstream_ends_lw_with_one_line(tmp_path, file_server, monkeypatch, capsys):
     """The download (to a loopback server standing in for GitHub) checked against the pinned
     SHA-256: a mismatch keeps nothing and ends `lw` as every user error does, one line and status 2."""
-    from lw.eval.benchmarks import MIRROR_ENV
     from lw.errors import end_program
+    from lw.eval.download import MIRROR_ENV
 
     url, www, hits = file_server
     write_writingbench_files(www)  # not the pinned files: every SHA-256 differs
@@ -408,16 +408,16 @@ def test_task_score_reads_an_official_responses_file(tmp_path):
 def test_each_benchmark_gets_only_its_own_judge(tmp_path, bench_data_dir, caplog):
     """judge=writingbench judges WritingBench's criteria and leaves LongBench-Write at S_l; the S_q
     judge leaves WritingBench at lw's length score; each says so."""
+    from lw.eval.evaluate import benchmark_judge
     from lw.eval.judge import Judge
-    from lw.eval.run import judge_for
 
     data = write_writingbench_files(tmp_path / "data")
     overrides = ["eval=[longbench_write,writingbench_length]", f"eval.longbench_write.data_dir={bench_data_dir}",
                  f"eval.writingbench_length.data_dir={data}", "judge.api_key_env=null"]
     cfg = compose_lw(*overrides, "judge=writingbench")
-    assert isinstance(judge_for(cfg, cfg.eval.writingbench_length), CriteriaJudge)
-    assert judge_for(cfg, cfg.eval.longbench_write) is None and "S_l only" in caplog.text
+    assert isinstance(benchmark_judge(cfg, cfg.eval.writingbench_length), CriteriaJudge)
+    assert benchmark_judge(cfg, cfg.eval.longbench_write) is None and "S_l only" in caplog.text
     cfg = compose_lw(*overrides, "judge=openai", "judge.model=m")
-    judge = judge_for(cfg, cfg.eval.longbench_write)
+    judge = benchmark_judge(cfg, cfg.eval.longbench_write)
     assert isinstance(judge, Judge) and not isinstance(judge, CriteriaJudge)
-    assert judge_for(cfg, cfg.eval.writingbench_length) is None and "not computed" in caplog.text
+    assert benchmark_judge(cfg, cfg.eval.writingbench_length) is None and "not computed" in caplog.text

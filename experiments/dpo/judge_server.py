@@ -3,7 +3,7 @@ varies in, by a fixed rule (docs/miniature.md, "The miniature judge"). It reads 
 answer back out of the judge prompt (experiments/dpo/judge.txt, which lw's HTTP judge client fills
 in) and measures five things, each in [0, 1]:
 
-- on_topic:    the share of the answer's topic nouns (lw/data/toy_words.py) that belong to the asked topic
+- on_topic:    the share of the answer's topic nouns (lw/toy_words.py) that belong to the asked topic
 - well_formed: the share of its sentences that are complete toy sentences
                ("the ADJ NOUN VERB the NOUN [ADV] [LINK the NOUN VERB ADV] .", as lw/data/toy.py writes them)
 - fresh:       how little it repeats itself: (share of distinct word 5-grams - 0.5) / 0.5, within [0, 1];
@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 
 from lw.testing.openai_server import OpenAIServer, Reply, user_text
-from lw.data.toy_words import ADJECTIVES, ADVERBS, LINKS, TOPIC_NOUNS, VERBS
+from lw.toy_words import ADJECTIVES, ADVERBS, LINKS, TOPIC_NOUNS, VERBS
 from lw.train.rewards import log_ratio_reward
 from lw.words import count_words
 

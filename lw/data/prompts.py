@@ -15,6 +15,7 @@ from typing import Callable
 
 from lw.errors import MissingFile, UserError
 from lw.jsonl import read_json_objects
+from lw.words import parse_length
 
 
 def read_prompt_file(path: str | Path, setting: str, requirement: str,
@@ -139,11 +140,30 @@ def required_length(text: str) -> int | None:
     return min(found)[1] if found else None
 
 
+FROM_FIELD, FROM_TEXT, UNKNOWN = "field", "text", "unknown"  # where a prompt's required length came from
+STAT_OF_SOURCE = {FROM_FIELD: "length_from_field", FROM_TEXT: "length_from_text", UNKNOWN: "length_unknown"}
+
+
+def resolve_lengths(prompts: list[dict]) -> tuple[list[str], dict]:
+    """Each prompt's required length, set as its "length": its `length` field, else the one its text
+    asks for (`required_length`), else None; where each came from (FROM_FIELD, FROM_TEXT, UNKNOWN), and
+    the count of prompts per source (length_from_field, length_from_text, length_unknown; 0 included)."""
+    sources = []
+    for prompt in prompts:
+        if prompt["length"] is not None:
+            sources.append(FROM_FIELD)
+        else:
+            prompt["length"] = required_length(prompt["prompt"])
+            sources.append(FROM_TEXT if prompt["length"] is not None else UNKNOWN)
+    counts = {stat: 0 for stat in STAT_OF_SOURCE.values()}
+    for source in sources:
+        counts[STAT_OF_SOURCE[source]] += 1
+    return sources, counts
+
+
 def read_prompts(path: str | Path, setting: str = "pairs.prompts") -> list[dict]:
     """{"id", "prompt", "length" (or None)} per line of a prompts JSONL: `prompt` (optional `id`,
     `length`), or a messages/ShareGPT row whose one user turn is the prompt. Bad lines fail named."""
-    from lw.eval.benchmarks import parse_length
-
     def check_id(pid, where: str) -> str:
         if "#" in str(pid):
             raise UserError(f"{where}: field 'id' must not contain '#' (sample ids are '<id>#<k>'): {str(pid)!r}")

@@ -21,15 +21,14 @@ from lw.data.settings import check_settings, max_length_of
 from lw.data.sources import choose, clean_rows, mix_sizes, read_source
 from lw.errors import UserError
 from lw.jsonl import write_jsonl
+from lw.run_dir import packing_stats_file, train_messages_file
 from lw.words import count_words
-from lw.config import option_name
 
 if TYPE_CHECKING:  # datasets, TRL and torch load when a set is built, not when this module is imported
     from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
-PACKING_STATS_FILE = "packing_stats.json"
 
 
 def filter_by_output_words(samples: Iterable[dict], min_words: int | None, max_words: int | None,
@@ -47,7 +46,7 @@ def filter_by_output_words(samples: Iterable[dict], min_words: int | None, max_w
 
 def load_samples(data_cfg, seed: int, stats: Counter) -> Iterator[dict]:
     """Checked, length-filtered messages-format samples of the configured source (or mix)."""
-    source = option_name(data_cfg.source)
+    source = data_cfg.source
     words = (data_cfg.min_output_words, data_cfg.max_output_words)
     if source == "toy":
         spec = data_cfg.toy
@@ -105,7 +104,7 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     check_settings(data_cfg)
     max_length = max_length_of(data_cfg)
     stats: Counter = Counter()
-    messages_path = run_dir / "data" / "train.jsonl"
+    messages_path = train_messages_file(run_dir)
     if write_jsonl(load_samples(data_cfg, cfg.seed, stats), messages_path) == 0:
         report_drops(stats, data_cfg)  # when the drops explain it, say which and what to change
         raise UserError(f"no training sample is left after the checks and filters: {dict(stats)}")
@@ -124,6 +123,6 @@ def build_sft_dataset(cfg, tokenizer, run_dir: Path) -> tuple[Dataset, dict]:
     else:  # each sample is a row of its own, of up to max_length tokens
         stats.update(packing_summary(row_lengths(dataset), max_length))
     stats["seconds"] = round(time.perf_counter() - start, 3)
-    (run_dir / PACKING_STATS_FILE).write_text(json.dumps(packing_stats(stats), indent=2) + "\n")
+    packing_stats_file(run_dir).write_text(json.dumps(packing_stats(stats), indent=2) + "\n")
     log.info("training set: %s", dict(stats))
     return dataset, dict(stats)

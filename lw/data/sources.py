@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from lw import jsonl
-from lw.errors import UserError, MissingFile
-from lw.config import option_name
+from lw.errors import MissingFile, UserError
 
 # Invisible characters that real SFT answers carry (copy-paste, web text); they split words for
 # the word counter and cost tokens, so answers lose them before counting and tokenizing.
@@ -66,7 +65,6 @@ def read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 
 def read_hub(hub_id: str, split: str) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
-
     from huggingface_hub import constants
 
     try:
@@ -106,7 +104,6 @@ def to_messages(row: Any, where: str, fmt: str = "auto") -> list[dict]:
     """
     if not isinstance(row, Mapping):
         raise BadSample("malformed_json", where, "<line>", f"a row must be a JSON object, got {type(row).__name__}")
-    fmt = option_name(fmt)
     if fmt == "auto":
         fmt = "sharegpt" if "messages" not in row and "conversations" in row else "messages"
     field, role_key, content_key = (("conversations", "from", "value") if fmt == "sharegpt"
@@ -147,7 +144,7 @@ def to_messages(row: Any, where: str, fmt: str = "auto") -> list[dict]:
 
 def clean_rows(rows: Iterable[tuple[str, Any]], fmt: str, on_bad_sample: str, stats: Counter) -> Iterator[dict]:
     """Checked, normalised samples; bad rows raise or are counted as `dropped_<reason>`."""
-    drop = option_name(on_bad_sample) == "drop"
+    drop = on_bad_sample == "drop"
     for where, row in rows:
         stats["sequences_in"] += 1
         try:

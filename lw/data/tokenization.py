@@ -19,9 +19,8 @@ import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value, load_from_disk
 from filelock import FileLock
 
-from lw.models.chat_format import ChatFormat
 from lw.errors import UserError
-from lw.config import option_name
+from lw.models.chat_format import ChatFormat
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ def tokenize_messages(messages_path: Path, chat_format: ChatFormat, tokenizer, m
     A sample longer than `max_length` tokens is dropped (`overlong=drop`) or keeps its first
     `max_length` tokens (`truncate`); one left with no target token is dropped either way.
     """
-    overlong = option_name(overlong)
     key = hashlib.sha256(json.dumps({
         "version": CACHE_VERSION, "samples": file_digest(messages_path), "chat_format": chat_format.name,
         "tokenizer": tokenizer_fingerprint(tokenizer), "max_length": max_length, "overlong": overlong,

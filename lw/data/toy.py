@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from lw.data.toy_words import ADJECTIVES, ADVERBS, LINKS, PROMPT_TEMPLATES, TOPIC_NOUNS, VERBS
-from lw.words import count_words
 from lw.errors import UserError
+from lw.toy_words import ADJECTIVES, ADVERBS, LINKS, PROMPT_TEMPLATES, TOPIC_NOUNS, VERBS
+from lw.words import count_words
 
 # Round numbers, as people (and real SFT data) ask for lengths; docs/miniature.md found that a tiny
 # model learns length control from these and not from uniform lengths.

@@ -7,19 +7,15 @@ against their SHA-256, so every run scores against the same files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
-import urllib.request
 from pathlib import Path
 
-from filelock import FileLock
-
 from lw.data import toy
-from lw.words import language_of
+from lw.errors import MissingFile, UserError
+from lw.eval.download import MIRROR_ENV, download
 from lw.jsonl import read_json_objects
-from lw.errors import UserError, MissingFile
+from lw.words import language_of, parse_length
 
 log = logging.getLogger(__name__)
 
@@ -44,45 +40,11 @@ def subset_of(length: int) -> str | None:
     return None
 
 
-MIRROR_ENV = "LW_BENCHMARK_URL"  # a folder URL holding the official files, instead of GitHub
-
-
 def official_url(filename: str) -> str:
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         return f"{mirror.rstrip('/')}/{filename}"
     return f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{OFFICIAL_COMMIT}/evaluation/{filename}"
-
-
-def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 60, instead: str = "") -> Path:
-    """Fetch `url` into `dest` once; a partial or corrupt download never lands at `dest`.
-
-    A failed download is a UserError naming the URL, the cache path and `instead`, the local alternative.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest) + ".lock"):
-        if dest.exists():
-            return dest
-        log.info("downloading %s -> %s", url, dest)
-        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-        try:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    data = response.read()
-            except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts, a malformed mirror URL
-                reason = getattr(err, "reason", None) or err
-                raise UserError(f"could not download {url} ({reason}) into {dest}: copy the file there (an offline "
-                                f"machine can share a cache filled online){', ' + instead if instead else ''}") from None
-            digest = hashlib.sha256(data).hexdigest()
-            if sha256 is not None and digest != sha256:
-                raise UserError(f"{url}: SHA-256 {digest} differs from the expected {sha256}; "
-                                f"the file changed upstream: {instead or 'use a local copy'}")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return dest
 
 
 def benchmark_file(bench_cfg, filename: str, cache_dir: str) -> Path:
@@ -121,19 +83,6 @@ def read_benchmark_jsonl(path: Path) -> list[dict]:
     if not items:
         raise UserError(f"{path}: no items")
     return items
-
-
-def parse_length(value, where: str) -> int:
-    """A required length: a positive integer (an integral float or numeric string is accepted)."""
-    if isinstance(value, bool):
-        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or value <= 0:
-        raise UserError(f"{where}: field 'length' must be a positive integer, got {value!r}")
-    return value
 
 
 def toy_ruler_items(bench_cfg) -> list[dict]:

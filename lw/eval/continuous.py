@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
     ContinuousBatchingLogitsProcessorList,
 )
 from transformers.generation.continuous_batching.model_runner import infer_max_single_request_tokens
 from transformers.generation.continuous_batching.utils import WorkloadHints
-from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.logits_process import LogitsProcessorList
 
 from lw.errors import UserError

@@ -6,8 +6,9 @@ so an interrupted run loses nothing and a rerun generates only what is missing.
 
 - hf:     transformers on CPU or one GPU, the model's chat format: continuous batching (requests
           admitted as others end, lw.eval.continuous) or static batches of `generate`
-- vllm:   vLLM offline inference on GPUs (optional extra, imported only when chosen)
-- openai: any OpenAI-compatible chat-completions server (an API model, or `vllm serve`)
+- vllm:   vLLM offline inference on GPUs, where vLLM imports beside lw (imported only when chosen)
+- openai: any OpenAI-compatible server (an API model, `transformers serve`), or `vllm serve` with
+          generation.server=vllm: the chat format's token ids and vLLM's own request fields
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from typing import Callable
 from tqdm import tqdm
 
 from lw import llm
-from lw.errors import SHOWN_FAILURES, Incomplete
+from lw.errors import SHOWN_FAILURES, Incomplete, UserError
 from lw.jsonl import Appender, read_resumable
 from lw.models.chat_format import get_chat_format
 from lw.models.stops import stop_token_ids, strip_end_of_turn
-from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,6 @@ class HfBackend:
         self.cfg = gen_cfg
         self.seed = seed
         self.stop_ids = stop_token_ids(tokenizer, stop_tokens, self.chat_format, model.generation_config)
-        if gen_cfg.get("batching", "continuous") not in ("continuous", "static"):
-            raise UserError(f"unknown generation.batching {gen_cfg.batching!r}; choose continuous or static")
 
     def generation_config(self):
         return hf_generation_config(self.cfg, self.stop_ids, self.tokenizer.pad_token_id)
@@ -192,8 +190,9 @@ class VllmBackend:
             from vllm import LLM, SamplingParams
             from vllm.inputs import TokensPrompt
         except ImportError as err:
-            raise UserError("generation=vllm needs vLLM on a GPU machine: pip install -e '.[vllm]' "
-                              "(or use generation=hf, or generation=openai with a `vllm serve` server)") from err
+            raise UserError("generation=vllm needs vLLM importable beside lw, which no vLLM release allows with "
+                            "lw's transformers; serve the model with `vllm serve` in vLLM's own environment and "
+                            "use generation=vllm_server (docs/engineering.md, \"vLLM\")") from err
         self.tokenizer = tokenizer
         self.chat_format = get_chat_format(model_cfg.chat_format)
         self.tokens_prompt = TokensPrompt
@@ -247,35 +246,49 @@ def _generation_config(model_path: str):
 
 
 class OpenAIBackend:
-    """Chat completions on an OpenAI-compatible server, `concurrency` requests in flight.
+    """Completions on an OpenAI-compatible server, `concurrency` requests in flight.
 
-    The server renders the prompt with the served model's chat template and stops on its
-    generation_config's end-of-turn ids (lw saves both with every trained model). What is sent beyond
-    the prompt: temperature, top_p, max_tokens; `top_k` when generation.top_k is set (vLLM and
-    transformers serve accept it; the OpenAI API refuses it: use sampling=lw there); `stop` when
-    generation.stop lists strings. A trailing end-of-turn marker in an answer (model.stop_tokens,
-    generation.stop) is stripped."""
+    generation.server=openai (any such server: an API model, `transformers serve`): chat completions;
+    the server renders the prompt with the served model's chat template and stops on its
+    generation_config's end-of-turn ids (lw saves both with every trained model). Sent beyond the
+    prompt: temperature, top_p, max_tokens; `top_k` when generation.top_k is set (vLLM and transformers
+    serve accept it; the OpenAI API refuses it: use sampling=lw there); `stop` when generation.stop lists
+    strings.
+
+    generation.server=vllm (`vllm serve`, in an environment of its own; docs/engineering.md): the prompt
+    as the token ids of model.chat_format (POST /completions), so the served model reads exactly what
+    generation=hf and generation=vllm give it, with vLLM's own request fields: `top_k` (-1: no cut),
+    each item's `seed` (as the other backends seed each item) and `stop_token_ids` (lw.models.stops).
+    A trailing end-of-turn marker in an answer (model.stop_tokens, generation.stop) is stripped."""
 
     name = "openai"
 
-    def __init__(self, gen_cfg, end_markers=()):
+    def __init__(self, gen_cfg, end_markers=(), seed: int = 0, served=None):
         if not gen_cfg.model:
             raise UserError("generation=openai needs generation.model (the served model's name)")
         self.cfg = gen_cfg
+        self.seed = seed
+        self.served = served  # server=vllm: (chat format, tokenizer, stop ids)
         self.end_markers = [*end_markers, *gen_cfg.stop]
         # A missing key or URL fails here, before any request.
         self.endpoint = llm.Endpoint(gen_cfg.base_url, gen_cfg.api_key_env, gen_cfg.timeout, gen_cfg.retries,
                                      "generation")
 
-    def generate(self, items: list[dict], save: Save) -> list:
+    async def request(self, client, item: dict) -> str:
         cfg = self.cfg
+        sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
+                    "stop": list(cfg.stop) or None}
+        if self.served is None:
+            return await llm.chat(client, self.endpoint, cfg.model, item["prompt"], top_k=cfg.top_k, **sampling)
+        chat_format, tokenizer, stops = self.served
+        return await llm.complete_ids(client, self.endpoint, cfg.model, chat_format.prompt_ids(tokenizer, item["prompt"]),
+                                      top_k=cfg.top_k if cfg.top_k is not None else -1,
+                                      seed=item_seed(self.seed, [item["id"]]), stop_token_ids=stops,
+                                      skip_special_tokens=True, **sampling)
+
+    def generate(self, items: list[dict], save: Save) -> list:
         failed: list = []
         self.endpoint.check_reachable()
-
-        async def work(client, item):
-            return await llm.chat(client, self.endpoint, cfg.model, item["prompt"], temperature=cfg.temperature,
-                                  top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, top_k=cfg.top_k,
-                                  stop=list(cfg.stop) or None)
 
         def on_error(item, error):
             failed.append((item, error))
@@ -283,25 +296,42 @@ class OpenAIBackend:
                 log.warning("generation failed for id %s: %s%s", item["id"], error,
                             "; further failures are counted, not shown" if len(failed) == SHOWN_FAILURES else "")
 
-        llm.run_bounded(items, work, cfg.concurrency,
+        llm.run_bounded(items, self.request, self.cfg.concurrency,
                         lambda item, text: save(item, strip_end_of_turn(text, self.end_markers)), on_error)
         return failed
+
+
+def served_prompts(cfg, model_path: str | None):
+    """generation.server=vllm: the chat format, tokenizer and stop ids of the served checkpoint."""
+    from lw.models import build_tokenizer
+
+    if model_path is None:
+        raise UserError("generation.server=vllm sends the prompt as token ids: set model.path to the checkpoint "
+                        "`vllm serve` serves (its tokenizer), or generation.server=openai for chat completions")
+    tokenizer = build_tokenizer(cfg.model, cfg.cache_dir, path=model_path)
+    chat_format = get_chat_format(cfg.model.chat_format)
+    stops = stop_token_ids(tokenizer, cfg.model.stop_tokens, chat_format,
+                           _generation_config(tokenizer.name_or_path or model_path))
+    return chat_format, tokenizer, stops
 
 
 def build_backend(cfg, model_path: str | None):
     """The configured backend; hf and vllm load `model_path` (a checkpoint or hub id)."""
     backend = cfg.generation.backend
     if backend == "openai":
-        return OpenAIBackend(cfg.generation, end_markers=cfg.model.stop_tokens)
-    if backend not in ("hf", "vllm"):
-        raise UserError(f"unknown generation.backend {backend!r}; choose hf, vllm or openai")
+        server = cfg.generation.server
+        served = served_prompts(cfg, model_path) if server == "vllm" else None
+        return OpenAIBackend(cfg.generation, end_markers=cfg.model.stop_tokens, seed=cfg.seed, served=served)
     from lw.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir, path=model_path)
     if backend == "vllm":
         if model_path is None:
             raise UserError("generation=vllm needs a model path (model.path or a trained checkpoint)")
-        return VllmBackend(model_path, tokenizer, cfg.model, cfg.generation, seed=cfg.seed)
-    model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed)
+        from lw.models.chatglm import native_checkpoint
+
+        return VllmBackend(native_checkpoint(model_path, cfg.cache_dir), tokenizer, cfg.model, cfg.generation,
+                           seed=cfg.seed)
+    model = build_model(cfg.model, tokenizer, path=model_path, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return HfBackend(model, tokenizer, cfg.model.chat_format, cfg.generation, seed=cfg.seed,
                      stop_tokens=cfg.model.stop_tokens)

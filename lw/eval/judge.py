@@ -11,6 +11,9 @@ the official judge's, anything float() takes) and `judge.extraction` (lenient: l
 official: the official judge's ```json block or whole reply). Each judgement records whether the
 other choice of either setting would have decided one of its replies otherwise (`non_integer`,
 `extraction_differs`), so a run counts how much its rules matter.
+
+`judge_for` and `longbench_judge` build the judge a run's settings ask for: evaluation's, and that
+of the stages outside it (task=dpo_pairs, GRPO's quality reward).
 """
 
 from __future__ import annotations
@@ -24,18 +27,21 @@ import re
 from pathlib import Path
 
 from filelock import FileLock
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lw import llm
+from lw.config import BenchmarkConfig, Extraction, JudgeKind, ScoreRule
+from lw.errors import SHOWN_FAILURES, MissingFile, UserError
+from lw.eval.benchmarks import judge_template
 from lw.jsonl import Appender, read_resumable
-from lw.errors import SHOWN_FAILURES, UserError
 
 log = logging.getLogger(__name__)
 
 DIMENSIONS = ("Relevance", "Accuracy", "Coherence", "Clarity", "Breadth and Depth", "Reading Experience")
 OK, UNPARSEABLE, FAILED = "ok", "unparseable", "failed"
-SCORE_RULES = ("integer", "numeric")
-EXTRACTIONS = ("lenient", "official")
+SCORE_RULES = tuple(ScoreRule)
+EXTRACTIONS = tuple(Extraction)
 DIFFERENCES = ("non_integer", "extraction_differs")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 # The only fence the official judge reads (evaluation/eval_quality.py lines 71-72).
@@ -206,11 +212,6 @@ class Judge:
     def __init__(self, judge_cfg, template: str, cache_path: Path | None):
         if not judge_cfg.model:
             raise UserError("judge.model is not set")
-        if judge_cfg.scores not in SCORE_RULES:
-            raise UserError(f"judge.scores must be one of {', '.join(SCORE_RULES)}, got {judge_cfg.scores!r}")
-        if judge_cfg.extraction not in EXTRACTIONS:
-            raise UserError(f"judge.extraction must be one of {', '.join(EXTRACTIONS)}, "
-                            f"got {judge_cfg.extraction!r}")
         if judge_cfg.attempts < 1:
             raise UserError(f"judge.attempts must be at least 1, got {judge_cfg.attempts}")
         if judge_cfg.max_tokens is not None and judge_cfg.max_tokens < 1:
@@ -324,10 +325,8 @@ class Judge:
 def build_judge(judge_cfg, template: str, cache_dir: str, cache_path: Path | None = None) -> Judge | None:
     """The judge of judge_cfg; its cache is cache_path if given, else one file per judge model under
     cache_dir/judge (judge.cache=false: none)."""
-    if judge_cfg.kind == "none":
+    if judge_cfg.kind == JudgeKind.none:
         return None
-    if judge_cfg.kind != "openai":
-        raise UserError(f"unknown judge.kind {judge_cfg.kind!r}; choose none or openai")
     if cache_path is not None:
         return Judge(judge_cfg, template, cache_path)
     cache = None
@@ -335,3 +334,43 @@ def build_judge(judge_cfg, template: str, cache_dir: str, cache_path: Path | Non
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", judge_cfg.model or "judge")
         cache = Path(cache_dir).expanduser() / "judge" / f"{safe}.jsonl"
     return Judge(judge_cfg, template, cache)
+
+
+# --- the judge of a run's settings ------------------------------------------------------------------
+
+def judge_for(cfg, bench_cfg, cache_path: Path | None = None):
+    """LongBench-Write's quality judge for a benchmark (None without a judge, for the ruler, or for
+    another benchmark: lw.eval.evaluate.benchmark_judge gives WritingBench its own).
+
+    Built before generation, so a missing key or template fails before hours of sampling. Its
+    judgements are cached by judge model under cache_dir/judge, or appended to cache_path when given.
+    """
+    if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
+        return None
+    if cfg.judge.kind == "writingbench":
+        log.warning("judge=writingbench scores WritingBench's criteria, not LongBench-Write's S_q: %s reports "
+                    "S_l only", bench_cfg.kind)
+        return None
+    return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir, cache_path)
+
+
+def longbench_judge(cfg, cache_path: Path | None = None):
+    """The judge of a stage outside evaluation (DPO pairs, GRPO's quality reward): the template of the
+    first longbench_write eval entry (its data_dir or judge.template), else the official judge.txt."""
+    bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
+                     OmegaConf.structured(BenchmarkConfig(kind="longbench_write")))
+    return judge_for(cfg, bench_cfg, cache_path)
+
+
+def judge_prompt_template(cfg, bench_cfg) -> str:
+    """judge.template if set, else the benchmark's own judge.txt."""
+    if cfg.judge.template:
+        path = Path(cfg.judge.template).expanduser()
+        if not path.is_file():
+            raise MissingFile(f"judge.template: no such file: {path}")
+        text = path.read_text(encoding="utf-8")
+        missing = [p for p in ("$INST$", "$RESPONSE$") if p not in text]
+        if missing:
+            raise UserError(f"judge.template: {path} lacks the placeholders {missing}")
+        return text
+    return judge_template(bench_cfg, cfg.cache_dir)

@@ -43,7 +43,7 @@ THINK_END = "</think>\n\n"
 
 def writingbench_file(bench_cfg, filename: str, cache_dir: str) -> Path:
     """`filename` from `data_dir`, or from the pinned commit (downloaded on first use, SHA-256 checked)."""
-    from lw.eval.benchmarks import MIRROR_ENV, download
+    from lw.eval.download import MIRROR_ENV, download
 
     if bench_cfg.data_dir:
         path = Path(bench_cfg.data_dir).expanduser() / filename

@@ -13,12 +13,15 @@ is an unparseable reply, asked again up to judge.attempts times and then counted
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
+from lw.errors import UserError
 from lw.eval.judge import OK, UNPARSEABLE, Judge, cache_key
 from lw.eval.writingbench import THINK_END
-from lw.errors import UserError
+
+log = logging.getLogger(__name__)
 
 KIND = "writingbench"
 # evaluate_benchmark.py lines 26 and 58: str.strip of these characters, not of whitespace.
@@ -87,3 +90,16 @@ def build_criteria_judge(judge_cfg, prompts: tuple[str, str], cache_dir: str) ->
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", judge_cfg.model or "judge")
         cache = Path(cache_dir).expanduser() / "judge" / f"writingbench-{safe}.jsonl"
     return CriteriaJudge(judge_cfg, prompts, cache)
+
+
+def writingbench_judge(cfg, bench_cfg):
+    """WritingBench's criteria judge with the official prompts (judge=writingbench), else None."""
+    from lw.eval.writingbench import KIND as WRITINGBENCH
+    from lw.eval.writingbench import judge_prompts
+
+    if cfg.judge.kind != KIND:
+        if cfg.judge.kind != "none":
+            log.warning("%s's criteria are scored by judge=writingbench, not judge.kind=%s: its R and C are "
+                        "not computed", WRITINGBENCH, cfg.judge.kind)
+        return None
+    return build_criteria_judge(cfg.judge, judge_prompts(bench_cfg, cfg.cache_dir), cfg.cache_dir)

@@ -21,6 +21,7 @@ from lw.eval.length_requirement import parse_requirement, requirement_score
 from lw.eval.writingbench import groups, official_scores, query_scores
 from lw.eval.writingbench_judge import criterion_rows, response_to_judge
 from lw.jsonl import write_jsonl
+from lw.run_dir import judgements_file, length_requirements_file, skipped_file
 from lw.words import count_words
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ def drop_overlong(backend, items: list[dict], bench_dir: Path) -> tuple[list[dic
         else:
             kept.append(item)
     if skipped:
-        write_jsonl(skipped, Path(bench_dir) / "skipped.jsonl")
+        write_jsonl(skipped, skipped_file(bench_dir))
         log.warning("%d of %d queries are longer than the model's context of %d tokens: skipped, not truncated "
-                    "(see %s)", len(skipped), len(items), context, Path(bench_dir) / "skipped.jsonl")
+                    "(see %s)", len(skipped), len(items), context, skipped_file(bench_dir))
     return kept, skipped
 
 
@@ -102,15 +103,15 @@ def score_writingbench(name: str, rows: list[dict], bench_dir: Path, tracker, ju
         asked = criterion_rows(rows)
         judgements = judge.judge(asked)
         write_jsonl(({"query_id": a["query_id"], "criterion": a["name"], **j} for a, j in zip(asked, judgements)),
-                    bench_dir / "judgements.jsonl")
+                    judgements_file(bench_dir))
     records = query_records(rows, judgements)
     write_jsonl(({"id": r["id"], "language": r["language"], **r["requirement"], "produced": r["produced"],
-                  "lw_S_l": r["S_l"]} for r in records), bench_dir / "length_requirements.jsonl")
+                  "lw_S_l": r["S_l"]} for r in records), length_requirements_file(bench_dir))
     metrics = writingbench_metrics(records, name, judgements, skipped)
     if judgements is not None and (metrics[f"{name}/judge_unparseable"] or metrics[f"{name}/judge_failed"]):
         log.warning("%s: %d unparseable and %d failed criterion judgements; their %d queries are left out of R "
                     "and C (see %s)", name, metrics[f"{name}/judge_unparseable"], metrics[f"{name}/judge_failed"],
-                    metrics[f"{name}/queries_incomplete"], bench_dir / "judgements.jsonl")
+                    metrics[f"{name}/queries_incomplete"], judgements_file(bench_dir))
     tracker.log(metrics)
     table = [{**r, "requirement": json.dumps(r["requirement"], ensure_ascii=False)} for r in records]
     tracker.table(f"{name}/predictions", table, COLUMNS)
@@ -118,7 +119,7 @@ def score_writingbench(name: str, rows: list[dict], bench_dir: Path, tracker, ju
 
 
 def plan_writingbench(cfg, bench, rates: dict, judge_rates: dict | None) -> dict:
-    """A dry run's plan of the subset (lw.plan_eval): its queries from the local files, the tokens to
+    """A dry run's plan of the subset (lw.plan.eval): its queries from the local files, the tokens to
     generate (each answer at its parsed requirement's upper bound, else at generation.max_new_tokens)
     and, with judge=writingbench, one judge call per criterion reading the prompts, query and answer."""
     from lw.errors import UserError

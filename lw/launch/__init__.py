@@ -1,3 +1,3 @@
-"""Distributed training launched from the Hydra job (driver.py, topology.py), the dry-run planner
-(plan.py) and model FLOPs (flops.py). Nothing is imported here, so the light modules stay light
-(experiments/gpu_check.py imports flops.py where omegaconf and Hydra are not installed)."""
+"""Distributed training launched from the Hydra job: driver.py starts and watches the workers with
+the trainer and DeepSpeed config file its caller hands it; topology.py works out nodes, ranks and
+the rendezvous. The planner (lw/plan/) sits below this package and is never imported from it."""

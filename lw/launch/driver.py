@@ -37,14 +37,25 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-from lw.launch.topology import EXIT_PREEMPTED, Topology, launch_dir, topology
+from lw.errors import Incomplete, UserError, one_line
+from lw.launch.topology import EXIT_PREEMPTED, Topology, topology
+from lw.run_dir import (
+    checkpoint_dir,
+    launch_command_file,
+    launch_config_file,
+    launch_deepspeed_file,
+    launch_dir,
+    model_dir,
+    ranks_dir,
+    tokenized_dir,
+    train_log,
+    workers_log,
+)
 from lw.tracking import redact
-from lw.errors import Incomplete, MissingFile, UserError, one_line
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEEPSPEED_CONFIGS = REPO / "conf" / "deepspeed"
 WORKER_MODULE = "lw.train.worker"
 # torchrun's --tee prefixes each line with the role and local rank: "[default1]:...". A rank's
 # unfinished line (a progress bar) can run into another's, so prefixes are found anywhere.
@@ -84,33 +95,14 @@ class NodeLost(Incomplete):
     (exit status 3): the checkpoints are kept, and the same command on every node resumes."""
 
 
-def deepspeed_config_path(name: str | None) -> Path:
-    """conf/deepspeed/<name>.json for a bare name, else the path as given."""
-    if not name:
-        raise UserError("launcher.deepspeed is not set: name a conf/deepspeed/*.json or give a path")
-    path = Path(name) if (name.endswith(".json") or os.sep in name) else DEEPSPEED_CONFIGS / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in DEEPSPEED_CONFIGS.glob("*.json"))
-        raise MissingFile(f"launcher.deepspeed={name!r}: no file {path} (configs in conf/deepspeed: {known})")
-    return path
-
-
-def load_deepspeed_config(name: str | None) -> dict:
-    path = deepspeed_config_path(name)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
-
-
 def worker_command(launcher_cfg, topo: Topology, run_dir: Path) -> list[str]:
     """The command that starts this node's workers (argv)."""
-    ranks_dir = str(launch_dir(run_dir, topo.node_rank) / "ranks")
+    ranks = str(ranks_dir(run_dir, topo.node_rank))
     if launcher_cfg.runner == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run",
                 "--nnodes", str(topo.nnodes), "--nproc-per-node", str(topo.nproc_per_node),
                 "--node-rank", str(topo.node_rank), "--master-addr", topo.master_addr,
-                "--master-port", str(topo.master_port), "--log-dir", ranks_dir, "--tee", "3",
+                "--master-port", str(topo.master_port), "--log-dir", ranks, "--tee", "3",
                 "-m", WORKER_MODULE, str(run_dir)]
     if launcher_cfg.runner == "accelerate":
         # --multi_gpu selects accelerate's torchrun path (also on CPU, where --cpu would start one
@@ -119,7 +111,7 @@ def worker_command(launcher_cfg, topo: Topology, run_dir: Path) -> list[str]:
                 "--num_processes", str(topo.world_size), "--num_machines", str(topo.nnodes),
                 "--machine_rank", str(topo.node_rank), "--main_process_ip", topo.master_addr,
                 "--main_process_port", str(topo.master_port), "--mixed_precision", "no",
-                "--dynamo_backend", "no", "--log_dir", ranks_dir, "--tee", "3",
+                "--dynamo_backend", "no", "--log_dir", ranks, "--tee", "3",
                 "-m", WORKER_MODULE, str(run_dir)]
     raise UserError(f"launcher.runner must be torchrun or accelerate, got {launcher_cfg.runner!r}")
 
@@ -137,17 +129,15 @@ def worker_env(cfg, base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def write_launch_files(cfg, run_dir: Path, command: list[str], node_rank: int = 0) -> None:
-    """Everything this node's workers read, written atomically into the node's launch directory."""
-    here = launch_dir(run_dir, node_rank)
-    here.mkdir(parents=True, exist_ok=True)
+def write_launch_files(cfg, run_dir: Path, command: list[str], deepspeed: Path, node_rank: int = 0) -> None:
+    """Everything this node's workers read, written atomically into the node's launch directory:
+    `deepspeed` is the DeepSpeed config file the caller chose (lw.plan.offload.resolve_deepspeed)."""
+    launch_dir(run_dir, node_rank).mkdir(parents=True, exist_ok=True)
     # Secrets (an API key read from the environment) never reach the disk; workers need none.
     resolved = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    _write_atomic(here / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    from lw.plan import resolve_deepspeed  # `auto`: the planner's choice for this topology
-
-    _write_atomic(here / "deepspeed.json", deepspeed_config_path(resolve_deepspeed(cfg)).read_text())
-    _write_atomic(here / "command.sh", "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
+    _write_atomic(launch_config_file(run_dir, node_rank), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    _write_atomic(launch_deepspeed_file(run_dir, node_rank), Path(deepspeed).read_text())
+    _write_atomic(launch_command_file(run_dir, node_rank), "#!/usr/bin/env bash\n" + shlex.join(command) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -322,9 +312,11 @@ def _failure(returncode: int, output: str, tails: dict[int, deque], log_path: Pa
                          lines, (code, *(c for _, _, c in others)))
 
 
-def launch_training(cfg, tokenizer, run_dir: Path, tracker, metrics: dict) -> Path | None:
+def launch_training(cfg, trainer, deepspeed: Path, tokenizer, run_dir: Path, tracker, metrics: dict) -> Path | None:
     """Train on nproc_per_node x nnodes workers; the saved model's directory (None off node 0).
-    The training set's statistics go into `metrics` (as data/<key>), as in a local run."""
+    The caller hands over the trainer module (it builds the training set here; each worker looks it
+    up again) and the DeepSpeed config file. The training set's statistics go into `metrics` (as
+    data/<key>), as in a local run."""
     topo = topology(cfg.launcher)
     log.info("workers: %d node(s) x %d, this is node %d, rendezvous %s:%d", topo.nnodes, topo.nproc_per_node,
              topo.node_rank, topo.master_addr, topo.master_port)
@@ -332,30 +324,28 @@ def launch_training(cfg, tokenizer, run_dir: Path, tracker, metrics: dict) -> Pa
         # One process prepares the data; the workers on every node load it from the run directory
         # (on other nodes they start only once node 0's launcher is up, after this) and check
         # that they all loaded the same bytes (lw.train.worker.check_same_data).
-        metrics.update(prepare_data(cfg, tokenizer, run_dir))
+        metrics.update(prepare_data(cfg, trainer, tokenizer, run_dir))
     command = worker_command(cfg.launcher, topo, run_dir)
-    write_launch_files(cfg, run_dir, command, topo.node_rank)
-    forwarder = TrainLogForwarder(run_dir / "launch" / "train_log.jsonl", tracker)
+    write_launch_files(cfg, run_dir, command, deepspeed, topo.node_rank)
+    forwarder = TrainLogForwarder(train_log(run_dir), tracker)
     try:
-        run_workers(command, worker_env(cfg), launch_dir(run_dir, topo.node_rank) / "workers.log",
+        run_workers(command, worker_env(cfg), workers_log(run_dir, topo.node_rank),
                     cfg.launcher.log_tail_lines, on_poll=forwarder.poll if topo.node_rank == 0 else None)
     except WorkerFailure as failure:
         raise explain_failure(failure, topo, run_dir) from None
     if topo.node_rank != 0:
         print(f"lw: node {topo.node_rank} of {topo.nnodes}: training done; node 0 evaluates and logs in {run_dir}")
         return None
-    model_dir = run_dir / "model"
-    if not (model_dir / "config.json").exists():
-        raise RuntimeError(f"the workers exited cleanly but saved no model in {model_dir}")
-    return model_dir
+    saved = model_dir(run_dir)
+    if not (saved / "config.json").exists():
+        raise RuntimeError(f"the workers exited cleanly but saved no model in {saved}")
+    return saved
 
 
-def prepare_data(cfg, tokenizer, run_dir: Path) -> dict:
+def prepare_data(cfg, trainer, tokenizer, run_dir: Path) -> dict:
     """The tokenized training set in RUN_DIR/data/tokenized, for every node's workers; its statistics."""
-    from lw.train.registry import trainer_for
-
-    dataset, stats = trainer_for(cfg).build_dataset(cfg, tokenizer, run_dir)
-    tokenized = run_dir / "data" / "tokenized"
+    dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
+    tokenized = tokenized_dir(run_dir)
     if tokenized.exists():
         shutil.rmtree(tokenized)
     dataset.save_to_disk(str(tokenized))
@@ -383,18 +373,31 @@ def explain_failure(failure: WorkerFailure, topo: Topology, run_dir: Path) -> Ex
         why = one_line(failure.lines[found.start():line_end if line_end >= 0 else None]).split(". ")[0][:200]
         return NodeLost(f"node {topo.node_rank} of {topo.nnodes} lost {lost} during training (rank {failure.rank}: "
                         f"{why}); {last_checkpoint(run_dir)}; rerun the same command on every node to resume "
-                        f"(this node's log: {launch_dir(run_dir, topo.node_rank) / 'workers.log'})")
+                        f"(this node's log: {workers_log(run_dir, topo.node_rank)})")
     return failure
 
 
 def last_checkpoint(run_dir: Path) -> str:
     from transformers.trainer_utils import get_last_checkpoint
 
-    from lw.train.fit import checkpoint_dir_of
-
-    checkpoints = checkpoint_dir_of(run_dir)
+    checkpoints = checkpoint_dir(run_dir)
     found = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     return f"the last checkpoint, {found}, is kept" if found else "no checkpoint was saved yet"
+
+
+def launch_command(cfg, run_dir: Path) -> str:
+    """The exact worker command, for the dry run's plan (a free port is picked now; the run picks its own)."""
+    run_dir = run_dir.resolve()
+    if cfg.launcher.kind == "local":
+        return "(in process: the driver trains itself)"
+    if cfg.launcher.kind == "slurm":
+        # Known only inside the allocation; each node's driver fills these from SLURM's environment.
+        topo = Topology(cfg.launcher.nnodes, "$SLURM_NODEID", cfg.launcher.nproc_per_node,  # type: ignore[arg-type]
+                        "<first host of $SLURM_JOB_NODELIST>",
+                        cfg.launcher.master_port or "<20000 + $SLURM_JOB_ID % 20000>")  # type: ignore[arg-type]
+    else:
+        topo = topology(cfg.launcher)
+    return shlex.join(worker_command(cfg.launcher, topo, run_dir))
 
 
 def is_first_node(launcher_cfg) -> bool:

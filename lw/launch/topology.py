@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 from lw.errors import UserError
 
@@ -42,15 +41,6 @@ def single_process_env() -> None:
         return
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-
-
-def launch_dir(run_dir: Path, node_rank: int) -> Path:
-    """Where a node's driver writes its launch files and its workers read them.
-
-    Every node of a job shares one run directory (docs/engineering.md, "Several nodes"): node 0
-    keeps RUN_DIR/launch/, node R > 0 gets RUN_DIR/launch/nodeR/, so no two drivers write one file.
-    """
-    return Path(run_dir) / "launch" / ("" if node_rank == 0 else f"node{node_rank}")
 
 
 def node_suffix(kind: str, node_rank) -> str:

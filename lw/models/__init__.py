@@ -6,8 +6,17 @@ lw/models/attention.py; their names are re-exported here for the code that impor
 """
 
 from lw.models.attention import attention_implementation, flash_attention_installed, local_device, use_attention
-from lw.models.loading import (DTYPES, apply_config_overrides, build_model, build_tokenizer, load_pretrained,
-                               parameter_counts)
+from lw.models.loading import (
+    DTYPES,
+    apply_config_overrides,
+    build_model,
+    build_tokenizer,
+    checkpoint_config,
+    load_pretrained,
+    model_config,
+    parameter_counts,
+)
 
 __all__ = ["DTYPES", "apply_config_overrides", "attention_implementation", "build_model", "build_tokenizer",
-           "flash_attention_installed", "load_pretrained", "local_device", "parameter_counts", "use_attention"]
+           "checkpoint_config", "flash_attention_installed", "load_pretrained", "local_device", "model_config",
+           "parameter_counts", "use_attention"]

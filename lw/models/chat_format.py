@@ -6,7 +6,8 @@ answer exact, so the loss mask is exact too. Generation renders the same format 
 of the assistant's answer, so training and inference never disagree about the template.
 
 Training formats (loss on answers and the EOS that closes each one):
-- glm4:     [gMASK]<sop><|user|>\\n{prompt}<|assistant|>\\n{answer}EOS
+- glm4:     [gMASK]<sop><|user|>\\n{prompt}<|assistant|>\\n{answer}EOS, each piece encoded apart as
+            THUDM's build_single_message does (the official training data's ids)
 - llama3_1: BOS[INST]{prompt}[/INST]{answer}EOS   (the paper's format for the Llama-3.1 base)
 - plain:    BOS{head} {body}EOS                    (the base stage's language modelling)
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
+
 from lw.errors import UserError
 
 BOS = object()  # the tokenizer's BOS token id
@@ -33,6 +35,9 @@ EOS = object()  # the tokenizer's EOS token id
 class Segment:
     content: str | object  # text, BOS or EOS
     target: bool = False
+    # A message's text, encoded as text even where it spells a special token ("<|user|>"), as GLM-4's
+    # build_single_message encodes messages (tiktoken's disallowed_special=(); tokenization_chatglm.py line 159).
+    plain: bool = False
 
 
 class ChatFormat:
@@ -56,8 +61,9 @@ class ChatFormat:
         if not add_generation_prompt:
             self.refuse_training()
         rendered = [self.render(messages, add_generation_prompt) for messages in conversations]
-        texts = [s.content for segments in rendered for s in segments if isinstance(s.content, str)]
-        encoded = iter(encode_texts(tokenizer, texts) if texts else [])
+        texts = [s for segments in rendered for s in segments if isinstance(s.content, str)]
+        encoded = {plain: iter(encode_texts(tokenizer, [s.content for s in texts if s.plain == plain], plain))
+                   for plain in (False, True)}
         special = {id(BOS): tokenizer.bos_token_id, id(EOS): tokenizer.eos_token_id}
         results = []
         for segments in rendered:
@@ -65,7 +71,7 @@ class ChatFormat:
             mask: list[int] = []
             for segment in segments:
                 if isinstance(segment.content, str):
-                    ids = next(encoded)
+                    ids = next(encoded[segment.plain])
                 else:
                     token_id = special[id(segment.content)]
                     if token_id is None:
@@ -102,18 +108,26 @@ class ChatFormat:
                             f"render training answers; train with model.chat_format=glm4, llama3_1 or plain")
 
 
-def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text (no special tokens added), as `tokenizer(texts)` gives them.
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], plain: bool = False) -> list[list[int]]:
+    """Token ids of each text (no special tokens added), as `tokenizer(texts)` gives them; `plain`:
+    special tokens' spellings in the texts are encoded as text (split_special_tokens).
 
     A fast tokenizer's backend skips offsets with `encode_batch_fast` (2-3x faster on long answers);
     used only when the backend is in the state the tokenizer call would put it in.
     """
+    if not texts:
+        return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    split = plain or bool(getattr(tokenizer, "split_special_tokens", False))
     if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
-            and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
-        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+            and backend.padding is None):
+        saved = backend.encode_special_tokens
+        backend.encode_special_tokens = split
+        try:
+            return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        finally:
+            backend.encode_special_tokens = saved
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"]
 
 
 def _check_turns(messages: Sequence[dict], add_generation_prompt: bool) -> None:
@@ -133,12 +147,15 @@ class Glm4(ChatFormat):
 
     def render(self, messages, add_generation_prompt=False):
         _check_turns(messages, add_generation_prompt)
+        # Each piece encoded on its own, as the official training data was (build_single_message per turn:
+        # the role token, encode("\n"), encode(message); train/pre_tokenize_glm4.py in THUDM/LongWriter).
         segments = [Segment("[gMASK]<sop>")]
         for m in messages:
             if m["role"] == "user":
-                segments.append(Segment(f"<|user|>\n{m['content']}<|assistant|>\n"))
+                segments += [Segment("<|user|>"), Segment("\n"), Segment(m["content"], plain=True),
+                             Segment("<|assistant|>"), Segment("\n")]
             else:
-                segments += [Segment(m["content"], target=True), Segment(EOS, target=True)]
+                segments += [Segment(m["content"], target=True, plain=True), Segment(EOS, target=True)]
         return segments
 
 
@@ -189,9 +206,10 @@ class LongWriterGlm4(ChatFormat):
         segments = [Segment("[gMASK]<sop>")]
         for m in messages:
             if m["role"] == "user":
-                segments += [Segment("<|user|>"), Segment("\n"), Segment(m["content"]), Segment("<|assistant|>")]
+                segments += [Segment("<|user|>"), Segment("\n"), Segment(m["content"], plain=True),
+                             Segment("<|assistant|>")]
             else:  # an earlier answer, as build_chat_input writes history: "\n" then the text
-                segments += [Segment("\n"), Segment(m["content"])]
+                segments += [Segment("\n"), Segment(m["content"], plain=True)]
         return segments
 
 

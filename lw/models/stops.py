@@ -51,11 +51,6 @@ def stop_token_ids(tokenizer, stop_tokens: Iterable[str] = (), chat_format=None,
     return sorted(ids)
 
 
-def stop_token_texts(tokenizer, ids: Iterable[int]) -> list[str]:
-    """The stop tokens as text, to strip from an answer that arrives as text (an OpenAI server's)."""
-    return [t for t in tokenizer.convert_ids_to_tokens(list(ids)) if t]
-
-
 def strip_end_of_turn(text: str, markers: Iterable[str]) -> str:
     """`text` without the end-of-turn markers (and white space) it ends with."""
     markers = [m for m in markers if m]

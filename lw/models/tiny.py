@@ -20,8 +20,8 @@ from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GlmConfig, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast
 
-from lw.data.toy_words import vocabulary
 from lw.errors import UserError
+from lw.toy_words import vocabulary
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>",
                   "[INST]", "[/INST]",  # llama3_1 chat format

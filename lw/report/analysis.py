@@ -13,15 +13,18 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
+
 from lw.errors import MissingFile, UserError, one_line
+from lw.eval.evaluate import RESULT_COLUMNS
+from lw.run_dir import METRICS, RESULTS, hydra_config
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-
-# The columns the tables read from a results.csv; `trainer` may be absent (runs written before it).
-RESULTS_COLUMNS = ("run", "benchmark", "cap", "seed", "required", "produced", "S_l")
+# The columns of results.csv the tables need: all but `trainer`, `id`, `R` and `C` (absent in runs
+# written before them).
+NEEDED_COLUMNS = tuple(column for column in RESULT_COLUMNS if column not in ("trainer", "id", "R", "C"))
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -31,7 +34,7 @@ def read_results(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a results.csv ({one_line(err)}); remove it from the sweep or rerun "
                         "that run's evaluation") from None
-    missing = [column for column in RESULTS_COLUMNS if column not in frame]
+    missing = [column for column in NEEDED_COLUMNS if column not in frame]
     if missing:
         raise UserError(f"{path}: a results.csv needs the column(s) {', '.join(missing)}; remove it from the sweep "
                         "or rerun that run's evaluation")
@@ -39,11 +42,11 @@ def read_results(path: Path) -> pd.DataFrame:
 
 
 def load_sweep(sweep_dir: str | Path, benchmark: str | None = None) -> pd.DataFrame:
-    """Every run's results.csv under `sweep_dir`, one frame."""
-    paths = sorted(Path(sweep_dir).glob("**/results.csv"))
+    """Every run's results.csv under `sweep_dir`, one frame; `run_dir` says whose."""
+    paths = sorted(Path(sweep_dir).glob(f"**/{RESULTS}"))
     if not paths:
         raise MissingFile(f"no results.csv under {sweep_dir}")
-    frame = pd.concat([read_results(p) for p in paths], ignore_index=True)
+    frame = pd.concat([read_results(p).assign(run_dir=str(p.parent)) for p in paths], ignore_index=True)
     if benchmark is not None:
         if benchmark not in set(frame["benchmark"]):
             raise UserError(f"no results.csv under {sweep_dir} has benchmark {benchmark} (it has "
@@ -67,10 +70,10 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append({"run": run, "trainer": trainer, "cap": cap, "seed": seed, "max_output_words": int(group["produced"].max()),
                      "plateau_words": float(medians.max()), "tracking_error_within_cap": float(error),
                      "S_l": float(group["S_l"].mean())})
-    return pd.DataFrame(rows).sort_values(["cap", "trainer", "seed"], key=_trainer_order).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["cap", "trainer", "seed"], key=trainer_order).reset_index(drop=True)
 
 
-def _trainer_order(column: pd.Series) -> pd.Series:
+def trainer_order(column: pd.Series) -> pd.Series:
     """Trainers in the order a study chains them (SFT, then DPO), others after."""
     from lw.train.registry import TRAINERS
 
@@ -97,7 +100,7 @@ def plot_length_vs_data(frame: pd.DataFrame, path: str | Path, title: str = "len
     length vs cap, each seed a point, with y = x."""
     summary = summarize(frame)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    trainers = sorted(frame["trainer"].unique(), key=lambda t: _trainer_order(pd.Series([t], name="trainer"))[0])
+    trainers = sorted(frame["trainer"].unique(), key=lambda t: trainer_order(pd.Series([t], name="trainer"))[0])
     style = {t: i % len(LINE_STYLES) for i, t in enumerate(trainers)}
     caps = sorted(frame["cap"].unique())
     colors = plt.cm.viridis([i / max(len(caps) - 1, 1) for i in range(len(caps))])
@@ -184,7 +187,7 @@ def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write
     from omegaconf import OmegaConf
 
     rows = []
-    for metrics_path in sorted(Path(sweep_dir).glob("**/metrics.json")):
+    for metrics_path in sorted(Path(sweep_dir).glob(f"**/{METRICS}")):
         try:
             metrics = json.loads(metrics_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -192,7 +195,7 @@ def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write
                             "rerun that run's evaluation") from None
         if f"{benchmark}/S_l" not in metrics:
             continue
-        config_path = metrics_path.parent / ".hydra" / "config.yaml"
+        config_path = hydra_config(metrics_path.parent)
         model = OmegaConf.load(config_path).model if config_path.is_file() else {}
         row = {"run": metrics_path.parent.name, "model": model.get("name"), "model_path": model.get("path")}
         for subset, _ in TABLE_GROUPS:
@@ -245,7 +248,7 @@ def load_writingbench_runs(sweep_dir: str | Path, benchmark: str = "writingbench
     from omegaconf import OmegaConf
 
     rows = []
-    for metrics_path in sorted(Path(sweep_dir).glob("**/metrics.json")):
+    for metrics_path in sorted(Path(sweep_dir).glob(f"**/{METRICS}")):
         try:
             metrics = json.loads(metrics_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -253,7 +256,7 @@ def load_writingbench_runs(sweep_dir: str | Path, benchmark: str = "writingbench
                             "rerun that run's evaluation") from None
         if f"{benchmark}/lw_length_parse_rate" not in metrics:
             continue
-        config_path = metrics_path.parent / ".hydra" / "config.yaml"
+        config_path = hydra_config(metrics_path.parent)
         model = OmegaConf.load(config_path).model.get("name") if config_path.is_file() else None
         row = {"run": metrics_path.parent.name, "model": model,
                **{f"{group}{score}": metrics.get(f"{benchmark}/{group}{score}_x10")

@@ -5,6 +5,12 @@ SWEEP_DIR/comparison.md (tables) and SWEEP_DIR/comparison.png (length vs data). 
 --wandb-report it also builds a W&B report of the sweep's group (needs the wandb-workspaces
 package and a login); --dry-run builds it without saving.
 
+Seeds (lw/report/seeds.py): runs that differ only in `seed` form a group; comparison.md,
+SWEEP_DIR/comparison.csv, SWEEP_DIR/comparison_seeds.png (error bars) and the W&B report give each
+metric's n, mean, standard deviation and 95% interval (Student's t). A run whose trainer.init_from
+is another run of the sweep (DPO from its seed's SFT run) pairs with it: the per-seed changes and
+their mean with its interval. --paired pairs the sweep's two groups by seed where no config says so.
+
 WritingBench's length subset (--benchmark writingbench_length): SWEEP_DIR/writingbench_length_table.md
 and .csv beside it, the official R and C x10 overall, per language and per domain1, and lw's own length score.
 
@@ -22,12 +28,34 @@ from pathlib import Path
 from typing import NoReturn
 
 from lw.errors import UserError, fail, one_line_errors
-from lw.report.analysis import (finding_holds, load_longbench_runs, load_sweep, load_writingbench_runs,
-                                longbench_table, median_table, plot_length_vs_data, summarize)
+from lw.report.analysis import (
+    finding_holds,
+    load_longbench_runs,
+    load_sweep,
+    load_writingbench_runs,
+    longbench_table,
+    median_table,
+    plot_length_vs_data,
+    summarize,
+)
+from lw.report.seeds import (
+    detected_pairs,
+    load_runs,
+    paired_changes,
+    pairs_by_seed,
+    plot_seeds,
+    seed_table,
+    seeds_csv,
+    seeds_markdown,
+)
 
 
-def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None) -> tuple[Path, Path]:
+def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = None,
+                     paired: bool = False) -> tuple[Path, Path, str]:
+    """comparison.md, .png and .csv (and comparison_seeds.png where seeds repeat or runs pair); the
+    markdown on seeds is returned for the W&B report."""
     out_dir = out_dir or sweep_dir
+    seeds = write_seed_comparison(sweep_dir, benchmark, out_dir, paired)
     frame = load_sweep(sweep_dir, benchmark)
     summary = summarize(frame)
     summary["within_30pct_of_cap"] = finding_holds(summary)
@@ -42,8 +70,23 @@ def write_comparison(sweep_dir: Path, benchmark: str, out_dir: Path | None = Non
         + "\n\n## Median words produced by requested length\n\n"
         + median_table(frame).to_markdown(floatfmt=".0f") + "\n\n"
         f"![length vs data]({figure.name})\n"
+        + seeds
     )
-    return markdown, figure
+    return markdown, figure, seeds
+
+
+def write_seed_comparison(sweep_dir: Path, benchmark: str, out_dir: Path, paired: bool) -> str:
+    """comparison.csv, and where a group has two seeds or more or runs pair, the figure and the
+    markdown on seeds (empty otherwise)."""
+    runs = load_runs(sweep_dir, benchmark)
+    pairs = detected_pairs(runs) or (pairs_by_seed(runs, sweep_dir) if paired else [])
+    table = seed_table(runs)
+    per_seed, changes = paired_changes(runs, pairs)
+    seeds_csv(table, changes).to_csv(out_dir / "comparison.csv", index=False)
+    if not pairs and table["n"].max() < 2:
+        return ""
+    figure = plot_seeds(table, changes, out_dir / "comparison_seeds.png")
+    return seeds_markdown(table, per_seed, changes) + f"\n![seeds]({figure.name})\n"
 
 
 def write_longbench_table(sweep_dir: Path, benchmark: str = "longbench_write") -> tuple[Path, Path]:
@@ -82,8 +125,9 @@ def write_writingbench_table(sweep_dir: Path, benchmark: str = "writingbench_len
     return markdown, csv_path
 
 
-def wandb_report(entity: str | None, project: str, group: str, save: bool):
-    """A W&B report comparing the runs of one group (one sweep)."""
+def wandb_report(entity: str | None, project: str, group: str, save: bool, seeds: str = ""):
+    """A W&B report comparing the runs of one group (one sweep); `seeds` the comparison's markdown
+    on seeds (W&B's own bands are min-max, sd or standard error, not a t interval)."""
     try:
         import wandb_workspaces.reports.v2 as wr
     except ImportError:
@@ -104,6 +148,7 @@ def wandb_report(entity: str | None, project: str, group: str, save: bool):
                            groupby_aggfunc="mean", groupby_rangefunc="minmax"),
                 wr.LinePlot(title="training loss", x="train/global_step", y=["train/loss"]),
             ]),
+            *([wr.MarkdownBlock(text=seeds)] if seeds else []),
         ],
     )
     if save:
@@ -129,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"))
     parser.add_argument("--group", help="W&B group (default: the sweep directory's name)")
     parser.add_argument("--dry-run", action="store_true", help="build the report without saving it")
+    parser.add_argument("--paired", action="store_true",
+                        help="pair the sweep's two seed groups by seed (start: the earlier trainer, e.g. SFT before "
+                             "DPO) where no run's trainer.init_from names its start")
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
         compare(args)
@@ -146,10 +194,11 @@ def compare(args: argparse.Namespace) -> None:
         markdown, csv_path = write_longbench_table(args.sweep_dir, args.benchmark)
         print(f"lw-compare: wrote {markdown} and {csv_path}")
         return
-    markdown, figure = write_comparison(args.sweep_dir, args.benchmark)
-    print(f"lw-compare: wrote {markdown} and {figure}")
+    markdown, figure, seeds = write_comparison(args.sweep_dir, args.benchmark, paired=args.paired)
+    print(f"lw-compare: wrote {markdown}, {figure} and {args.sweep_dir / 'comparison.csv'}")
     if args.wandb_report:
-        report = wandb_report(args.entity, args.project, args.group or args.sweep_dir.name, save=not args.dry_run)
+        report = wandb_report(args.entity, args.project, args.group or args.sweep_dir.name, save=not args.dry_run,
+                              seeds=seeds)
         print(f"lw-compare: W&B report {'built' if args.dry_run else 'saved'}: {report.title}"
               + ("" if args.dry_run else f" {report.url}"))
 

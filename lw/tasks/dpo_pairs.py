@@ -18,25 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lw.jsonl import read_resumable, write_jsonl
-from lw.data.prompts import read_prompts, required_length
-from lw.words import count_words, length_score
+from lw.data.preference import RULE_NAMES, best_is_shared, best_samples, closeness, combine, select_pair
+from lw.data.prompts import FROM_FIELD, FROM_TEXT, UNKNOWN, read_prompts, resolve_lengths
 from lw.errors import Incomplete, UserError
+from lw.jsonl import read_resumable, write_jsonl
+from lw.run_dir import judgements_file, pairs_file, pairs_scores_plot, pairs_stats_file, pairs_work_dir, samples_file
+from lw.tasks.registry import Task
+from lw.words import count_words, length_score
 
 log = logging.getLogger(__name__)
 
-RULES = ("mean", "length", "quality")
-RULE_NAMES = {"mean": "mean(S_l,S_q)", "length": "S_l", "quality": "S_q"}
-FROM_FIELD, FROM_TEXT, UNKNOWN = "field", "text", "unknown"  # where a prompt's required length came from
-STAT_OF_SOURCE = {FROM_FIELD: "length_from_field", FROM_TEXT: "length_from_text", UNKNOWN: "length_unknown"}
 SOURCE_LABELS = {FROM_FIELD: "length given", FROM_TEXT: "length read from the prompt", UNKNOWN: "no length: S_q"}
-_TIE = 1e-9  # scores this close are equal (float noise of the means)
 
 
 def benchmark_prompts(cfg) -> list[dict]:
@@ -56,74 +52,14 @@ def benchmark_prompts(cfg) -> list[dict]:
     return prompts
 
 
-# --- scoring and selection ------------------------------------------------------------------------
-
-def combine(rule: str, s_l: float | None, s_q: float | None) -> float | None:
-    """One sample's score under `rule`; None when a score the rule needs is missing. Without a
-    required length S_l is None and every rule falls back to S_q."""
-    if s_l is None or rule == "quality":
-        return s_q
-    if rule == "length":
-        return s_l
-    return None if s_q is None else (s_l + s_q) / 2
-
-
-def closeness(required: int | float, produced: int | float) -> float:
-    """How near a sample came to its required length: -|log(produced / required)|, 0 at the length,
-    the same for twice and half of it; -inf for an empty one. It breaks ties of the score: S_l is 0 for
-    every sample under a third (or over 4x) of the length, and this still ranks them."""
-    return -abs(math.log(produced / required)) if produced > 0 else -math.inf
-
-
-def best_is_shared(scores: list[float | None]) -> bool:
-    """Whether two or more scored samples share the best score (a tie before any tie-break)."""
-    return sum(s is not None for s in scores) > 1 and len(best_samples(scores)) > 1
-
-
-def best_samples(scores: list[float | None], near: list[float] | None = None) -> list[int]:
-    """The indices of the best scored samples: those sharing the best score, and of those the
-    nearest to the required length (`near`: each sample's closeness; None: no tie-break)."""
-    scored = [i for i, s in enumerate(scores) if s is not None]
-    top = max(scores[i] for i in scored)
-    tied = [i for i in scored if abs(scores[i] - top) <= _TIE]
-    if len(tied) > 1 and near is not None:
-        nearest = max(near[i] for i in tied)
-        tied = [i for i in tied if near[i] >= nearest - _TIE]
-    return tied
-
-
-def select_pair(scores: list[float | None], seed: int, prompt_id: str, min_margin: float = 0.0,
-                near: list[float] | None = None):
-    """(chosen index, rejected index, None) or (None, None, drop reason) for one prompt's samples.
-
-    chosen: the best sample (best_samples); where several stay equally good, the first of them, as
-    the samples are drawn alike. rejected: drawn among the other scored samples, those equally good
-    excepted, with random.Random(f"{seed}:{prompt_id}"). Dropped: fewer than two scored samples
-    ("failed"), no sample worse than the best ("tie"), or chosen and rejected no more than min_margin
-    apart in score ("margin"; a rejected equal in score but less near passes only with min_margin 0).
-    """
-    scored = [i for i, s in enumerate(scores) if s is not None]
-    if len(scored) < 2:
-        return None, None, "failed"
-    best = best_samples(scores, near)
-    others = [i for i in scored if i not in best]
-    if not others:
-        return None, None, "tie"
-    rejected = random.Random(f"{seed}:{prompt_id}").choice(others)
-    gap = scores[best[0]] - scores[rejected]
-    if (gap <= _TIE and min_margin > 0) or _TIE < gap <= min_margin:
-        return None, None, "margin"
-    return best[0], rejected, None
-
-
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def _check(cfg) -> None:
+def check(cfg, run_dir: Path) -> None:
+    """The settings, the prompts file and the judge's, before any sampling and before W&B starts
+    (pairs.rule's choices are typed)."""
     p = cfg.pairs
-    if p.rule not in RULES:
-        raise UserError(f"pairs.rule must be one of {', '.join(RULES)}, got {p.rule!r}")
     if p.samples < 2:
         raise UserError(f"pairs.samples must be at least 2 (a pair needs two answers), got {p.samples}")
     if p.min_margin < 0:
@@ -137,14 +73,17 @@ def _check(cfg) -> None:
     if cfg.model.path is None and cfg.generation.backend != "openai":
         raise UserError("task=dpo_pairs needs model.path (the SFT checkpoint, e.g. runs/NAME/model, or a hub "
                          "id), or generation=openai with generation.model")
+    if p.prompts:
+        read_prompts(p.prompts)
+    _judge(cfg, run_dir)  # a missing key, a bad URL or template
 
 
 def _judge(cfg, run_dir: Path):
     """The quality judge (None with judge=none), its judgements appended to the run's own
     pairs/judgements.jsonl (so the run resumes whatever judge.cache says)."""
-    from lw.eval.run import longbench_judge
+    from lw.eval.judge import longbench_judge
 
-    return longbench_judge(cfg, run_dir / "pairs" / "judgements.jsonl")
+    return longbench_judge(cfg, judgements_file(pairs_work_dir(run_dir)))
 
 
 def score_samples(q: dict, by_id: dict, judgements: dict, p) -> tuple[list[dict], list[float | None]]:
@@ -188,20 +127,6 @@ def pair_record(q: dict, sample_scores: list[dict], chosen: int, rejected: int, 
         "reason": f"best of {scored} by {rule}={top:.1f}{shared}; rejected ({worse:.1f}) drawn among "
                   f"{scored - len(best)} others",
     }
-
-
-def resolve_lengths(prompts: list[dict]) -> dict:
-    """Each prompt's required length and where it came from (its `length` field, else its text, else
-    unknown), set on the prompt as "length" and "source"; the count of prompts per source."""
-    counts = {stat: 0 for stat in STAT_OF_SOURCE.values()}
-    for prompt in prompts:
-        if prompt["length"] is not None:
-            prompt["source"] = FROM_FIELD
-        else:
-            prompt["length"] = required_length(prompt["prompt"])
-            prompt["source"] = FROM_TEXT if prompt["length"] is not None else UNKNOWN
-        counts[STAT_OF_SOURCE[prompt["source"]]] += 1
-    return counts
 
 
 def rankable(prompts: list[dict], judge) -> list[dict]:
@@ -281,13 +206,13 @@ def select_pairs(prompts: list[dict], by_id: dict, judgements: dict, p, seed: in
 
 def write_pairs(cfg, run_dir: Path, records: list[dict], stats: dict, tracker) -> dict:
     """pairs.jsonl, pairs_stats.json and the scatter plot; the stats logged as pairs/<key>."""
-    write_jsonl(records, run_dir / "pairs.jsonl")
-    (run_dir / "pairs_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    write_jsonl(records, pairs_file(run_dir))
+    pairs_stats_file(run_dir).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     log.info("pairs: %d pairs from %d prompts (%s)", len(records), stats["prompts"],
              ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped_") and v))
     points = [(r["scores"][r["chosen_index"]]["score"], r["scores"][r["rejected_index"]]["score"],
                r["length_source"]) for r in records]
-    plot = score_scatter(points, run_dir / "pairs_scores.png",
+    plot = score_scatter(points, pairs_scores_plot(run_dir),
                          f"{cfg.run_name}: chosen vs rejected ({RULE_NAMES[cfg.pairs.rule]})")
     metrics = {f"pairs/{k}": v for k, v in stats.items()}
     tracker.log(metrics)
@@ -299,15 +224,17 @@ def run(cfg, run_dir: Path, tracker, tokenizer=None) -> dict:
     """task=dpo_pairs: resolve lengths, sample, score, select, write (pairs.jsonl, pairs_stats.json, the plot)."""
     from lw.eval.judge import FAILED
 
-    _check(cfg)
     p = cfg.pairs
     prompts = read_prompts(p.prompts) if p.prompts else benchmark_prompts(cfg)
-    stats = {"prompts": len(prompts), **resolve_lengths(prompts)}
+    sources, counts = resolve_lengths(prompts)
+    for prompt, source in zip(prompts, sources):
+        prompt["source"] = source
+    stats = {"prompts": len(prompts), **counts}
     judge = _judge(cfg, run_dir)  # a bad key, URL or template fails before the model loads
     scorable = rankable(prompts, judge)
     stats["dropped_no_length"] = len(prompts) - len(scorable)
-    pairs_dir = run_dir / "pairs"
-    rows = sample(cfg, scorable, pairs_dir / "samples.jsonl")
+    pairs_dir = pairs_work_dir(run_dir)
+    rows = sample(cfg, scorable, samples_file(pairs_dir))
     judgements = judge_samples(judge, rows)
     selection = select_pairs(scorable, {row["id"]: row for row in rows}, judgements, p, cfg.seed)
     judge_failed = sum(1 for j in judgements.values() if j["status"] == FAILED)
@@ -344,3 +271,7 @@ def score_scatter(points: list[tuple[float, float, str]], path: Path, title: str
     plt.close(fig)
     return path
 
+
+
+TASK = Task(run=run, summary="preference pairs from model.path's own samples, scored by S_l and the judge: "
+                             "pairs.prompts=FILE", check=check)

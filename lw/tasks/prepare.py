@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NEEDS_TOKENIZER = True
+from lw.tasks.registry import Task
 
 
 def check(cfg, run_dir: Path) -> None:
@@ -24,6 +24,10 @@ def run(cfg, run_dir: Path, tracker, tokenizer) -> dict:
 
 
 def dry_run(cfg, run_dir: Path) -> dict:
-    from lw.plan import dry_run_training
+    from lw.tasks.train import dry_run  # the same plan as task=train's
 
-    return dry_run_training(cfg, run_dir)
+    return dry_run(cfg, run_dir)
+
+
+TASK = Task(run=run, summary="the training set only (tokenized, packed) and its statistics, no training",
+            needs_tokenizer=True, check=check, dry_run=dry_run)

@@ -6,21 +6,19 @@ import json
 import logging
 from pathlib import Path
 
-from lw.config import option_name
+from lw.tasks.registry import Task
 
 log = logging.getLogger(__name__)
-
-NEEDS_TOKENIZER = True
 
 
 def check(cfg, run_dir: Path) -> None:
     """A bad trainer option, or a data source the trainer does not train on, fails here, before any
     data or weights are touched."""
-    from lw.train.fit import checkpoint_dir_of
+    from lw.run_dir import checkpoint_dir
     from lw.train.registry import check_data_source, trainer_for
 
     check_data_source(cfg)
-    trainer_for(cfg).training_args(cfg, checkpoint_dir_of(run_dir), "none")
+    trainer_for(cfg).training_args(cfg, checkpoint_dir(run_dir), "none")
 
 
 def before_tracking(cfg, tokenizer) -> dict:
@@ -38,18 +36,22 @@ def before_tracking(cfg, tokenizer) -> dict:
 
 def run(cfg, run_dir: Path, tracker, tokenizer) -> dict | None:
     """Train, then evaluate the trained model (None on nodes other than 0)."""
-    from lw.eval.run import evaluate
+    from lw.eval.evaluate import evaluate
 
     metrics: dict = {}
     if cfg.launcher.kind != "local":  # workers in child processes
         from lw.launch.driver import launch_training
+        from lw.plan.offload import resolve_deepspeed
+        from lw.train.registry import trainer_for
 
-        model_dir = launch_training(cfg, tokenizer, run_dir, tracker, metrics)
+        trainer = trainer_for(cfg)
+        model_dir = launch_training(cfg, trainer, resolve_deepspeed(cfg, trainer), tokenizer, run_dir, tracker,
+                                    metrics)
         if model_dir is None:
             return None
     else:
         model_dir = train_here(cfg, run_dir, tracker, tokenizer, metrics)
-    metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker, trainer=option_name(cfg.trainer.kind)))
+    metrics.update(evaluate(cfg, str(model_dir), run_dir, tracker, trainer=str(cfg.trainer.kind)))
     return metrics
 
 
@@ -62,7 +64,7 @@ def train_here(cfg, run_dir: Path, tracker, tokenizer, metrics: dict) -> Path:
     check_judges(cfg)
     dataset, stats = trainer.build_dataset(cfg, tokenizer, run_dir)
     metrics.update({f"data/{k}": v for k, v in stats.items()})
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed)
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed, cache_dir=cfg.cache_dir)
     return trainer.train(cfg, model, tokenizer, dataset, run_dir, tracker.report_to)
 
 
@@ -70,12 +72,12 @@ def check_judges(cfg) -> None:
     """Before training: the benchmarks' files, the judge's template and key must be there (they fail
     here); a judge server that is not up yet only gets a warning, as it may start before evaluation."""
     from lw.eval.benchmarks import load_items
-    from lw.eval.run import judge_for
+    from lw.eval.evaluate import benchmark_judge
     from lw.llm import ServerUnusable
 
     for bench_cfg in cfg.eval.values():
         load_items(bench_cfg, cfg.cache_dir)
-        judge = judge_for(cfg, bench_cfg)
+        judge = benchmark_judge(cfg, bench_cfg)
         if judge is not None:
             try:
                 judge.endpoint.check_reachable()
@@ -84,6 +86,13 @@ def check_judges(cfg) -> None:
 
 
 def dry_run(cfg, run_dir: Path) -> dict:
-    from lw.plan import dry_run_training
+    """The training plan for the trainer and launch command this run would use (lw/plan/training.py)."""
+    from lw.launch.driver import launch_command
+    from lw.plan.training import dry_run_training
+    from lw.train.registry import trainer_for
 
-    return dry_run_training(cfg, run_dir)
+    return dry_run_training(cfg, run_dir, trainer_for(cfg), launch_command(cfg, run_dir))
+
+
+TASK = Task(run=run, summary="data, training, then evaluation of the trained model (the default)",
+            needs_tokenizer=True, check=check, before_tracking=before_tracking, dry_run=dry_run)

@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions, with scripted replies.
+"""A real HTTP server on 127.0.0.1 speaking OpenAI's POST /v1/chat/completions (and /v1/completions, a
+prompt of token ids as vLLM's server takes it), with scripted replies.
 
 The project's tests and benchmarks/judge_concurrency.py give it a function from (request body,
 attempt number for that same request) to a Reply; it records every request it receives. A Reply
@@ -49,9 +50,10 @@ class OpenAIServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if self.path.rstrip("/") != "/v1/chat/completions":
+                route = self.path.rstrip("/")
+                if route not in ("/v1/chat/completions", "/v1/completions"):
                     return self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
-                key = json.dumps(body["messages"], sort_keys=True)
+                key = json.dumps(body.get("messages", body.get("prompt")), sort_keys=True)
                 with server._lock:
                     attempt = server._attempts[key] = server._attempts.get(key, 0) + 1
                     server.requests.append({"body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "attempt": attempt})
@@ -68,8 +70,9 @@ class OpenAIServer:
                     text = reply.body if reply.body is not None else json.dumps(
                         {"error": {"message": f"scripted {reply.status}", "type": "scripted"}})
                     return self._send(reply.status, text, reply.headers)
-                self._send(200, json.dumps(completion(body["model"], reply.content, user_text(body))), reply.headers,
-                           cut=reply.cut)
+                answer = (completion(body["model"], reply.content, user_text(body)) if "messages" in body
+                          else text_completion(body["model"], reply.content, len(body["prompt"])))
+                self._send(200, json.dumps(answer), reply.headers, cut=reply.cut)
 
             def _send(self, status, text, headers=None, cut=False):
                 data = text.encode()
@@ -130,6 +133,14 @@ def spawned_server(script: Callable[[dict, int], Reply]):
     finally:
         stop.set()
         process.join(timeout=10)
+
+
+def text_completion(model: str, content: str, prompt_tokens: int) -> dict:
+    """A completion (POST /v1/completions, a prompt of token ids): vLLM's answer to a prompt given as ids."""
+    return {"id": "cmpl-test", "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": content, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": max(1, len(content.split())),
+                      "total_tokens": prompt_tokens + max(1, len(content.split()))}}
 
 
 def completion(model: str, content: str, prompt: str = "") -> dict:

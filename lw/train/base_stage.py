@@ -22,11 +22,12 @@ from omegaconf import OmegaConf
 from lw.data import toy
 from lw.data.packing import PackCollator, pack
 from lw.data.settings import max_length_of
+from lw.errors import UserError
 from lw.eval.generate import HfBackend, generate
 from lw.models import build_model
 from lw.models.chat_format import get_chat_format
+from lw.run_dir import checkpoint_dir, model_dir
 from lw.words import count_words
-from lw.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,17 @@ def ensure_base_model(cfg, tokenizer) -> Path:
     directory = base_stage_dir(cfg, tokenizer)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):  # concurrent sweep jobs train it once
-        if (directory / "model" / "config.json").exists():
+        if (model_dir(directory) / "config.json").exists():
             log.info("base stage: reusing %s", directory)
-            return directory / "model"
+            return model_dir(directory)
         work = directory.with_name(directory.name + ".partial")
         shutil.rmtree(work, ignore_errors=True)
-        model_dir = _train_base(cfg, tokenizer, work)
-        probe = probe_base(cfg, tokenizer, model_dir, work / "probe.jsonl")
+        trained = _train_base(cfg, tokenizer, work)
+        probe = probe_base(cfg, tokenizer, trained, work / "probe.jsonl")
         (work / "probe.json").write_text(json.dumps(probe, indent=2) + "\n")
         work.rename(directory)
         log.info("base stage: trained %s; median words by requested length: %s", directory, probe)
-    return directory / "model"
+    return model_dir(directory)
 
 
 def _train_base(cfg, tokenizer, work: Path) -> Path:
@@ -70,17 +71,17 @@ def _train_base(cfg, tokenizer, work: Path) -> Path:
     collator = None
     if base.pack_length is not None:  # padding-free, and every batch mixes lengths (see length_bound_mini)
         dataset, collator = pack(dataset, base.pack_length), PackCollator(pad_token_id=tokenizer.pad_token_id)
-    args = sft_config(cfg, work / "checkpoints", "none", args=dict(base.args), seed=base.seed,
+    args = sft_config(cfg, checkpoint_dir(work), "none", args=dict(base.args), seed=base.seed,
                       where="trainer.base.args", pack_length=base.pack_length)
     model = build_model(cfg.model, tokenizer, seed=base.seed, packing=base.pack_length is not None, training=True)
     trainer = LwSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            data_collator=collator, eos_loss_weight=base.eos_loss_weight)
     trainer.train()
-    model_dir = work / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(model_dir)
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    return model_dir
+    saved = model_dir(work)
+    trainer.save_model(str(saved))
+    tokenizer.save_pretrained(saved)
+    shutil.rmtree(checkpoint_dir(work), ignore_errors=True)
+    return saved
 
 
 def probe_base(cfg, tokenizer, model_dir: Path, out_path: Path) -> dict[int, float]:

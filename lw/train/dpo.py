@@ -20,10 +20,12 @@ from trl import DPOConfig, DPOTrainer
 
 from lw.data.preference import build_preference_dataset
 from lw.data.settings import max_length_of
-from lw.models import attention_implementation, local_device
-from lw.train.fit import checkpoint_dir_of, fit_and_save
-from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
+from lw.models import attention_implementation, local_device
+from lw.plan.trainer_plan import TrainerPlan
+from lw.run_dir import checkpoint_dir
+from lw.train.fit import fit_and_save
+from lw.train.registry import trainer_config, trl_args
 
 TOKENIZED = {"prompt_ids", "chosen_ids", "rejected_ids"}
 DATA_SOURCES = ("pairs", "mix")  # a mix of pair sources
@@ -49,7 +51,7 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> DPOConfig:
     args = trl_args(cfg, DPOConfig, set_by_lw={
         "max_length": "data.max_length (a longer pair is dropped and counted, never truncated)"})
     args.setdefault("use_cpu", not torch.cuda.is_available())
-    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan/)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
         return DPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
@@ -80,7 +82,7 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
-    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     trainer = LwDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            callbacks=callbacks)
     return fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)

@@ -30,14 +30,16 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from lw.config import TrainerConfig
 from lw.errors import UserError
 from lw.models import attention_implementation, local_device
 from lw.models.chat_format import get_chat_format
-from lw.train.rewards import RewardConfig, length_function
-from lw.train.fit import checkpoint_dir_of, fit_and_save
-from lw.train.registry import TrainerPlan, trainer_config, trl_args
+from lw.plan.trainer_plan import TrainerPlan
+from lw.run_dir import checkpoint_dir, data_dir, grpo_log_file, reward_curve_file, train_prompts_file
+from lw.train.fit import fit_and_save
+from lw.train.registry import trainer_config, trl_args
+from lw.train.rewards import RewardConfig
 from lw.words import count_words
-from lw.config import TrainerConfig, option_name
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,6 @@ GIB = 1024**3
 # Completion tokens per required word, over what the prompts' own text takes: room to write a
 # little more than asked, as S_l rewards up to the required length and then falls.
 COMPLETION_MARGIN = 1.5
-REWARD_CURVE = "reward_curve.png"
-TRAIN_LOG = "train_log.json"  # TRL's log history: the reward, each reward's mean, completion lengths per step
 
 
 @dataclass
@@ -70,12 +70,11 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
                         "(or model.path: a base or SFT checkpoint)")
     if cfg.data.pack_length is not None:
         raise UserError("trainer=grpo trains on its own completions, one per row: set data.pack_length=null")
-    rewards = trainer_config(cfg).reward  # a misspelt or mistyped trainer option fails here, at start
+    trainer_config(cfg)  # a misspelt or mistyped trainer option (trainer.reward.length_kind=x) fails here, at start
     args = trl_args(cfg, GRPOConfig, set_by_lw={
         "reward_weights": "the weights as trainer.reward.length, trainer.reward.quality, ..."})
-    length_function(rewards.length_kind)  # a bad trainer.reward.length_kind fails before the model loads
     args.setdefault("use_cpu", not torch.cuda.is_available())
-    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan/)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), training=True)
     try:
         return GRPOConfig(output_dir=str(checkpoint_dir), seed=cfg.seed, data_seed=cfg.seed, report_to=report_to,
@@ -86,10 +85,10 @@ def training_args(cfg, checkpoint_dir: Path, report_to: str) -> GRPOConfig:
 
 def prompt_rows(cfg) -> tuple[list[dict], Counter]:
     """{"id", "prompt", "length"} per prompt of the configured source, and counts of where the lengths came from."""
-    from lw.data.prompts import read_prompts, required_length
+    from lw.data.prompts import read_prompts, resolve_lengths
 
     data_cfg = cfg.data
-    source = option_name(data_cfg.source)
+    source = data_cfg.source
     if source == "toy":
         from lw.data import toy
 
@@ -113,14 +112,8 @@ def prompt_rows(cfg) -> tuple[list[dict], Counter]:
                  "length": None} for i, s in enumerate(load_samples(uncapped, cfg.seed, Counter()))]
     else:
         raise UserError(f"trainer=grpo cannot take its prompts from data.source={source}")
-    counts: Counter = Counter()
-    for row in rows:
-        if row["length"] is None:
-            row["length"] = required_length(row["prompt"])
-            counts["length_from_text" if row["length"] is not None else "length_unknown"] += 1
-        else:
-            counts["length_from_field"] += 1
-    return rows, counts
+    _, counts = resolve_lengths(rows)
+    return rows, Counter({stat: n for stat, n in counts.items() if n})
 
 
 def build_dataset(cfg, tokenizer, run_dir: Path):
@@ -145,8 +138,8 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
     stats["max_required_length"] = max((row["length"] or 0) for row in rows)
     dataset = Dataset.from_list([{"id": str(r["id"]), "prompt": [{"role": "user", "content": r["prompt"]}],
                                   "length": r["length"]} for r in rows])
-    (Path(run_dir) / "data").mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "data" / "prompts.jsonl").write_text(
+    data_dir(run_dir).mkdir(parents=True, exist_ok=True)
+    train_prompts_file(run_dir).write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     log.info("grpo prompts: %s", stats)
     return dataset, stats
@@ -214,10 +207,10 @@ def plan(cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
 
 def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> Path:
     """Train, resuming from the last checkpoint in run_dir/checkpoints, and save the final model."""
-    from lw.eval.run import longbench_judge
+    from lw.eval.judge import longbench_judge
     from lw.train.rewards import reward_functions
 
-    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     if "max_completion_length" not in cfg.trainer.args:
         args.max_completion_length = completion_budget(dataset, tokenizer,
                                                        getattr(model.config, "max_position_embeddings", None))
@@ -237,8 +230,8 @@ def train(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbac
     final = fit_and_save(trainer, tokenizer, run_dir, cfg.model.chat_format, cfg.model.stop_tokens)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        (Path(run_dir) / TRAIN_LOG).write_text(json.dumps(history, indent=1) + "\n")
-        reward_curve(history, Path(run_dir) / REWARD_CURVE, cfg.run_name)
+        grpo_log_file(run_dir).write_text(json.dumps(history, indent=1) + "\n")
+        reward_curve(history, reward_curve_file(run_dir), cfg.run_name)
     return final
 
 

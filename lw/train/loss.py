@@ -33,15 +33,15 @@ GLM-4's 151,552-entry vocabulary cost about 46 GiB a rank with their fp32 copy a
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
+
 from lw.errors import UserError
-from lw.config import option_name
 
 
-class LossWeighting(str, Enum):
+class LossWeighting(StrEnum):
     """`trainer.loss_weighting` of trainer=sft (the weightings above)."""
 
     token_mean = "token_mean"
@@ -58,7 +58,6 @@ _PACK_ITEMS = ("pack_mean", "pack_sequences_over_30")
 
 
 def _weighting(weighting) -> str:
-    weighting = option_name(weighting)
     if weighting not in WEIGHTINGS:
         raise UserError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     return weighting

@@ -13,7 +13,7 @@ of `trainer.kind` and call only what every trainer module provides:
 and, optionally, `CONFIG` (a subclass of lw.config.TrainerConfig with the trainer's own options),
 `DATA_SOURCES` (the data.source values it trains on, with `DATA_HINT`: what to set instead; checked
 at start by check_data_source) and `plan(cfg, args, counts, nnodes, hf_config) -> TrainerPlan`
-(what it adds to a dry run).
+(lw/plan/trainer_plan.py: what it adds to a dry run).
 
 Adding a trainer: a module in lw/train/ with these functions, a `conf/trainer/<name>.yaml` and one
 line in TRAINERS (docs/architecture.md, "Adding a trainer").
@@ -24,14 +24,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Protocol
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from lw.config import TrainerConfig, option_name
+from lw.config import TrainerConfig
 from lw.errors import UserError
 
 TRAINERS: dict[str, str] = {
@@ -48,21 +47,6 @@ SET_BY_LW = {
     "report_to": "logger.kind",
     "run_name": "run_name",
 }
-
-
-@dataclass
-class TrainerPlan:
-    """What a trainer adds to a dry run (lw/plan.py); a trainer without a `plan` hook gets the defaults."""
-
-    sequences_per_example: int = 1  # training sequences per example in a batch (a DPO pair: chosen and rejected)
-    sequences_per_row: int = 1  # training sequences each data row gives (GRPO: its completions per prompt)
-    tokens_per_sequence: Optional[int] = None  # their length, when it is not the data's (GRPO: prompt + completion)
-    full_logits: bool = True  # whether (tokens x vocabulary) logits are held for the loss
-    reference: Optional[str] = None  # how the reference log-probabilities are had, for a trainer that has one
-    generation: Optional[str] = None  # how it generates, for a trainer that samples while training
-    gpu_per_rank: dict[str, float] = field(default_factory=dict)  # extra GPU bytes per rank, by name
-    host_per_node: dict[str, float] = field(default_factory=dict)  # extra host bytes per node, by name
-    assumptions: list[str] = field(default_factory=list)
 
 
 class Trainer(Protocol):
@@ -93,7 +77,7 @@ def check_data_source(cfg) -> None:
     start, so `trainer=dpo data=toy` fails before the data is read."""
     module = trainer_for(cfg)
     accepted = getattr(module, "DATA_SOURCES", None)
-    source = option_name(cfg.data.source)
+    source = cfg.data.source
     if accepted is not None and source not in accepted:
         raise UserError(f"trainer={cfg.trainer.kind} trains on data.source {' or '.join(accepted)}, not "
                         f"{source}: {module.DATA_HINT}")
@@ -133,9 +117,3 @@ def trl_args(cfg, config_class, args: dict | None = None, where: str = "trainer.
             raise UserError(f"{where}.{key} is not an option of trl.{config_class.__name__}"
                             + closest(key, valid, f" (see trl.{config_class.__name__}'s fields)"))
     return args
-
-
-def trainer_plan(trainer: Trainer, cfg, args, counts: dict, nnodes: int, hf_config=None) -> TrainerPlan:
-    """The trainer's own dry-run figures, or the defaults when it has no `plan` hook."""
-    hook = getattr(trainer, "plan", None)
-    return hook(cfg, args, counts, nnodes, hf_config) if hook else TrainerPlan()

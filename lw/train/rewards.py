@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Callable
 
 from lw.errors import UserError
 from lw.words import count_words, length_score
 
 REWARDS = ("length", "quality", "repetition", "overlong")
-LENGTH_KINDS = ("s_l", "log_ratio")
+
+
+class LengthKind(StrEnum):
+    """`trainer.reward.length_kind`: how the length reward reads produced against required."""
+
+    s_l = "s_l"  # S_l / 100
+    log_ratio = "log_ratio"  # max(0, 1 - |log(produced/required)| / log 3), 0 at 3x and at a third alike
 
 
 @dataclass
@@ -32,8 +39,7 @@ class RewardConfig:
     rewards (trainer.args.multi_objective_aggregation) into each completion's reward."""
 
     length: float = 1.0  # S_l / 100 against the prompt's required length (its `length`, else parsed from it)
-    # s_l: S_l / 100; log_ratio: max(0, 1 - |log(produced/required)| / log 3), 0 at 3x and at a third alike
-    length_kind: str = "s_l"
+    length_kind: LengthKind = LengthKind.s_l
     quality: float = 0.0  # S_q / 100 from the judge (judge=openai)
     repetition: float = 0.0  # TRL's n-gram repetition penalty, in [-1, 0]
     repetition_ngram: int = 3
@@ -83,11 +89,9 @@ def quality_reward(judge) -> Callable:
     return quality
 
 
-def length_function(kind: str) -> Callable:
+def length_function(kind: LengthKind) -> Callable:
     """The length reward of trainer.reward.length_kind."""
-    if kind not in LENGTH_KINDS:
-        raise UserError(f"trainer.reward.length_kind must be one of {', '.join(LENGTH_KINDS)}, got {kind!r}")
-    return length_reward if kind == "s_l" else length_log_ratio_reward
+    return length_reward if kind == LengthKind.s_l else length_log_ratio_reward
 
 
 def reward_functions(reward_cfg, max_completion_length: int, judge=None) -> tuple[list[Callable], list[float]]:

@@ -11,14 +11,16 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from lw.config import TrainerConfig
 from lw.data import build_sft_dataset, max_length_of
 from lw.data.packing import PackCollator
-from lw.models import attention_implementation, local_device, use_attention
-from lw.train.fit import checkpoint_dir_of, fit_and_save
-from lw.train.loss import LossWeighting, count_items, token_nll, weighted_loss
-from lw.train.registry import TrainerPlan, trainer_config, trl_args
 from lw.errors import UserError
-from lw.config import TrainerConfig, option_name
+from lw.models import attention_implementation, local_device, use_attention
+from lw.plan.trainer_plan import TrainerPlan
+from lw.run_dir import checkpoint_dir
+from lw.train.fit import fit_and_save
+from lw.train.loss import LossWeighting, count_items, token_nll, weighted_loss
+from lw.train.registry import trainer_config, trl_args
 
 
 @dataclass
@@ -53,7 +55,7 @@ class LwSFTTrainer(SFTTrainer):
                  fused_lm_head: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.eos_loss_weight = eos_loss_weight
-        self.loss_weighting = option_name(loss_weighting)
+        self.loss_weighting = loss_weighting
         self.fused_lm_head = fused_lm_head
         if fused_lm_head:
             check_fused_head(self.model)
@@ -149,7 +151,7 @@ def sft_config(cfg, checkpoint_dir: Path, report_to: str, args: dict | None = No
     if pack_length is not None and (args.get("packing") or args.get("padding_free")):
         raise UserError(f"{where}.packing/padding_free: set data.pack_length instead; lw packs the data itself")
     max_length = pack_length if pack_length is not None else max_length_of(cfg.data)
-    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan.py)
+    if not cfg.get("dry_run"):  # a dry run checks against the workers' device instead (lw/plan/)
         attention_implementation(cfg.model, local_device(args["use_cpu"]), packing=pack_length is not None,
                                  training=True)
     try:
@@ -178,7 +180,7 @@ def build_dataset(cfg, tokenizer, run_dir: Path):
 
 def build_trainer(cfg, model, tokenizer, dataset, run_dir: Path, report_to: str, callbacks=None) -> LwSFTTrainer:
     """The trainer; a packed dataset (rows with seq_lengths) gets the padding-free pack collator."""
-    args = training_args(cfg, checkpoint_dir_of(run_dir), report_to)
+    args = training_args(cfg, checkpoint_dir(run_dir), report_to)
     packed = "seq_lengths" in dataset.column_names
     collator = PackCollator(pad_token_id=tokenizer.pad_token_id) if packed else None
     # The pipeline builds the model as for generation; packs may want another implementation.

@@ -25,8 +25,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 from transformers import TrainerCallback
+
 from lw.errors import MissingFile, UserError, UserMistake, one_line
-from lw.launch.topology import EXIT_PREEMPTED, launch_dir
+from lw.launch.topology import EXIT_PREEMPTED
+from lw.run_dir import checkpoint_dir, launch_config_file, launch_deepspeed_file, tokenized_dir, train_log
 
 log = logging.getLogger("lw.train.worker")
 
@@ -38,16 +40,16 @@ FAULT_RANK_ENV = "LW_FAULT_RANK"
 FAULT_ACTION_ENV = "LW_FAULT_ACTION"
 
 
-def node_launch_dir(run_dir: Path) -> Path:
-    """This node's launch files (torchrun and accelerate give every worker its node as GROUP_RANK)."""
-    return launch_dir(run_dir, int(os.environ.get("GROUP_RANK", "0")))
+def node_rank() -> int:
+    """This worker's node (torchrun and accelerate give every worker its node as GROUP_RANK)."""
+    return int(os.environ.get("GROUP_RANK", "0"))
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
     """The driver's resolved config, checked against the typed schema again."""
     from lw.config import lw_schema
 
-    path = node_launch_dir(run_dir) / "config.yaml"
+    path = launch_config_file(run_dir, node_rank())
     if not path.exists():
         raise MissingFile(f"{path} does not exist: the driver (`lw launcher=deepspeed ...`) writes it")
     return OmegaConf.merge(lw_schema(), OmegaConf.load(path))
@@ -70,7 +72,7 @@ def distributed_cfg(cfg: DictConfig, run_dir: Path, backend: str) -> DictConfig:
     """The config with the trainer arguments that DeepSpeed training needs."""
     cfg = copy.deepcopy(cfg)
     args = cfg.trainer.args
-    args.deepspeed = str(node_launch_dir(run_dir) / "deepspeed.json")
+    args.deepspeed = str(launch_deepspeed_file(run_dir, node_rank()))
     args.setdefault("ddp_backend", backend)
     args.ddp_timeout = cfg.launcher.collective_timeout_s
     if not torch.cuda.is_available():
@@ -138,7 +140,7 @@ class FaultAfterCheckpoint(TrainerCallback):
 
 def callbacks(run_dir: Path) -> list[TrainerCallback]:
     preemption = CheckpointOnPreemption()
-    found: list[TrainerCallback] = [TrainLogFile(run_dir / "launch" / "train_log.jsonl"), preemption]  # rank 0's
+    found: list[TrainerCallback] = [TrainLogFile(train_log(run_dir)), preemption]  # rank 0's
     if os.environ.get(FAULT_STEP_ENV):
         found.append(FaultAfterCheckpoint(int(os.environ[FAULT_STEP_ENV]), int(os.environ.get(FAULT_RANK_ENV, "0")),
                                           preemption))
@@ -152,7 +154,6 @@ def train(run_dir: Path) -> Path:
 
     from lw.launch.topology import single_process_env
     from lw.models import build_model, build_tokenizer
-    from lw.train.fit import checkpoint_dir_of
     from lw.train.registry import trainer_for
 
     cfg = load_run_config(run_dir)
@@ -172,12 +173,12 @@ def train(run_dir: Path) -> Path:
     trainer = trainer_for(cfg)
     # Arguments first, alive while the model is built: their DeepSpeed config is what makes
     # from_pretrained/from_config build the model under zero.Init.
-    args = trainer.training_args(cfg, checkpoint_dir_of(run_dir), "none")
+    args = trainer.training_args(cfg, checkpoint_dir(run_dir), "none")
     tokenizer = build_tokenizer(cfg.model, cfg.cache_dir)
-    dataset = load_from_disk(str(check_same_data(run_dir / "data" / "tokenized")))
+    dataset = load_from_disk(str(check_same_data(tokenized_dir(run_dir))))
     # Built with the attention implementation for training on this rank's device (packs on a GPU:
     # one whose cost follows the samples), not the driver's.
-    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed,
+    model = build_model(cfg.model, tokenizer, path=cfg.trainer.init_from, seed=cfg.seed, cache_dir=cfg.cache_dir,
                         packing="seq_lengths" in dataset.column_names, training=True)
     # Workers report to nothing: the driver holds the W&B run and forwards rank 0's logs.
     log.info("ZeRO stage %s, world size %d", args.hf_deepspeed_config.get_value("zero_optimization.stage"),

@@ -9,7 +9,7 @@ recomputation is not counted, as MFU does not count it):
   forward, 12 x L x n_h x d forward + backward. A sample of l tokens has l(l+1)/2 such pairs (each
   token sees itself and those before it); a pack of samples has the sum over its samples, since a
   padding-free pack's samples do not attend to each other. What an sdpa kernel spends on the pairs
-  its mask hides is waste, not model FLOPs (lw/plan.py prices it separately).
+  its mask hides is waste, not model FLOPs (lw/plan/attention.py prices it separately).
 """
 
 from __future__ import annotations

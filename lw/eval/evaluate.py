@@ -1,5 +1,6 @@
-"""One benchmark's predictions -> scores (length, judge) -> files in the run directory and W&B; and a
-run's whole evaluation (`evaluate`: generate on every benchmark, score, results.csv)."""
+"""A run's evaluation (`evaluate`: generate on every configured benchmark, score, results.csv), shared
+by task=train and task=eval, and one benchmark's predictions -> scores (length, judge) -> files in
+the run directory and W&B (`score_benchmark`, also task=score's)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import json
 import logging
 from pathlib import Path
 
-from lw.eval.benchmarks import judge_template, parse_length, subset_of
-from lw.eval.writingbench import KIND as WRITINGBENCH
-from lw.eval.judge import DIMENSIONS, build_judge
-from lw.jsonl import read_json_objects
+from lw.errors import Incomplete, MissingFile, UserError
+from lw.eval.benchmarks import parse_length, subset_of
+from lw.eval.judge import DIMENSIONS, judge_for
 from lw.eval.plots import length_scatter
 from lw.eval.scoring import longbench_metrics, ruler_metrics, score_lengths
+from lw.eval.writingbench import KIND as WRITINGBENCH
+from lw.eval.writingbench_judge import writingbench_judge
+from lw.jsonl import read_json_objects
+from lw.run_dir import eval_dir, judgements_file, length_scatter_file, predictions_file, results_file
 from lw.words import language_of
-from lw.errors import Incomplete, MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,60 +31,10 @@ def metric_prefix(kind: str, name: str) -> str:
     return "ruler" if kind in RULER_KINDS else name
 
 
-def judge_for(cfg, bench_cfg, cache_path: Path | None = None):
-    """The quality judge of a LongBench-Write benchmark (None without a judge or for the ruler).
-
-    Built before generation, so a missing key or template fails before hours of sampling. Its
-    judgements are cached by judge model under cache_dir/judge, or appended to cache_path when given.
-    """
-    if bench_cfg.kind == WRITINGBENCH:
-        return writingbench_judge(cfg, bench_cfg)
-    if bench_cfg.kind != "longbench_write" or cfg.judge.kind == "none":
-        return None
-    if cfg.judge.kind == "writingbench":
-        log.warning("judge=writingbench scores WritingBench's criteria, not LongBench-Write's S_q: %s reports "
-                    "S_l only", bench_cfg.kind)
-        return None
-    return build_judge(cfg.judge, judge_prompt_template(cfg, bench_cfg), cfg.cache_dir, cache_path)
-
-
-def writingbench_judge(cfg, bench_cfg):
-    """WritingBench's criteria judge with the official prompts (judge=writingbench), else None."""
-    from lw.eval.writingbench import judge_prompts
-    from lw.eval.writingbench_judge import KIND, build_criteria_judge
-
-    if cfg.judge.kind != KIND:
-        if cfg.judge.kind != "none":
-            log.warning("%s's criteria are scored by judge=writingbench, not judge.kind=%s: its R and C are "
-                        "not computed", WRITINGBENCH, cfg.judge.kind)
-        return None
-    return build_criteria_judge(cfg.judge, judge_prompts(bench_cfg, cfg.cache_dir), cfg.cache_dir)
-
-
-def longbench_judge(cfg, cache_path: Path | None = None):
-    """The judge of a stage outside evaluation (DPO pairs, GRPO's quality reward): the template of the
-    first longbench_write eval entry (its data_dir or judge.template), else the official judge.txt."""
-    from omegaconf import OmegaConf
-
-    from lw.config import BenchmarkConfig
-
-    bench_cfg = next((b for b in cfg.eval.values() if b.kind == "longbench_write"),
-                     OmegaConf.structured(BenchmarkConfig(kind="longbench_write")))
-    return judge_for(cfg, bench_cfg, cache_path)
-
-
-def judge_prompt_template(cfg, bench_cfg) -> str:
-    """judge.template if set, else the benchmark's own judge.txt."""
-    if cfg.judge.template:
-        path = Path(cfg.judge.template).expanduser()
-        if not path.is_file():
-            raise MissingFile(f"judge.template: no such file: {path}")
-        text = path.read_text(encoding="utf-8")
-        missing = [p for p in ("$INST$", "$RESPONSE$") if p not in text]
-        if missing:
-            raise UserError(f"judge.template: {path} lacks the placeholders {missing}")
-        return text
-    return judge_template(bench_cfg, cfg.cache_dir)
+def benchmark_judge(cfg, bench_cfg):
+    """The judge of one benchmark: WritingBench's criteria judge for its length subset, else
+    LongBench-Write's quality judge (lw.eval.judge.judge_for); None where neither applies."""
+    return writingbench_judge(cfg, bench_cfg) if bench_cfg.kind == WRITINGBENCH else judge_for(cfg, bench_cfg)
 
 
 def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tracker, judge=None,
@@ -100,7 +53,7 @@ def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tra
         judgements = judge.judge(rows) if judge else None
         metrics = longbench_metrics(rows, prefix, judgements)
         if judgements is not None:
-            with open(bench_dir / "judgements.jsonl", "w", encoding="utf-8") as f:
+            with open(judgements_file(bench_dir), "w", encoding="utf-8") as f:
                 for row, j in zip(rows, judgements):
                     f.write(json.dumps({"prompt": row["prompt"], **j}, ensure_ascii=False) + "\n")
             for row, j in zip(rows, judgements):
@@ -110,12 +63,12 @@ def score_benchmark(name: str, bench_cfg, rows: list[dict], bench_dir: Path, tra
             if metrics[f"{prefix}/judge_unparseable"] or metrics[f"{prefix}/judge_failed"]:
                 log.warning("%s: %d unparseable and %d failed judgements are left out of S_q (see %s)", name,
                             metrics[f"{prefix}/judge_unparseable"], metrics[f"{prefix}/judge_failed"],
-                            bench_dir / "judgements.jsonl")
+                            judgements_file(bench_dir))
     elif bench_cfg.kind in RULER_KINDS:
         metrics = ruler_metrics(rows, prefix)
     else:
         raise UserError(f"unknown benchmark kind {bench_cfg.kind!r}")
-    scatter = length_scatter(rows, bench_dir / "length_scatter.png", f"{title}: {name}" if title else name)
+    scatter = length_scatter(rows, length_scatter_file(bench_dir), f"{title}: {name}" if title else name)
     tracker.log(metrics)
     tracker.image(f"{name}/length_scatter", scatter)
     tracker.table(f"{name}/predictions", rows, columns)
@@ -158,9 +111,10 @@ def read_predictions(path: str | Path) -> list[dict]:
 
 # --- a run's evaluation: shared by task=train (the trained model) and task=eval ----------------------
 
-# R and C: WritingBench's per-query scores (1-10; blank for other benchmarks), whose S_l is lw's length
-# score against the query's parsed requirement (blank where none parsed).
-RESULT_COLUMNS = ["run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l", "R", "C"]
+# The columns of results.csv, one row per scored item (lw/report/analysis.py reads them). R and C:
+# WritingBench's per-query scores (1-10; blank for other benchmarks), whose S_l is lw's length score
+# against the query's parsed requirement (blank where none parsed).
+RESULT_COLUMNS = ("run", "trainer", "benchmark", "id", "cap", "seed", "required", "produced", "S_l", "R", "C")
 
 
 def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str = "none") -> dict:
@@ -173,13 +127,13 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
     from lw.eval.benchmarks import load_items
     from lw.eval.generate import GenerationFailed, build_backend, generate
 
-    benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), judge_for(cfg, bench_cfg))
+    benchmarks = {name: (bench_cfg, load_items(bench_cfg, cfg.cache_dir), benchmark_judge(cfg, bench_cfg))
                   for name, bench_cfg in cfg.eval.items()}  # bad files or judge settings fail before the model loads
     backend = build_backend(cfg, model_path)
     metrics: dict = {}
     results, problems = [], []
     for name, (bench_cfg, items, judge) in benchmarks.items():
-        bench_dir = run_dir / "eval" / name
+        bench_dir = eval_dir(run_dir, name)
         prefix = metric_prefix(bench_cfg.kind, name)
         skipped = []
         if bench_cfg.kind == WRITINGBENCH:
@@ -187,7 +141,7 @@ def evaluate(cfg, model_path: str | None, run_dir: Path, tracker, trainer: str =
 
             items, skipped = drop_overlong(backend, items, bench_dir)
         try:
-            rows = generate(backend, items, bench_dir / "predictions.jsonl")
+            rows = generate(backend, items, predictions_file(bench_dir))
         except GenerationFailed as err:  # not scored: a score of part of a benchmark would mislead
             metrics.update({f"{prefix}/generation_failed": err.failed, f"{prefix}/n": err.total})
             problems.append(f"{name}: {err}")
@@ -209,7 +163,7 @@ def judge_problems(name: str, prefix: str, metrics: dict, bench_dir: Path) -> li
         return []
     asked = sum(metrics.get(f"{prefix}/judge_{k}", 0) for k in ("judged", "unparseable", "failed"))
     return [f"{name}: {failed} of {asked or metrics[f'{prefix}/n']} judge requests failed after their retries (see "
-            f"{bench_dir / 'judgements.jsonl'}), the scores leave them out; finished judgements are cached: rerun the "
+            f"{judgements_file(bench_dir)}), the scores leave them out; finished judgements are cached: rerun the "
             f"same command to ask only for the rest"]
 
 
@@ -222,7 +176,7 @@ def result_rows(cfg, name: str, rows: list[dict], trainer: str = "none") -> list
 
 
 def write_results(run_dir: Path, results: list[dict]) -> None:
-    with open(run_dir / "results.csv", "w", newline="") as f:
+    with open(results_file(run_dir), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         writer.writerows(results)

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lw.eval.benchmarks import DEFAULT_FILES, JUDGE_TEMPLATE, OFFICIAL_COMMIT, load_items, toy_ruler_items
 from lw.errors import UserError
+from lw.eval.benchmarks import DEFAULT_FILES, JUDGE_TEMPLATE, OFFICIAL_COMMIT, load_items, toy_ruler_items
+from lw.models.loading import model_config  # from model.arch or a local checkpoint, no weights
+from lw.plan.training import write_plan
 from lw.words import count_words, language_of
 
 # The official LongBench-Write at OFFICIAL_COMMIT (evaluation/longbench_write.jsonl and judge.txt),
@@ -31,9 +33,13 @@ OFFICIAL_LONGBENCH_WRITE = {
 }
 
 
-def build_eval_plan(cfg: DictConfig) -> dict:
-    from lw.plan import model_config  # the model's config from model.arch or a local checkpoint, no weights
+def dry_run_eval(cfg: DictConfig, run_dir: Path) -> dict:
+    """task=eval's plan: nothing is trained, so no training plan."""
+    plan = build_eval_plan(cfg)
+    return write_plan(plan, format_eval_plan(plan), run_dir)
 
+
+def build_eval_plan(cfg: DictConfig) -> dict:
     family = model_config(cfg).model_type
     rates = _rates(cfg, family)
     judge_rates = _rates(cfg, "judge") if cfg.judge.kind != "none" else None
@@ -136,14 +142,6 @@ def _template_words(cfg: DictConfig, bench: DictConfig) -> int:
     if path is None or not path.is_file():
         return OFFICIAL_LONGBENCH_WRITE["judge_template_words"]
     return count_words(path.read_text(encoding="utf-8"))
-
-
-def _languages(items: list[dict]) -> dict:
-    counts: dict = {}
-    for item in items:
-        language = language_of(item["prompt"])
-        counts[language] = counts.get(language, 0) + 1
-    return counts
 
 
 def plan_judge(cfg: DictConfig, benchmarks: dict) -> dict:
