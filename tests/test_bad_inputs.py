@@ -186,8 +186,8 @@ def test_a_full_disk_on_append_stops_in_one_line_and_keeps_what_was_written(tmp_
                                  "eos_loss_weight"),
     ("trainer.args.output_dir=x", "lw: error: trainer.args.output_dir: lw sets it; set hydra.run.dir"),
     ("data=pairs", "lw: error: trainer=sft trains on data.source toy or messages or mix, not pairs: give it conversations"),
-    ("logger.on_unreachable=retry", "lw: error: logger.on_unreachable=retry: Invalid value 'retry', expected one of "
-                                    "[offline, fail]"),
+    ("logger.on_unreachable=retry", "lw: error: Error merging override logger.on_unreachable=retry: Invalid value "
+                                    "'retry', expected one of [offline, fail]"),
 ])
 def test_a_bad_setting_is_one_line(tmp_path, override, expected):
     line = user_error(run(override, "logger=none", cwd=tmp_path))
