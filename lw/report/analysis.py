@@ -181,23 +181,28 @@ TABLE_GROUPS = (("overall", "overall"), ("0-500", "[0,500)"), ("500-2000", "[500
 TABLE_METRICS = ("S", "S_l", "S_q")
 
 
-def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write") -> pd.DataFrame:
-    """One row per run directory under `sweep_dir` with `benchmark`'s scores in metrics.json: the
-    run, its model (config name and path), and S, S_l, S_q overall and per subset (NaN where absent)."""
+def runs_with_metric(sweep_dir: str | Path, key: str):
+    """(run directory, its metrics.json, its model config or {}) for every run under `sweep_dir` whose
+    metrics hold `key`; a metrics.json that does not parse is one line naming it."""
     from omegaconf import OmegaConf
 
-    rows = []
     for metrics_path in sorted(Path(sweep_dir).glob(f"**/{METRICS}")):
         try:
             metrics = json.loads(metrics_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{metrics_path}: not a metrics.json ({one_line(err)}); remove it from the sweep or "
                             "rerun that run's evaluation") from None
-        if f"{benchmark}/S_l" not in metrics:
-            continue
-        config_path = hydra_config(metrics_path.parent)
-        model = OmegaConf.load(config_path).model if config_path.is_file() else {}
-        row = {"run": metrics_path.parent.name, "model": model.get("name"), "model_path": model.get("path")}
+        if key in metrics:
+            config_path = hydra_config(metrics_path.parent)
+            yield metrics_path.parent, metrics, OmegaConf.load(config_path).model if config_path.is_file() else {}
+
+
+def load_longbench_runs(sweep_dir: str | Path, benchmark: str = "longbench_write") -> pd.DataFrame:
+    """One row per run directory under `sweep_dir` with `benchmark`'s scores in metrics.json: the
+    run, its model (config name and path), and S, S_l, S_q overall and per subset (NaN where absent)."""
+    rows = []
+    for run_dir, metrics, model in runs_with_metric(sweep_dir, f"{benchmark}/S_l"):
+        row = {"run": run_dir.name, "model": model.get("name"), "model_path": model.get("path")}
         for subset, _ in TABLE_GROUPS:
             prefix = benchmark if subset == "overall" else f"{benchmark}/{subset}"
             row.update({(subset, m): metrics.get(f"{prefix}/{m}", float("nan")) for m in TABLE_METRICS})
@@ -245,20 +250,9 @@ WRITINGBENCH_SCORES = (("", "R"), ("", "C"), ("en/", "R"), ("en/", "C"), ("zh/",
 def load_writingbench_runs(sweep_dir: str | Path, benchmark: str = "writingbench_length") -> pd.DataFrame:
     """One row per run directory under `sweep_dir` with `benchmark`'s metrics: the official R and C
     (x10, as the leaderboard shows them) overall, per language and per domain1, and lw's length score."""
-    from omegaconf import OmegaConf
-
     rows = []
-    for metrics_path in sorted(Path(sweep_dir).glob(f"**/{METRICS}")):
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{metrics_path}: not a metrics.json ({one_line(err)}); remove it from the sweep or "
-                            "rerun that run's evaluation") from None
-        if f"{benchmark}/lw_length_parse_rate" not in metrics:
-            continue
-        config_path = hydra_config(metrics_path.parent)
-        model = OmegaConf.load(config_path).model.get("name") if config_path.is_file() else None
-        row = {"run": metrics_path.parent.name, "model": model,
+    for run_dir, metrics, model in runs_with_metric(sweep_dir, f"{benchmark}/lw_length_parse_rate"):
+        row = {"run": run_dir.name, "model": model.get("name"),
                **{f"{group}{score}": metrics.get(f"{benchmark}/{group}{score}_x10")
                                                    for group, score in WRITINGBENCH_SCORES}}
         domains = sorted({key.split("/")[2] for key in metrics if key.startswith(f"{benchmark}/domain1/")})
